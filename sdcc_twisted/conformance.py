@@ -1,0 +1,201 @@
+"""The conformance tables and the protocol constants: the one place they live.
+
+The SOP classes and transfer syntaxes are those of the conformance statement
+(``shared/spec/conformance-statement.txt``), with its two known defects fixed:
+the Application Context Name is the standard ``1.2.840.10008.3.1.1.1``
+(PS3.7 Annex A.2.1) and "16 KB" means 16384.
+"""
+
+from __future__ import annotations
+
+from typing import Final, NamedTuple
+
+# -- Implementation identification (statement, "Implementation Identification")
+IMPLEMENTATION_CLASS_UID: Final = "1.2.392.100224.1.2002.100.5"
+IMPLEMENTATION_VERSION_NAME: Final = "SDCC 1.1"
+
+#: PS3.7 Annex A.2.1, the DICOM Application Context Name.
+APPLICATION_CONTEXT_NAME: Final = "1.2.840.10008.3.1.1.1"
+
+#: The Maximum Length we propose by default (statement: "16 KB"; PS3.8 D.1).
+DEFAULT_MAX_PDU_LENGTH: Final = 16384
+
+# -- Transfer syntaxes (statement, "Transfer Syntax"; PS3.5 Annex A) --------
+IMPLICIT_VR_LITTLE_ENDIAN: Final = "1.2.840.10008.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN: Final = "1.2.840.10008.1.2.1"
+EXPLICIT_VR_BIG_ENDIAN: Final = "1.2.840.10008.1.2.2"
+JPEG_BASELINE: Final = "1.2.840.10008.1.2.4.50"
+JPEG_EXTENDED: Final = "1.2.840.10008.1.2.4.51"
+JPEG_LOSSLESS_SV1: Final = "1.2.840.10008.1.2.4.70"
+JPEG_2000_LOSSLESS: Final = "1.2.840.10008.1.2.4.90"
+JPEG_2000: Final = "1.2.840.10008.1.2.4.91"
+RLE_LOSSLESS: Final = "1.2.840.10008.1.2.5"
+
+TRANSFER_SYNTAXES: Final[dict[str, str]] = {
+    IMPLICIT_VR_LITTLE_ENDIAN: "Implicit VR Little Endian",
+    EXPLICIT_VR_LITTLE_ENDIAN: "Explicit VR Little Endian",
+    EXPLICIT_VR_BIG_ENDIAN: "Explicit VR Big Endian",
+    JPEG_BASELINE: "JPEG Baseline (Process 1)",
+    JPEG_EXTENDED: "JPEG Extended (Process 2 & 4)",
+    JPEG_LOSSLESS_SV1: "JPEG Lossless, First-Order Prediction",
+    JPEG_2000_LOSSLESS: "JPEG 2000 Image Compression (Lossless Only)",
+    JPEG_2000: "JPEG 2000 Image Compression",
+    RLE_LOSSLESS: "RLE Lossless",
+}
+
+#: Transfer syntaxes whose data set is encoded with implicit VRs (PS3.5 A.1).
+IMPLICIT_VR_SYNTAXES: Final = frozenset({IMPLICIT_VR_LITTLE_ENDIAN})
+#: Transfer syntaxes whose data set is big endian (PS3.5 A.3).
+BIG_ENDIAN_SYNTAXES: Final = frozenset({EXPLICIT_VR_BIG_ENDIAN})
+
+# -- SOP classes (statement, "AE Specification") -----------------------------
+VERIFICATION_SOP_CLASS: Final = "1.2.840.10008.1.1"
+
+VERIFICATION_SOP_CLASSES: Final[dict[str, str]] = {
+    VERIFICATION_SOP_CLASS: "Verification",
+}
+
+STORAGE_SOP_CLASSES: Final[dict[str, str]] = {
+    "1.2.840.10008.5.1.4.1.1.1": "Computed Radiography Image Storage",
+    "1.2.840.10008.5.1.4.1.1.1.1": "Digital X-Ray Image Storage - For Presentation",
+    "1.2.840.10008.5.1.4.1.1.1.1.1": "Digital X-Ray Image Storage - For Processing",
+    "1.2.840.10008.5.1.4.1.1.1.2": "Digital Mammography X-Ray Image Storage - For Presentation",
+    "1.2.840.10008.5.1.4.1.1.1.2.1": "Digital Mammography X-Ray Image Storage - For Processing",
+    "1.2.840.10008.5.1.4.1.1.1.3": "Digital Intra-Oral X-Ray Image Storage - For Presentation",
+    "1.2.840.10008.5.1.4.1.1.1.3.1": "Digital Intra-Oral X-Ray Image Storage - For Processing",
+    "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.3": "Ultrasound Multi-frame Image Storage (Retired)",
+    "1.2.840.10008.5.1.4.1.1.3.1": "Ultrasound Multi-frame Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4": "MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.2": "MR Spectroscopy Storage",
+    "1.2.840.10008.5.1.4.1.1.4.3": "Enhanced MR Color Image Storage",
+    "1.2.840.10008.5.1.4.1.1.5": "Nuclear Medicine Image Storage (Retired)",
+    "1.2.840.10008.5.1.4.1.1.6": "Ultrasound Image Storage (Retired)",
+    "1.2.840.10008.5.1.4.1.1.6.1": "Ultrasound Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.12.1": "X-Ray Angiographic Image Storage",
+    "1.2.840.10008.5.1.4.1.1.12.2": "X-Ray Radiofluoroscopic Image Storage",
+    "1.2.840.10008.5.1.4.1.1.12.3": "X-Ray Angiographic Bi-Plane Image Storage (Retired)",
+    "1.2.840.10008.5.1.4.1.1.20": "Nuclear Medicine Image Storage",
+    "1.2.840.10008.5.1.4.1.1.77.1": "VL Image Storage (Retired)",
+    "1.2.840.10008.5.1.4.1.1.77.1.1": "VL Endoscopic Image Storage",
+    "1.2.840.10008.5.1.4.1.1.77.1.2": "VL Microscopic Image Storage",
+    "1.2.840.10008.5.1.4.1.1.77.1.3": "VL Slide-Coordinates Microscopic Image Storage",
+    "1.2.840.10008.5.1.4.1.1.77.1.4": "VL Photographic Image Storage",
+    "1.2.840.10008.5.1.4.1.1.77.2": "VL Multi-frame Image Storage (Retired)",
+    "1.2.840.10008.5.1.4.1.1.128": "Positron Emission Tomography Image Storage",
+    "1.2.840.10008.5.1.4.1.1.481.1": "RT Image Storage",
+}
+
+#: Abstract syntax -> the transfer syntaxes we accept for it, in our order of
+#: preference.  Verification takes Implicit VR LE only, as the statement says.
+SUPPORTED_CONTEXTS: Final[dict[str, tuple[str, ...]]] = {
+    VERIFICATION_SOP_CLASS: (IMPLICIT_VR_LITTLE_ENDIAN,),
+    **{uid: tuple(TRANSFER_SYNTAXES) for uid in STORAGE_SOP_CLASSES},
+}
+
+SOP_CLASS_NAMES: Final[dict[str, str]] = {
+    **VERIFICATION_SOP_CLASSES,
+    **STORAGE_SOP_CLASSES,
+}
+
+
+def sop_class_name(uid: str) -> str:
+    """Return the human name of a SOP class UID, or the UID itself."""
+    return SOP_CLASS_NAMES.get(uid, uid)
+
+
+# -- Presentation context results (PS3.8 Table 9-18) -------------------------
+PC_ACCEPTANCE: Final = 0
+PC_USER_REJECTION: Final = 1
+PC_NO_REASON: Final = 2
+PC_ABSTRACT_SYNTAX_NOT_SUPPORTED: Final = 3
+PC_TRANSFER_SYNTAXES_NOT_SUPPORTED: Final = 4
+
+
+# -- A-ASSOCIATE-RJ (PS3.8 9.3.4, Table 9-21) ---------------------------------
+class RejectReason(NamedTuple):
+    """An A-ASSOCIATE-RJ Result / Source / Reason-Diag triple."""
+
+    result: int
+    source: int
+    reason: int
+    text: str
+
+
+REJECTED_PERMANENT: Final = 1
+REJECTED_TRANSIENT: Final = 2
+
+REJECT_APPLICATION_CONTEXT: Final = RejectReason(
+    1, 1, 2, "application-context-name-not-supported")
+REJECT_CALLING_AE: Final = RejectReason(1, 1, 3, "calling-AE-title-not-recognized")
+REJECT_CALLED_AE: Final = RejectReason(1, 1, 7, "called-AE-title-not-recognized")
+REJECT_PROTOCOL_VERSION: Final = RejectReason(1, 2, 2, "protocol-version-not-supported")
+REJECT_AE_BUSY: Final = RejectReason(
+    2, 3, 2, "local-limit-exceeded (calling AE already has an association)")
+REJECT_TOO_MANY: Final = RejectReason(
+    2, 3, 2, "local-limit-exceeded (association limit reached)")
+REJECT_NO_REASON: Final = RejectReason(1, 1, 1, "no-reason-given")
+
+# -- A-ABORT (PS3.8 9.3.8, Table 9-26) --------------------------------------
+ABORT_SOURCE_USER: Final = 0
+ABORT_SOURCE_PROVIDER: Final = 2
+
+ABORT_REASON_NOT_SPECIFIED: Final = 0
+ABORT_UNRECOGNIZED_PDU: Final = 1
+ABORT_UNEXPECTED_PDU: Final = 2
+ABORT_UNRECOGNIZED_PDU_PARAMETER: Final = 4
+ABORT_UNEXPECTED_PDU_PARAMETER: Final = 5
+ABORT_INVALID_PDU_PARAMETER_VALUE: Final = 6
+
+ABORT_REASON_TEXT: Final[dict[int, str]] = {
+    0: "reason-not-specified",
+    1: "unrecognized-PDU",
+    2: "unexpected-PDU",
+    4: "unrecognized-PDU-parameter",
+    5: "unexpected-PDU-parameter",
+    6: "invalid-PDU-parameter-value",
+}
+
+# -- DIMSE command fields (PS3.7 Annex E, Table E.1-1) ------------------------
+C_STORE_RQ: Final = 0x0001
+C_STORE_RSP: Final = 0x8001
+C_GET_RQ: Final = 0x0010
+C_GET_RSP: Final = 0x8010
+C_FIND_RQ: Final = 0x0020
+C_FIND_RSP: Final = 0x8020
+C_MOVE_RQ: Final = 0x0021
+C_MOVE_RSP: Final = 0x8021
+C_ECHO_RQ: Final = 0x0030
+C_ECHO_RSP: Final = 0x8030
+C_CANCEL_RQ: Final = 0x0FFF
+
+COMMAND_NAMES: Final[dict[int, str]] = {
+    C_STORE_RQ: "C-STORE-RQ", C_STORE_RSP: "C-STORE-RSP",
+    C_GET_RQ: "C-GET-RQ", C_GET_RSP: "C-GET-RSP",
+    C_FIND_RQ: "C-FIND-RQ", C_FIND_RSP: "C-FIND-RSP",
+    C_MOVE_RQ: "C-MOVE-RQ", C_MOVE_RSP: "C-MOVE-RSP",
+    C_ECHO_RQ: "C-ECHO-RQ", C_ECHO_RSP: "C-ECHO-RSP",
+    C_CANCEL_RQ: "C-CANCEL-RQ",
+}
+
+#: (0000,0800) value meaning "no data set"; any other value means one follows
+#: (PS3.7 E.1; DCMTK dimse.h notes senders of 0x0001 and 0x0102).
+NO_DATA_SET: Final = 0x0101
+
+# -- DIMSE statuses (PS3.7 Annex C; PS3.4 B.2.3, Table B.2-1) -----------------
+STATUS_SUCCESS: Final = 0x0000
+STATUS_OUT_OF_RESOURCES: Final = 0xA700
+STATUS_DISK_FULL: Final = 0xA702
+STATUS_DATASET_MISMATCH: Final = 0xA900
+STATUS_CANNOT_UNDERSTAND: Final = 0xC000
+STATUS_DATASET_UNPARSEABLE: Final = 0xC210
+STATUS_PROCESSING_FAILURE: Final = 0x0110
+STATUS_SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
+STATUS_UNRECOGNIZED_OPERATION: Final = 0x0211
+STATUS_MISTYPED_ARGUMENT: Final = 0x0212
+
+# -- Message control header bits (PS3.8 E.2) ---------------------------------
+PDV_COMMAND: Final = 0x01
+PDV_LAST: Final = 0x02
