@@ -1,0 +1,278 @@
+"""The INI configuration: read, validate, freeze.
+
+One file, read with :mod:`configparser` without interpolation.  Every error
+names the file, the section and the key, so a person can fix it at once.
+Relative paths are taken relative to the directory the server starts in.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
+
+from .conformance import DEFAULT_MAX_PDU_LENGTH
+
+T = TypeVar("T")
+
+#: Accepted range for the Maximum Length we propose (PS3.8 D.1; never 0).
+MIN_PDU_LENGTH: Final = 4096
+MAX_PDU_LENGTH: Final = 4 * 1024 * 1024
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names section and key."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """``[server]``: the listening AE and its association limits."""
+
+    ae_title: str = "SDCC"
+    listen: str = "tcp:11112"
+    data_dir: str = "var/sdcc"
+    max_pdu_length: int = DEFAULT_MAX_PDU_LENGTH
+    max_associations: int = 64
+    require_called_ae_title: bool = False
+    allowed_calling_ae_titles: frozenset[str] | None = None
+    artim_timeout: float = 30.0
+    idle_timeout: float = 300.0
+    max_command_length: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """``[storage]``: where images go and how durably."""
+
+    root: str = ""
+    fsync: bool = True
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """``[index]``: the Redis index."""
+
+    redis: str = "embedded"
+    redis_server: str = ""
+    key_prefix: str = "sdcc:"
+    timeout: float = 2.0
+    lock: str = "auto"
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """``[logging]``: where the log goes and how much of it."""
+
+    level: str = "info"
+    file: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    index: IndexSettings = field(default_factory=IndexSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    source: str = "<defaults>"
+
+    @property
+    def storage_root(self) -> str:
+        """``[storage] root``, defaulting to ``{data_dir}/store``."""
+        return self.storage.root or os.path.join(self.server.data_dir, "store")
+
+
+LOG_LEVELS: Final = ("debug", "info", "warn", "error", "critical")
+LOCK_KINDS: Final = ("auto", "memory", "redis")
+
+_TRUE = {"1", "yes", "true", "on"}
+_FALSE = {"0", "no", "false", "off"}
+
+
+def valid_ae_title(value: str) -> bool:
+    """PS3.5 6.2 (AE): 1-16 characters of the default repertoire, no backslash
+    and no control characters, not only spaces."""
+    return (0 < len(value) <= 16 and value.strip() != ""
+            and all(32 <= ord(c) < 127 and c != "\\" for c in value))
+
+
+class _Reader:
+    """Typed access to one parsed file, with errors that name section and key."""
+
+    def __init__(self, parser: configparser.ConfigParser, source: str) -> None:
+        self.parser = parser
+        self.source = source
+
+    def fail(self, section: str, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: [{section}] {key}: {message}")
+
+    def get(self, section: str, key: str, default: T,
+            convert: Callable[[str], T], expect: str) -> T:
+        if not self.parser.has_option(section, key):
+            return default
+        raw = self.parser.get(section, key).strip()
+        try:
+            return convert(raw)
+        except (ValueError, TypeError):
+            raise self.fail(section, key, f"expected {expect}, got {raw!r}") from None
+
+    def boolean(self, section: str, key: str, default: bool) -> bool:
+        def convert(raw: str) -> bool:
+            if raw.lower() in _TRUE:
+                return True
+            if raw.lower() in _FALSE:
+                return False
+            raise ValueError(raw)
+        return self.get(section, key, default, convert, "yes or no")
+
+    def integer(self, section: str, key: str, default: int, low: int, high: int) -> int:
+        def convert(raw: str) -> int:
+            value = int(raw)
+            if not low <= value <= high:
+                raise ValueError(raw)
+            return value
+        return self.get(section, key, default, convert,
+                        f"a whole number from {low} to {high}")
+
+    def seconds(self, section: str, key: str, default: float, low: float = 0.1) -> float:
+        def convert(raw: str) -> float:
+            value = float(raw)
+            if not low <= value <= 86400 * 7:
+                raise ValueError(raw)
+            return value
+        return self.get(section, key, default, convert,
+                        f"a number of seconds from {low} to 604800")
+
+    def choice(self, section: str, key: str, default: str, choices: tuple[str, ...]) -> str:
+        def convert(raw: str) -> str:
+            if raw.lower() not in choices:
+                raise ValueError(raw)
+            return raw.lower()
+        return self.get(section, key, default, convert, "one of " + ", ".join(choices))
+
+    def text(self, section: str, key: str, default: str) -> str:
+        return self.get(section, key, default, str, "text")
+
+
+_KNOWN: Final[dict[str, frozenset[str]]] = {
+    "server": frozenset({
+        "ae_title", "listen", "data_dir", "max_pdu_length", "max_associations",
+        "require_called_ae_title", "allowed_calling_ae_titles", "artim_timeout",
+        "idle_timeout", "max_command_length"}),
+    "storage": frozenset({"root", "fsync"}),
+    "index": frozenset({"redis", "redis_server", "key_prefix", "timeout", "lock"}),
+    "logging": frozenset({"level", "file"}),
+}
+
+
+def parse_settings(text: str, source: str = "<string>") -> Settings:
+    """Parse INI text into :class:`Settings`.
+
+    Raises:
+        ConfigError: naming the file, section and key at fault.
+    """
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(text, source=source)
+    except configparser.Error as exc:
+        raise ConfigError(f"{source}: {exc}".replace("\n", " ")) from None
+    for section in parser.sections():
+        if section not in _KNOWN:
+            raise ConfigError(f"{source}: [{section}]: unknown section "
+                              f"(known: {', '.join(sorted(_KNOWN))})")
+        for key in parser.options(section):
+            if key not in _KNOWN[section]:
+                raise ConfigError(f"{source}: [{section}] {key}: unknown key "
+                                  f"(known: {', '.join(sorted(_KNOWN[section]))})")
+    r = _Reader(parser, source)
+
+    def ae_title(raw: str) -> str:
+        if not valid_ae_title(raw):
+            raise ValueError(raw)
+        return raw.strip()
+
+    def ae_list(raw: str) -> frozenset[str] | None:
+        titles = [t.strip() for t in raw.replace("\n", ",").split(",") if t.strip()]
+        if not titles:
+            return None
+        if not all(valid_ae_title(t) for t in titles):
+            raise ValueError(raw)
+        return frozenset(titles)
+
+    def listen(raw: str) -> str:
+        if not raw or ":" not in raw:
+            raise ValueError(raw)
+        return raw
+
+    def redis_url(raw: str) -> str:
+        if raw.lower() == "embedded":
+            return "embedded"
+        if not raw.startswith(("redis://", "unix://")):
+            raise ValueError(raw)
+        return raw
+
+    server = ServerSettings(
+        ae_title=r.get("server", "ae_title", "SDCC", ae_title,
+                       "1 to 16 printable characters without backslash"),
+        listen=r.get("server", "listen", "tcp:11112", listen,
+                     "a Twisted endpoint string such as tcp:11112"),
+        data_dir=r.text("server", "data_dir", "var/sdcc") or "var/sdcc",
+        max_pdu_length=r.integer("server", "max_pdu_length", DEFAULT_MAX_PDU_LENGTH,
+                                 MIN_PDU_LENGTH, MAX_PDU_LENGTH),
+        max_associations=r.integer("server", "max_associations", 64, 1, 100000),
+        require_called_ae_title=r.boolean("server", "require_called_ae_title", False),
+        allowed_calling_ae_titles=r.get(
+            "server", "allowed_calling_ae_titles", None, ae_list,
+            "a comma-separated list of AE titles (empty: any)"),
+        artim_timeout=r.seconds("server", "artim_timeout", 30.0),
+        idle_timeout=r.seconds("server", "idle_timeout", 300.0),
+        max_command_length=r.integer("server", "max_command_length", 64 * 1024,
+                                     1024, 16 * 1024 * 1024),
+    )
+    storage = StorageSettings(
+        root=r.text("storage", "root", ""),
+        fsync=r.boolean("storage", "fsync", True),
+    )
+    index = IndexSettings(
+        redis=r.get("index", "redis", "embedded", redis_url,
+                    "'embedded', a redis://host:port/db URL or a unix:///path URL"),
+        redis_server=r.text("index", "redis_server", ""),
+        key_prefix=r.text("index", "key_prefix", "sdcc:"),
+        timeout=r.seconds("index", "timeout", 2.0, low=0.01),
+        lock=r.choice("index", "lock", "auto", LOCK_KINDS),
+    )
+    logging = LoggingSettings(
+        level=r.choice("logging", "level", "info", LOG_LEVELS),
+        file=r.text("logging", "file", ""),
+    )
+    return Settings(server, storage, index, logging, source)
+
+
+def load_settings(path: str) -> Settings:
+    """Read and validate the INI file at ``path``.
+
+    Raises:
+        ConfigError: the file cannot be read, or a value is wrong.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file: "
+                          f"{exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    return parse_settings(text, path)
+
+
+def settings_summary(settings: Settings) -> dict[str, Any]:
+    """The settings as a flat dict, for the startup log line."""
+    s = settings.server
+    return {
+        "ae_title": s.ae_title, "listen": s.listen, "max_pdu_length": s.max_pdu_length,
+        "max_associations": s.max_associations, "storage_root": settings.storage_root,
+        "fsync": settings.storage.fsync, "redis": settings.index.redis,
+    }

@@ -1,0 +1,421 @@
+"""The instance index and the fleet-wide association lock, on Redis.
+
+The key layout is documented in :mod:`sdcc_twisted.index_keys` (the one place
+that maps a record to keys; ``sdcc-admin rebuild`` uses it too).
+
+Every public operation is bounded in time: the Redis calls it makes share one
+deadline (``timeout``, on the injected ``clock``), and running out of it, or
+losing the connection, fails the operation with :class:`IndexUnavailable`.
+With ``reconnect`` on, txredisapi never fails a command for a missing
+connection, it waits; the deadline is what turns that into an error.
+
+A record is one optimistic transaction on a connection taken out of the pool:
+WATCH the instance hash, read it, WATCH and count the sets it may leave, then
+MULTI, every write, EXEC; a concurrent change makes EXEC fail and the record
+is tried again.  If the deadline strikes while the connection is ours its
+transport is aborted, so no connection stays stuck in a transaction (the pool
+reconnects it).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Coroutine
+from typing import Any, Final, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import txredisapi
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
+
+from .index_keys import (
+    Command,
+    KeyLayout,
+    Placement,
+    detach_probes,
+    others_from_counts,
+    plan_record,
+    plan_remove,
+)
+from .locks import IAssociationLock
+from .records import InstanceRecord
+
+T = TypeVar("T")
+
+_log = Logger()
+
+#: How often a record is retried when a concurrent writer changed its keys.
+MAX_ATTEMPTS: Final = 8
+
+
+class IndexUnavailable(Exception):
+    """Redis did not answer in time, or the connection failed."""
+
+
+class IInstanceIndex(Interface):
+    """Where each stored SOP instance is, by SOP Instance UID."""
+
+    def record(rec: InstanceRecord) -> "defer.Deferred[str | None]":
+        """Index ``rec``, replacing any previous entry of its SOP Instance UID.
+
+        Returns:
+            A Deferred firing with the previous file path when the instance
+            was indexed under another path (the caller deletes that file),
+            else ``None``; failing with :class:`IndexUnavailable`.
+        """
+
+    def get(sop_instance_uid: str) -> "defer.Deferred[dict[str, str] | None]":
+        """The instance's fields (all text), or ``None`` if not indexed."""
+
+    def remove(sop_instance_uid: str) -> "defer.Deferred[None]":
+        """Forget the instance; parents left empty go too."""
+
+
+def _unavailable(failure: Any, what: str, timeout: float) -> Any:
+    """Map a timeout or a Redis error to :class:`IndexUnavailable`."""
+    if failure.check(defer.TimeoutError, defer.CancelledError):
+        raise IndexUnavailable(
+            f"Redis did not answer within {timeout:g} s ({what})") from None
+    if failure.check(txredisapi.ConnectionError):
+        raise IndexUnavailable(
+            f"Redis connection failed ({what}): {failure.getErrorMessage()}"
+        ) from None
+    if failure.check(txredisapi.RedisError):
+        raise IndexUnavailable(
+            f"Redis error ({what}): {failure.getErrorMessage()}") from None
+    return failure
+
+
+class _Bounded:
+    """Runs coroutines under one deadline each, on an injected clock."""
+
+    def __init__(self, clock: IReactorTime, timeout: float) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        self._clock = clock
+        self.timeout = timeout
+
+    def run(self, work: "Coroutine[Any, Any, T] | defer.Deferred[T]",
+            what: str) -> "defer.Deferred[T]":
+        """``work`` (a coroutine or a Deferred) under the deadline."""
+        if isinstance(work, defer.Deferred):
+            d = work
+        else:
+            d = defer.Deferred.fromCoroutine(work)
+        d.addTimeout(self.timeout, self._clock)
+        d.addErrback(_unavailable, what, self.timeout)
+        return d
+
+
+def _abandon(conn: Any) -> None:
+    """Drop a connection whose transaction state is unknown."""
+    transport = getattr(conn, "transport", None)
+    if transport is not None and getattr(conn, "connected", 0):
+        transport.abortConnection()
+
+
+def _quiet(d: "defer.Deferred[Any]") -> "defer.Deferred[Any]":
+    """Keep a Deferred whose failure is handled elsewhere out of the log."""
+    d.addErrback(lambda _: None)
+    return d
+
+
+def _check_replies(replies: Any) -> None:
+    if not isinstance(replies, list):
+        raise txredisapi.ResponseError(f"unexpected EXEC reply {replies!r}")
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise txredisapi.ResponseError(str(reply))
+
+
+@implementer(IInstanceIndex)
+class RedisIndex:
+    """The instance index in Redis, through a txredisapi connection pool.
+
+    Args:
+        redis: a txredisapi connection handler (see :func:`connect_redis`);
+            made with ``convertNumbers=False`` so that values stay text.
+        clock: the reactor's ``IReactorTime`` (``task.Clock`` in tests).
+        key_prefix: prepended to every key.
+        timeout: seconds allowed for each operation.
+    """
+
+    def __init__(self, redis: Any, clock: IReactorTime,
+                 key_prefix: str = "sdcc:", timeout: float = 2.0) -> None:
+        self._redis = redis
+        self._bounded = _Bounded(clock, timeout)
+        self.layout = KeyLayout(key_prefix)
+
+    @property
+    def timeout(self) -> float:
+        return self._bounded.timeout
+
+    def record(self, rec: InstanceRecord) -> "defer.Deferred[str | None]":
+        """Index ``rec`` (see :meth:`IInstanceIndex.record`)."""
+        return self._bounded.run(self._record(rec),
+                                 f"record {rec.sop_instance_uid}")
+
+    def get(self, sop_instance_uid: str) -> "defer.Deferred[dict[str, str] | None]":
+        """The instance hash, or ``None`` (see :meth:`IInstanceIndex.get`)."""
+        return self._bounded.run(self._get(sop_instance_uid),
+                                 f"get {sop_instance_uid}")
+
+    def remove(self, sop_instance_uid: str) -> "defer.Deferred[None]":
+        """Forget the instance (see :meth:`IInstanceIndex.remove`)."""
+        return self._bounded.run(self._remove(sop_instance_uid),
+                                 f"remove {sop_instance_uid}")
+
+    async def _get(self, uid: str) -> dict[str, str] | None:
+        fields = await self._redis.hgetall(self.layout.instance(uid))
+        return dict(fields) if fields else None
+
+    async def _take(self) -> Any:
+        # txredisapi 1.6.0: a connection taken with get (not peek) is ours
+        # until its transaction ends (EXEC, a failed EXEC or UNWATCH put it
+        # back).  The handler's own watch()/multi() would leak it if the
+        # caller gave up before the reply, hence the factory.
+        return await self._redis._factory.getConnection(peek=False)
+
+    async def _others(self, conn: Any,
+                      probes: list[tuple[str, str]]) -> dict[str, int]:
+        if not probes:
+            return {}
+        await conn.watch([key for key, _ in probes])
+        replies = []
+        for key, member in probes:
+            replies.append(conn.scard(key))
+            replies.append(conn.sismember(key, member))
+        values = await defer.gatherResults(replies, consumeErrors=True)
+        counts = list(zip(values[::2], values[1::2]))
+        return others_from_counts(probes, counts)
+
+    async def _exec(self, conn: Any, commands: list[Command]) -> None:
+        await conn.multi()
+        for cmd in commands:
+            _quiet(conn.execute_command(*cmd))
+        _check_replies(await conn.commit())
+
+    async def _record(self, rec: InstanceRecord) -> str | None:
+        key = self.layout.instance(rec.sop_instance_uid)
+        new = Placement.of_record(rec)
+        for _ in range(MAX_ATTEMPTS):
+            conn = await self._take()
+            try:
+                await conn.watch([key])
+                old_fields = await conn.hgetall(key)
+                probes: list[tuple[str, str]] = []
+                if old_fields:
+                    probes = detach_probes(self.layout, rec.sop_instance_uid,
+                                           Placement.of_fields(old_fields), new)
+                others = await self._others(conn, probes)
+                commands, previous = plan_record(self.layout, rec, old_fields,
+                                                 others)
+                await self._exec(conn, commands)
+            except txredisapi.WatchError:
+                continue
+            except BaseException:
+                _abandon(conn)
+                raise
+            return previous
+        raise IndexUnavailable(
+            f"record {rec.sop_instance_uid}: keys kept changing under "
+            f"{MAX_ATTEMPTS} attempts")
+
+    async def _remove(self, uid: str) -> None:
+        key = self.layout.instance(uid)
+        for _ in range(MAX_ATTEMPTS):
+            conn = await self._take()
+            try:
+                await conn.watch([key])
+                old_fields = await conn.hgetall(key)
+                if not old_fields:
+                    await conn.unwatch()
+                    return None
+                old = Placement.of_fields(old_fields)
+                others = await self._others(
+                    conn, detach_probes(self.layout, uid, old, None))
+                await self._exec(conn, plan_remove(self.layout, uid,
+                                                   old_fields, others))
+            except txredisapi.WatchError:
+                continue
+            except BaseException:
+                _abandon(conn)
+                raise
+            return None
+        raise IndexUnavailable(
+            f"remove {uid}: keys kept changing under {MAX_ATTEMPTS} attempts")
+
+
+_REFRESH_SCRIPT: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE_SCRIPT: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+@implementer(IAssociationLock)
+class RedisAssociationLock:
+    """One association per calling AE title across every sdcc sharing Redis.
+
+    ``acquire`` is ``SET {p}lock:ae:{AE} token NX PX ttl``; while held, a
+    LoopingCall renews the expiry every ``refresh`` seconds if the key still
+    holds our token (Lua), and ``release`` deletes it only then.  A node that
+    dies stops renewing, so its slots free within ``ttl``.  A timeout in
+    ``acquire`` fails with :class:`IndexUnavailable` (the caller falls back).
+    """
+
+    def __init__(self, redis: Any, clock: IReactorTime, key_prefix: str = "sdcc:",
+                 ttl: float = 10.0, refresh: float = 3.0,
+                 timeout: float = 2.0) -> None:
+        if not 0 < refresh < ttl:
+            raise ValueError(f"need 0 < refresh < ttl, got refresh={refresh!r}"
+                             f" ttl={ttl!r}")
+        self._redis = redis
+        self._clock = clock
+        self._bounded = _Bounded(clock, timeout)
+        self.layout = KeyLayout(key_prefix)
+        self.ttl = ttl
+        self.refresh = refresh
+        self._held: dict[str, tuple[str, task.LoopingCall]] = {}
+
+    def _ttl_ms(self) -> int:
+        return max(1, int(self.ttl * 1000))
+
+    def acquire(self, calling_ae: str) -> "defer.Deferred[object | None]":
+        """Take the slot of ``calling_ae``: a token, or ``None`` if taken."""
+        return self._bounded.run(self._acquire(calling_ae),
+                                 f"lock {calling_ae!r}")
+
+    async def _acquire(self, ae: str) -> str | None:
+        token = secrets.token_hex(16)
+        reply = await self._redis.set(self.layout.ae_lock(ae), token,
+                                      pexpire=self._ttl_ms(),
+                                      only_if_not_exists=True)
+        if reply != "OK":
+            return None
+        loop = task.LoopingCall(self._refresh, ae, token)
+        loop.clock = self._clock
+        self._held[ae] = (token, loop)
+        _quiet(loop.start(self.refresh, now=False))
+        return token
+
+    def _refresh(self, ae: str, token: str) -> "defer.Deferred[None]":
+        d = self._bounded.run(
+            self._redis.eval(_REFRESH_SCRIPT, [self.layout.ae_lock(ae)],
+                             [token, str(self._ttl_ms())]),
+            f"refresh lock {ae!r}")
+
+        def renewed(result: Any) -> None:
+            if not result and self._held.get(ae, (None,))[0] == token:
+                _log.warn("association lock of {ae!r} was lost (expired or "
+                          "taken over); no longer renewing it", ae=ae)
+                self._forget(ae)
+
+        def failed(failure: Any) -> None:
+            _log.warn("cannot renew the association lock of {ae!r}: {why}",
+                      ae=ae, why=failure.getErrorMessage())
+
+        return d.addCallbacks(renewed, failed)
+
+    def _forget(self, ae: str) -> None:
+        _, loop = self._held.pop(ae)
+        if loop.running:
+            loop.stop()
+
+    def release(self, calling_ae: str, token: object) -> "defer.Deferred[None]":
+        """Free the slot if ``token`` still holds it; never fails."""
+        if self._held.get(calling_ae, (None,))[0] == token:
+            self._forget(calling_ae)
+        d = self._bounded.run(
+            self._redis.eval(_RELEASE_SCRIPT, [self.layout.ae_lock(calling_ae)],
+                             [str(token)]),
+            f"unlock {calling_ae!r}")
+
+        def failed(failure: Any) -> None:
+            _log.warn("cannot release the association lock of {ae!r} (it "
+                      "expires by itself): {why}", ae=calling_ae,
+                      why=failure.getErrorMessage())
+
+        return d.addCallbacks(lambda _: None, failed)
+
+    def release_all(self) -> "defer.Deferred[None]":
+        """Release every slot this object holds (for shutdown)."""
+        ds = [self.release(ae, token) for ae, (token, _) in list(self._held.items())]
+        return defer.gatherResults(ds).addCallback(lambda _: None)
+
+    def held(self) -> frozenset[str]:
+        """The calling AE titles whose slot this object holds and renews."""
+        return frozenset(self._held)
+
+
+def connect_redis(url: str, reactor: Any, *, poolsize: int = 4,
+                  connect_timeout: float = 5.0,
+                  max_retry_delay: float = 10.0) -> Any:
+    """A lazy, reconnecting txredisapi pool for ``url``.
+
+    ``redis://[[user]:password@]host[:port][/db]`` or
+    ``unix:///path/to/sock[?db=N]``.  Values come back as text
+    (``convertNumbers`` off).  txredisapi 1.6.0 uses the global reactor
+    internally, so ``reactor`` is accepted for symmetry only.
+
+    Args:
+        max_retry_delay: cap of the reconnect back-off, in seconds.
+
+    Raises:
+        ValueError: the URL is not one of the forms above.
+    """
+    del reactor  # txredisapi has no way to take it
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    common: dict[str, Any] = dict(
+        poolsize=poolsize, reconnect=True, convertNumbers=False,
+        connectTimeout=connect_timeout)
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError(f"{url!r}: a unix:// URL needs a socket path, "
+                             "as in unix:///var/lib/sdcc/redis.sock?db=0")
+        db = _db_number(url, query.get("db", ["0"])[0])
+        if parts.password is not None:
+            common["password"] = unquote(parts.password)
+        handler = txredisapi.lazyUnixConnectionPool(
+            unquote(parts.path), dbid=db or None, **common)
+    elif parts.scheme == "redis":
+        db = _db_number(url, parts.path.strip("/") or "0")
+        try:
+            port = parts.port or 6379
+        except ValueError:
+            raise ValueError(f"{url!r}: bad port") from None
+        if parts.password is not None:
+            common["password"] = unquote(parts.password)
+            if parts.username:
+                common["username"] = unquote(parts.username)
+        handler = txredisapi.lazyConnectionPool(
+            parts.hostname or "localhost", port, dbid=db or None, **common)
+    else:
+        raise ValueError(f"{url!r}: expected redis://host:port/db or "
+                         "unix:///path/to/redis.sock?db=N")
+    factory = handler._factory
+    factory.maxDelay = max_retry_delay
+    factory.initialDelay = min(factory.initialDelay, max_retry_delay)
+    return handler
+
+
+def _db_number(url: str, text: str) -> int:
+    try:
+        db = int(text)
+    except ValueError:
+        db = -1
+    if db < 0:
+        raise ValueError(f"{url!r}: the database must be a number >= 0, "
+                         f"got {text!r}")
+    return db

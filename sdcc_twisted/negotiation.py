@@ -1,0 +1,157 @@
+"""Acceptor policy for association negotiation (PS3.8 7.1, PS3.7 Annex D).
+
+A pure function of the A-ASSOCIATE-RQ and the settings: it returns either the
+A-ASSOCIATE-AC to send, with the accepted presentation contexts, or the reject
+triple.  The per-AE rule and the association cap need live state, so the
+service decides them after this policy has accepted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from .conformance import (
+    APPLICATION_CONTEXT_NAME,
+    DEFAULT_MAX_PDU_LENGTH,
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    PC_ABSTRACT_SYNTAX_NOT_SUPPORTED,
+    PC_ACCEPTANCE,
+    PC_TRANSFER_SYNTAXES_NOT_SUPPORTED,
+    REJECT_APPLICATION_CONTEXT,
+    REJECT_CALLED_AE,
+    REJECT_CALLING_AE,
+    REJECT_PROTOCOL_VERSION,
+    SUPPORTED_CONTEXTS,
+    RejectReason,
+)
+from .pdu import (
+    AAssociateAC,
+    AAssociateRJ,
+    AAssociateRQ,
+    PresentationContextAC,
+    UserInformation,
+)
+
+#: Answer to a proposed Asynchronous Operations Window: synchronous only
+#: (statement, "Asynchronicity"; PS3.7 D.3.3.3).
+ASYNC_OPS_ANSWER: Final = (1, 1)
+
+
+@dataclass(frozen=True)
+class AcceptorPolicy:
+    """What this SCP accepts.
+
+    Attributes:
+        ae_title: our AE title.
+        require_called_ae: reject 1/1/7 when the Called AE differs from ours.
+        allowed_calling_aes: if not None, reject 1/1/3 for any other calling AE.
+        max_pdu_length: the Maximum Length we propose (PS3.8 D.1); never 0.
+        contexts: abstract syntax -> accepted transfer syntaxes, in our order.
+    """
+
+    ae_title: str = "SDCC"
+    require_called_ae: bool = False
+    allowed_calling_aes: frozenset[str] | None = None
+    max_pdu_length: int = DEFAULT_MAX_PDU_LENGTH
+    contexts: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: SUPPORTED_CONTEXTS)
+
+    def __post_init__(self) -> None:
+        if self.max_pdu_length <= 0:
+            raise ValueError("max_pdu_length must be positive (0 means unlimited)")
+
+
+@dataclass(frozen=True)
+class AcceptedContext:
+    """A presentation context we accepted."""
+
+    context_id: int
+    abstract_syntax: str
+    transfer_syntax: str
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The policy accepts: send ``ac``; ``contexts`` maps ID -> accepted context."""
+
+    ac: AAssociateAC
+    contexts: dict[int, AcceptedContext]
+    peer_max_pdu_length: int
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """The policy rejects with this triple."""
+
+    reason: RejectReason
+
+    @property
+    def rj(self) -> AAssociateRJ:
+        """The A-ASSOCIATE-RJ PDU for this reason."""
+        return reject_pdu(self.reason)
+
+
+def reject_pdu(reason: RejectReason) -> AAssociateRJ:
+    """Build the A-ASSOCIATE-RJ PDU for a reject triple (PS3.8 9.3.4)."""
+    return AAssociateRJ(reason.result, reason.source, reason.reason)
+
+
+def check_protocol_version(rq: AAssociateRQ) -> RejectReason | None:
+    """PS3.8 9.3.2: only bit 0 of the protocol version is tested."""
+    if not rq.protocol_version & 1:
+        return REJECT_PROTOCOL_VERSION
+    return None
+
+
+def negotiate(rq: AAssociateRQ, policy: AcceptorPolicy) -> Accepted | Rejected:
+    """Decide an A-ASSOCIATE-RQ (PS3.8 7.1.1, 9.3.3; PS3.7 D.3.3).
+
+    Order: application context (1/1/2), calling AE (1/1/3), called AE (1/1/7);
+    then one answer per presentation context: 0 accepted, 3 abstract syntax
+    not supported, 4 no transfer syntax supported.
+    """
+    if rq.application_context != APPLICATION_CONTEXT_NAME:
+        return Rejected(REJECT_APPLICATION_CONTEXT)
+    if (policy.allowed_calling_aes is not None
+            and rq.calling_ae not in policy.allowed_calling_aes):
+        return Rejected(REJECT_CALLING_AE)
+    if policy.require_called_ae and rq.called_ae != policy.ae_title:
+        return Rejected(REJECT_CALLED_AE)
+
+    answers: list[PresentationContextAC] = []
+    accepted: dict[int, AcceptedContext] = {}
+    for pc in rq.presentation_contexts:
+        supported = policy.contexts.get(pc.abstract_syntax)
+        if supported is None:
+            answers.append(PresentationContextAC(
+                pc.context_id, PC_ABSTRACT_SYNTAX_NOT_SUPPORTED,
+                pc.transfer_syntaxes[0] if pc.transfer_syntaxes else ""))
+            continue
+        chosen = next((ts for ts in pc.transfer_syntaxes if ts in supported), None)
+        if chosen is None:
+            answers.append(PresentationContextAC(
+                pc.context_id, PC_TRANSFER_SYNTAXES_NOT_SUPPORTED,
+                pc.transfer_syntaxes[0] if pc.transfer_syntaxes else ""))
+            continue
+        answers.append(PresentationContextAC(pc.context_id, PC_ACCEPTANCE, chosen))
+        accepted[pc.context_id] = AcceptedContext(
+            pc.context_id, pc.abstract_syntax, chosen)
+
+    user_info = UserInformation(
+        max_length=policy.max_pdu_length,
+        implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+        implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+        async_ops=ASYNC_OPS_ANSWER if rq.user_information.async_ops is not None else None,
+    )
+    ac = AAssociateAC(
+        called_ae=rq.called_ae,
+        calling_ae=rq.calling_ae,
+        application_context=APPLICATION_CONTEXT_NAME,
+        presentation_contexts=tuple(answers),
+        user_information=user_info,
+    )
+    peer_max = rq.user_information.max_length or 0
+    return Accepted(ac, accepted, peer_max)

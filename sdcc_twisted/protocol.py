@@ -1,0 +1,460 @@
+"""The Twisted adapter: bytes between the transport and the sans-I/O core.
+
+:class:`DicomProtocol` feeds received bytes to an
+:class:`~sdcc_twisted.association.Association`, writes what it has to send
+(one ``transport.write`` per batch, TCP_NODELAY on), runs ARTIM and the idle
+timer on the factory's injected clock, and hands DIMSE requests to the
+service classes of :mod:`sdcc_twisted.scp`.  An exception from our own code
+becomes an A-ABORT and a log line; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .association import Association
+from .conformance import (
+    ABORT_INVALID_PDU_PARAMETER_VALUE,
+    ABORT_REASON_NOT_SPECIFIED,
+    ABORT_REASON_TEXT,
+    C_CANCEL_RQ,
+    C_ECHO_RQ,
+    C_STORE_RQ,
+    COMMAND_NAMES,
+    REJECT_AE_BUSY,
+    REJECT_TOO_MANY,
+    STATUS_UNRECOGNIZED_OPERATION,
+    RejectReason,
+    TRANSFER_SYNTAXES,
+    sop_class_name,
+)
+from .dimse import Command, response
+from .events import (
+    Aborted,
+    AssociationRejected,
+    AssociationRequested,
+    CloseTransport,
+    CommandReceived,
+    DataFragment,
+    Event,
+    ReleaseRequested,
+    StartARTIM,
+    StopARTIM,
+)
+from .locks import IAssociationLock
+from .negotiation import AcceptorPolicy, Accepted, Rejected, negotiate, reject_pdu
+from .scp import Outcome, Reception, StorageSCP, VerificationSCP
+
+log = Logger(namespace="sdcc.association")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """ARTIM (PS3.8 9.1.5) and the idle-association timeout, in seconds."""
+
+    artim: float = 30.0
+    idle: float = 300.0
+
+
+class DicomProtocol(Protocol):
+    """One TCP connection carrying one DICOM association (acceptor side)."""
+
+    factory: "DicomServerFactory"
+
+    def __init__(self) -> None:
+        self.assoc: Association | None = None
+        self._artim: IDelayedCall | None = None
+        self._idle: IDelayedCall | None = None
+        self._last_activity = 0.0
+        self._started = 0.0
+        self._peer = "?"
+        self._lock_token: object | None = None
+        self._calling_ae = ""
+        self._called_ae = ""
+        self._counted = False
+        self._reception: Reception | None = None
+        self._reception_context = 0
+        self._discard_context: int | None = None
+        self._pending = 0
+        self._release_waiting = False
+        self._outcome = "closed before association"
+        self._stored = 0
+        self._failed = 0
+        self._closed = False
+
+    # -- Twisted callbacks ----------------------------------------------------
+    def connectionMade(self) -> None:
+        """Evt5: the transport is open; start ARTIM for the A-ASSOCIATE-RQ."""
+        factory = self.factory
+        self._started = factory.clock.seconds()
+        peer = self.transport.getPeer()
+        self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        handle = getattr(self.transport, "getHandle", None)
+        if handle is not None:
+            try:
+                handle().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except (OSError, AttributeError):
+                pass
+        self.assoc = Association(factory.policy.max_pdu_length,
+                                 max_command_length=factory.max_command_length)
+        factory.connections.add(self)
+        self._guard(self.assoc.connection_made)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Bytes from the peer: feed the core and act on what it says."""
+        self._last_activity = self.factory.clock.seconds()
+        assoc = self.assoc
+        if assoc is None:
+            return
+        self._guard(assoc.receive_data, data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """Evt17: however the transport closed, free everything it held."""
+        if self._closed:
+            return
+        self._closed = True
+        assoc = self.assoc
+        if assoc is not None and assoc.state not in ("Sta1",):
+            try:
+                self._handle(assoc.connection_lost())
+            except Exception:  # noqa: BLE001
+                log.failure("error while closing the association from {peer}", peer=self._peer)
+        self._cancel_artim()
+        self._cancel_idle()
+        if self._reception is not None:
+            self._reception.abort()
+            self._reception = None
+            if self._outcome in ("established", "released"):
+                self._outcome = "aborted"
+        self._release_slot()
+        self.factory.connections.discard(self)
+        if self._calling_ae:
+            elapsed = self.factory.clock.seconds() - self._started
+            log.info("association peer={peer} calling_ae={calling} called_ae={called} "
+                     "outcome={outcome} stored={stored} failed={failed} "
+                     "duration={duration:.3f}s",
+                     peer=self._peer, calling=self._calling_ae, called=self._called_ae,
+                     outcome=self._outcome, stored=self._stored, failed=self._failed,
+                     duration=elapsed)
+
+    # -- core effects ------------------------------------------------------------
+    def _guard(self, fn: Any, *args: Any) -> None:
+        """Run a core call and its effects; our own exceptions become an A-ABORT."""
+        try:
+            self._handle(fn(*args))
+        except Exception:  # noqa: BLE001 - the boundary of our own code
+            self._internal_error(Failure())
+
+    def _internal_error(self, failure: Failure) -> None:
+        log.failure("internal error on the association from {peer}; aborting it",
+                    failure, peer=self._peer)
+        self._outcome = "aborted (internal error)"
+        assoc = self.assoc
+        if assoc is not None:
+            try:
+                assoc.abort(ABORT_REASON_NOT_SPECIFIED, "internal error")
+            except Exception:  # noqa: BLE001
+                pass
+            self._flush()
+        self.transport.loseConnection()
+
+    def _flush(self) -> None:
+        assoc = self.assoc
+        if assoc is not None:
+            data = assoc.data_to_send()
+            if data and not self._closed:
+                self.transport.write(data)
+
+    def _handle(self, events: list[Event]) -> None:
+        for event in events:
+            kind = type(event)
+            if kind is DataFragment:
+                self._on_fragment(event)
+            elif kind is CommandReceived:
+                self._on_command(event)
+            elif kind is StartARTIM:
+                self._start_artim()
+            elif kind is StopARTIM:
+                self._cancel_artim()
+            elif kind is CloseTransport:
+                self._flush()
+                self.transport.loseConnection()
+            elif kind is AssociationRequested:
+                self._on_request(event.request)
+            elif kind is AssociationRejected:
+                self._log_reject(event.reject)
+            elif kind is ReleaseRequested:
+                self._on_release()
+            elif kind is Aborted:
+                self._on_aborted(event)
+        self._flush()
+
+    # -- timers -------------------------------------------------------------
+    def _start_artim(self) -> None:
+        self._cancel_artim()
+        self._artim = self.factory.clock.callLater(self.factory.timeouts.artim,
+                                                   self._artim_expired)
+
+    def _cancel_artim(self) -> None:
+        if self._artim is not None and self._artim.active():
+            self._artim.cancel()
+        self._artim = None
+
+    def _artim_expired(self) -> None:
+        self._artim = None
+        assoc = self.assoc
+        if assoc is None:
+            return
+        if assoc.state == "Sta2":
+            log.info("no A-ASSOCIATE-RQ from {peer} within {t}s (ARTIM); closing",
+                     peer=self._peer, t=self.factory.timeouts.artim)
+        self._guard(assoc.timer_expired)
+
+    def _start_idle(self) -> None:
+        self._idle = self.factory.clock.callLater(self.factory.timeouts.idle, self._idle_check)
+
+    def _cancel_idle(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+
+    def _idle_check(self) -> None:
+        """Abort an association that stayed silent for the idle timeout."""
+        clock = self.factory.clock
+        idle_for = clock.seconds() - self._last_activity
+        limit = self.factory.timeouts.idle
+        if self._pending or idle_for < limit:
+            self._idle = clock.callLater(max(limit - idle_for, 0.001), self._idle_check)
+            return
+        self._idle = None
+        log.warn("association from {peer} calling_ae={calling} idle for {t:.0f}s; "
+                 "sending A-ABORT", peer=self._peer, calling=self._calling_ae, t=idle_for)
+        self._outcome = "aborted (idle timeout)"
+        if self.assoc is not None:
+            self._guard(self.assoc.abort, ABORT_REASON_NOT_SPECIFIED, "idle timeout")
+
+    # -- association establishment -------------------------------------------
+    def _on_request(self, rq: Any) -> None:
+        factory = self.factory
+        self._calling_ae = rq.calling_ae
+        self._called_ae = rq.called_ae
+        decision = negotiate(rq, factory.policy)
+        if isinstance(decision, Rejected):
+            self._reject(decision.reason)
+            return
+        if factory.association_count() >= factory.max_associations:
+            self._reject(REJECT_TOO_MANY)
+            return
+        self._counted = True
+        d = factory.lock.acquire(rq.calling_ae)
+        d.addCallbacks(self._lock_answer, self._lock_failed, callbackArgs=(decision,))
+        d.addErrback(self._internal_error)
+
+    def _lock_answer(self, token: object | None, decision: Accepted) -> None:
+        if self._closed:
+            if token is not None:
+                self.factory.lock.release(self._calling_ae, token)
+            return
+        if token is None:
+            self._counted = False
+            self._reject(REJECT_AE_BUSY)
+            self._flush()
+            return
+        self._lock_token = token
+        self._accept(decision)
+
+    def _lock_failed(self, failure: Failure) -> None:
+        log.failure("the per-AE association lock failed for {calling}; refusing "
+                    "the association as temporarily congested", failure,
+                    calling=self._calling_ae)
+        self._counted = False
+        if not self._closed:
+            self._reject(RejectReason(2, 3, 1, "temporary-congestion (lock unavailable)"))
+            self._flush()
+
+    def _accept(self, decision: Accepted) -> None:
+        assoc = self.assoc
+        assert assoc is not None
+        self._guard(assoc.accept, decision)
+        self._outcome = "established"
+        self._last_activity = self.factory.clock.seconds()
+        self._start_idle()
+        contexts = sorted({
+            f"{sop_class_name(c.abstract_syntax)}/{TRANSFER_SYNTAXES.get(c.transfer_syntax, c.transfer_syntax)}"
+            for c in decision.contexts.values()})
+        refused = len(decision.ac.presentation_contexts) - len(decision.contexts)
+        log.info("association accepted peer={peer} calling_ae={calling} called_ae={called} "
+                 "peer_max_pdu={peer_max} accepted_contexts={accepted} "
+                 "refused_contexts={refused} [{contexts}]",
+                 peer=self._peer, calling=self._calling_ae, called=self._called_ae,
+                 peer_max=decision.peer_max_pdu_length, accepted=len(decision.contexts),
+                 refused=refused, contexts="; ".join(contexts))
+
+    def _reject(self, reason: RejectReason) -> None:
+        assoc = self.assoc
+        assert assoc is not None
+        self._outcome = f"rejected {reason.result}/{reason.source}/{reason.reason}"
+        log.warn("association rejected peer={peer} calling_ae={calling} called_ae={called} "
+                 "result/source/reason={r}/{s}/{d} ({text})",
+                 peer=self._peer, calling=self._calling_ae, called=self._called_ae,
+                 r=reason.result, s=reason.source, d=reason.reason, text=reason.text)
+        self._guard(assoc.reject, reject_pdu(reason))
+
+    def _log_reject(self, rj: Any) -> None:
+        """AE-6 refused the request below the policy (e.g. protocol version)."""
+        self._outcome = f"rejected {rj.result}/{rj.source}/{rj.reason}"
+        log.warn("association rejected by the upper layer peer={peer} "
+                 "result/source/reason={r}/{s}/{d}", peer=self._peer,
+                 r=rj.result, s=rj.source, d=rj.reason)
+
+    def _release_slot(self) -> None:
+        if self._lock_token is not None:
+            token, self._lock_token = self._lock_token, None
+            self.factory.lock.release(self._calling_ae, token)
+        self._counted = False
+
+    # -- DIMSE ----------------------------------------------------------------
+    def _on_command(self, event: CommandReceived) -> None:
+        assoc = self.assoc
+        assert assoc is not None
+        command: Command = event.command
+        context = assoc.contexts.get(event.context_id)
+        if context is None:
+            self._protocol_abort(f"message on presentation context {event.context_id}, "
+                                 "which was not accepted")
+            return
+        field = command.command_field
+        if field == C_ECHO_RQ:
+            outcome = self.factory.verification.echo(command)
+            self._respond(event.context_id, command, self.factory.verification.response_field,
+                          outcome)
+        elif field == C_STORE_RQ and command.has_data_set:
+            storage = self.factory.storage
+            self._reception = storage.begin(command, context.abstract_syntax,
+                                            context.transfer_syntax, self._calling_ae)
+            self._reception_context = event.context_id
+        elif field == C_CANCEL_RQ:
+            return
+        else:
+            name = COMMAND_NAMES.get(field or 0, f"0x{field or 0:04X}")
+            log.warn("unsupported {name} from {calling}; answering 0x0211",
+                     name=name, calling=self._calling_ae)
+            if command.has_data_set:
+                self._discard_context = event.context_id
+            self._respond(event.context_id, command, (field or 0) | 0x8000,
+                          Outcome(STATUS_UNRECOGNIZED_OPERATION,
+                                  f"{name} is not supported here"[:64]))
+
+    def _on_fragment(self, event: DataFragment) -> None:
+        reception = self._reception
+        if reception is None:
+            if event.last:
+                self._discard_context = None
+            return
+        reception.write(event.data)
+        if not event.last:
+            return
+        self._reception = None
+        self._pending += 1
+        d = reception.complete()
+        d.addCallback(self._store_done, reception, self._reception_context)
+        d.addErrback(self._internal_error)
+
+    def _store_done(self, outcome: Outcome, reception: Reception, context_id: int) -> None:
+        self._pending -= 1
+        if outcome.success:
+            self._stored += 1
+        else:
+            self._failed += 1
+        if self._closed:
+            if outcome.success:
+                log.info("{uid} stored, but the association closed before the "
+                         "response could be sent", uid=reception.command.affected_sop_instance_uid)
+            return
+        self._respond(context_id, reception.command, StorageSCP.response_field, outcome)
+        if self._release_waiting and not self._pending:
+            self._release_waiting = False
+            self._guard(self.assoc.release_response)
+
+    def _respond(self, context_id: int, command: Command, field: int, outcome: Outcome) -> None:
+        assoc = self.assoc
+        if assoc is None or not assoc.established:
+            return
+        elements = response(command, field, outcome.status, outcome.comment)
+        self._guard(assoc.send_message, context_id, elements)
+
+    def _protocol_abort(self, detail: str) -> None:
+        log.warn("aborting the association from {peer} calling_ae={calling}: {detail}",
+                 peer=self._peer, calling=self._calling_ae, detail=detail)
+        self._outcome = "aborted (protocol error)"
+        if self.assoc is not None:
+            self._guard(self.assoc.abort, ABORT_INVALID_PDU_PARAMETER_VALUE, detail)
+
+    # -- release and abort -----------------------------------------------------
+    def _on_release(self) -> None:
+        self._cancel_idle()
+        if self._outcome == "established":
+            self._outcome = "released"
+        if self._pending:
+            self._release_waiting = True
+            return
+        assert self.assoc is not None
+        self._guard(self.assoc.release_response)
+
+    def _on_aborted(self, event: Aborted) -> None:
+        self._cancel_idle()
+        if event.by_peer:
+            self._outcome = "aborted by peer"
+        elif event.source is None:
+            self._outcome = ("aborted (connection closed)" if self._outcome == "established"
+                             else self._outcome)
+        else:
+            self._outcome = (f"aborted (A-ABORT sent: "
+                             f"{ABORT_REASON_TEXT.get(event.reason, event.reason)})")
+        log.warn("association from {peer} calling_ae={calling} ended abnormally: {detail}",
+                 peer=self._peer, calling=self._calling_ae or "-", detail=event.detail)
+
+
+class DicomServerFactory(Factory):
+    """Builds a :class:`DicomProtocol` per connection and holds what they share.
+
+    Args:
+        policy: the negotiation policy (AE title, contexts, Maximum Length).
+        storage: the Storage SCP.
+        lock: the one-association-per-calling-AE lock.
+        clock: an ``IReactorTime`` for ARTIM and the idle timer.
+        timeouts: ARTIM and idle timeouts.
+        max_associations: the total cap (2/3/2 beyond it).
+        max_command_length: the largest command set we buffer.
+    """
+
+    protocol = DicomProtocol
+
+    def __init__(self, policy: AcceptorPolicy, storage: StorageSCP,
+                 lock: IAssociationLock, clock: IReactorTime,
+                 timeouts: Timeouts = Timeouts(), max_associations: int = 64,
+                 max_command_length: int = 64 * 1024) -> None:
+        self.policy = policy
+        self.storage = storage
+        self.verification = VerificationSCP()
+        self.lock = lock
+        self.clock = clock
+        self.timeouts = timeouts
+        self.max_associations = max_associations
+        self.max_command_length = max_command_length
+        self.connections: set[DicomProtocol] = set()
+
+    def association_count(self) -> int:
+        """Associations that count against the cap (established or being set up)."""
+        return sum(1 for p in self.connections if p._counted)
+
+
+__all__ = ["DicomProtocol", "DicomServerFactory", "Timeouts", "defer"]

@@ -1,0 +1,232 @@
+"""The DIMSE services this AE provides: Verification and Storage (PS3.4 A, B).
+
+These classes sit beside the protocol adapter: the protocol hands them a
+decoded request and the data set fragments; they answer with a status.  The
+Storage SCP streams the data set into a :class:`~sdcc_twisted.storage.Sink`,
+commits it off the reactor thread when it has to fsync, indexes it, and only
+then reports success.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from .conformance import (
+    C_ECHO_RSP,
+    C_STORE_RSP,
+    STATUS_PROCESSING_FAILURE,
+    STATUS_SOP_CLASS_NOT_SUPPORTED,
+    STATUS_SUCCESS,
+    STORAGE_SOP_CLASSES,
+    sop_class_name,
+)
+from .dimse import ELEMENT_NAMES, Command
+from .index import IInstanceIndex
+from .journal import PendingJournal
+from .records import InstanceRecord
+from .storage import FileStore, Sink, StorageError, StoredFile
+
+log = Logger(namespace="sdcc.storage")
+
+#: ``run_blocking(fn, *args) -> Deferred``: how blocking work leaves the
+#: reactor thread (``deferToThreadPool`` in production).
+RunBlocking = Callable[..., "defer.Deferred[Any]"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The status of an operation and its Error Comment (PS3.7 C.4)."""
+
+    status: int
+    comment: str | None = None
+
+    @property
+    def success(self) -> bool:
+        """True for status 0x0000."""
+        return self.status == STATUS_SUCCESS
+
+
+def describe_missing(command: Command) -> str | None:
+    """An Error Comment naming the required elements a request lacks."""
+    missing = command.missing()
+    if not missing:
+        return None
+    names = ", ".join(f"(0000,{e:04X}) {ELEMENT_NAMES.get(e, '')}".strip() for e in missing)
+    return f"Missing {names}"[:64]
+
+
+class VerificationSCP:
+    """PS3.4 Annex A: C-ECHO always answers Success (PS3.7 9.3.5.2)."""
+
+    response_field = C_ECHO_RSP
+
+    def echo(self, command: Command) -> Outcome:
+        """Answer a C-ECHO-RQ."""
+        return Outcome(STATUS_SUCCESS)
+
+
+class StorageSCP:
+    """PS3.4 Annex B: receive C-STORE data sets into files and index them.
+
+    Args:
+        store: where the files go.
+        index: the instance index; its failures never fail a store.
+        journal: where instances wait when the index does not answer.
+        run_blocking: runs a blocking callable off the reactor thread.
+        clock: for the per-instance duration in the log.
+    """
+
+    response_field = C_STORE_RSP
+
+    def __init__(self, store: FileStore, index: IInstanceIndex,
+                 journal: PendingJournal, run_blocking: RunBlocking,
+                 clock: Any) -> None:
+        self.store = store
+        self.index = index
+        self.journal = journal
+        self.run_blocking = run_blocking
+        self.clock = clock
+
+    def begin(self, command: Command, abstract_syntax: str,
+              transfer_syntax: str, calling_ae: str) -> "Reception":
+        """Start receiving the data set announced by a C-STORE-RQ."""
+        started = self.clock.seconds()
+        comment = describe_missing(command)
+        if comment:
+            return Reception(self, command, calling_ae, started, None,
+                             Outcome(STATUS_PROCESSING_FAILURE, comment))
+        sop_class = command.affected_sop_class_uid
+        if sop_class not in STORAGE_SOP_CLASSES or sop_class != abstract_syntax:
+            return Reception(self, command, calling_ae, started, None, Outcome(
+                STATUS_SOP_CLASS_NOT_SUPPORTED,
+                f"SOP class {sop_class} not negotiated on this context"[:64]))
+        try:
+            sink = self.store.open_sink(sop_class, command.affected_sop_instance_uid,
+                                        transfer_syntax, calling_ae)
+        except StorageError as exc:
+            return Reception(self, command, calling_ae, started, None,
+                             Outcome(exc.status, exc.comment))
+        return Reception(self, command, calling_ae, started, sink, None)
+
+    @defer.inlineCallbacks
+    def commit(self, reception: "Reception") -> Any:
+        """Make the file durable, index it, and return the Outcome."""
+        sink = reception.sink
+        assert sink is not None
+        try:
+            if self.store.fsync:
+                stored = yield self.run_blocking(sink.finish)
+            else:
+                stored = sink.finish()
+        except StorageError as exc:
+            return Outcome(exc.status, exc.comment)
+        record = self.record_for(stored, reception.calling_ae)
+        yield self.register(record)
+        return Outcome(STATUS_SUCCESS)
+
+    def record_for(self, stored: StoredFile, calling_ae: str) -> InstanceRecord:
+        """The index record of a file just committed."""
+        return InstanceRecord(
+            sop_instance_uid=stored.sop_instance_uid,
+            sop_class_uid=stored.sop_class_uid,
+            transfer_syntax=stored.transfer_syntax,
+            path=stored.path,
+            size=stored.size,
+            received_at=self.clock.seconds(),
+            calling_ae=calling_ae,
+            attributes=dict(stored.attributes),
+        )
+
+    @defer.inlineCallbacks
+    def register(self, record: InstanceRecord) -> Any:
+        """Index ``record``; on any index failure, journal it (never fails)."""
+        try:
+            previous = yield self.index.record(record)
+        except Exception as exc:  # noqa: BLE001 - any index failure is journaled
+            log.warn("index unavailable ({error}); {uid} journaled for later indexing",
+                     error=exc, uid=record.sop_instance_uid)
+            try:
+                yield self.run_blocking(self.journal.append, record)
+            except Exception:  # noqa: BLE001
+                log.failure("could not journal {uid}; run 'sdcc-admin rebuild' "
+                            "to index it from the file", uid=record.sop_instance_uid)
+            return None
+        if previous and previous != record.path:
+            yield self.run_blocking(_remove_quietly, previous)
+        return None
+
+
+def _remove_quietly(path: str) -> None:
+    """Remove the old copy of an instance that moved to another study/series."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class Reception:
+    """One C-STORE data set on its way to disk."""
+
+    def __init__(self, scp: StorageSCP, command: Command, calling_ae: str,
+                 started: float, sink: Sink | None, failed: Outcome | None) -> None:
+        self.scp = scp
+        self.command = command
+        self.calling_ae = calling_ae
+        self.started = started
+        self.sink = sink
+        self.failed = failed
+
+    def write(self, data: Any) -> None:
+        """Append a data set fragment; a disk error is kept for the answer."""
+        if self.sink is None or self.failed is not None:
+            return
+        try:
+            self.sink.write(data)
+        except StorageError as exc:
+            self.failed = Outcome(exc.status, exc.comment)
+            self.sink.abort()
+
+    def complete(self) -> "defer.Deferred[Outcome]":
+        """The last fragment arrived: commit, index, and report the Outcome."""
+        if self.failed is not None:
+            if self.sink is not None:
+                self.sink.abort()
+            return defer.succeed(self._log(self.failed))
+        d = self.scp.commit(self)
+        d.addErrback(self._unexpected)
+        d.addCallback(self._log)
+        return d
+
+    def abort(self) -> None:
+        """The association ended before the last fragment: leave nothing behind."""
+        if self.sink is not None:
+            self.sink.abort()
+
+    @property
+    def size(self) -> int:
+        """Data set bytes received so far."""
+        return self.sink.bytes_written if self.sink is not None else 0
+
+    def _unexpected(self, failure: Any) -> Outcome:
+        log.failure("storing {uid} failed", failure, uid=self.command.affected_sop_instance_uid)
+        if self.sink is not None:
+            self.sink.abort()
+        return Outcome(STATUS_PROCESSING_FAILURE, "Internal error while storing")
+
+    def _log(self, outcome: Outcome) -> Outcome:
+        elapsed_ms = (self.scp.clock.seconds() - self.started) * 1000.0
+        log.info("stored calling_ae={calling_ae} sop_class={sop_class!r} "
+                 "sop_instance={uid} bytes={size} ms={ms:.1f} status=0x{status:04X}"
+                 "{comment}",
+                 calling_ae=self.calling_ae,
+                 sop_class=sop_class_name(self.command.affected_sop_class_uid),
+                 uid=self.command.affected_sop_instance_uid, size=self.size,
+                 ms=elapsed_ms, status=outcome.status,
+                 comment=f" comment={outcome.comment!r}" if outcome.comment else "")
+        return outcome

@@ -1,0 +1,429 @@
+"""The streaming DICOM Part 10 writer: temp file, fsync, atomic rename.
+
+A received C-STORE data set is never decoded to be stored.  :class:`Sink`
+writes the 128-byte preamble, ``DICM`` and the File Meta Information
+(PS3.10 7.1, group 0002 in Explicit VR Little Endian) into a temp file, then
+every data set fragment verbatim as it arrives, while a
+:class:`~sdcc_twisted.dataset_head.DatasetWalker` checks the structure and
+collects the index attributes.  :meth:`Sink.finish` checks the data set's SOP
+Class and Instance UIDs against the command's, fsyncs, and renames the file
+into ``{root}/{Study}/{Series}/{SOPInstance}.dcm``.  Nothing partial stays on
+disk: every failure removes the temp file.
+
+Leaf module: no Twisted.  :meth:`Sink.finish` blocks (fsync); the caller runs
+it in a thread when fsync is on.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import re
+import secrets
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from sdcc_twisted.conformance import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_DATASET_MISMATCH,
+    STATUS_DATASET_UNPARSEABLE,
+    STATUS_DISK_FULL,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_PROCESSING_FAILURE,
+)
+from sdcc_twisted.dataset_head import DatasetWalker
+from sdcc_twisted.errors import DatasetError
+
+__all__ = [
+    "FileStore",
+    "MISSING_SERIES_DIR",
+    "MISSING_STUDY_DIR",
+    "Sink",
+    "StorageError",
+    "StoredFile",
+    "uid_path_part",
+]
+
+#: Directory names used when the data set has no (or an empty) Study or
+#: Series Instance UID.  Neither matches the UID grammar nor the hashed form
+#: (``x`` + 32 hex digits), so neither can collide with a real UID's name.
+MISSING_STUDY_DIR: Final = "unknown-study"
+MISSING_SERIES_DIR: Final = "unknown-series"
+
+#: PS3.5 9.1: components of digits without leading zeros, separated by dots.
+_UID_RE: Final = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*\Z")
+_MAX_UID_LENGTH: Final = 64
+_MAX_COMMENT: Final = 64               # Error Comment is LO (PS3.7 C.4)
+_WRITE_BUFFER: Final = 256 * 1024
+_TEMP_SUFFIX: Final = ".part"
+_DISK_FULL_ERRNOS: Final = frozenset(
+    {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
+class StorageError(Exception):
+    """A C-STORE could not be stored.
+
+    Attributes:
+        status: the DIMSE status to answer (PS3.4 Table B.2-1, PS3.7 C).
+        comment: the Error Comment (0000,0902), at most 64 characters.
+    """
+
+    def __init__(self, status: int, comment: str) -> None:
+        comment = comment[:_MAX_COMMENT]
+        super().__init__(f"0x{status:04X}: {comment}")
+        self.status = status
+        self.comment = comment
+
+
+def _os_error(exc: OSError) -> StorageError:
+    """Map a disk error to an A7xx Refused: Out of Resources status."""
+    if exc.errno in _DISK_FULL_ERRNOS:
+        return StorageError(STATUS_DISK_FULL, "Out of resources: disk full")
+    reason = exc.strerror or type(exc).__name__
+    return StorageError(STATUS_OUT_OF_RESOURCES, f"Out of resources: {reason}")
+
+
+def uid_path_part(uid: str) -> str:
+    """Return a safe file or directory name for a UID.
+
+    A string matching the UID grammar (PS3.5 9.1, at most 64 characters) is
+    used as it is; anything else, including the empty string, becomes ``x``
+    and the first 32 hex digits of its SHA-256.  The result is never empty,
+    ``.``, ``..`` or contains a path separator.
+    """
+    if 0 < len(uid) <= _MAX_UID_LENGTH and _UID_RE.match(uid):
+        return uid
+    digest = hashlib.sha256(uid.encode("utf-8", "surrogatepass")).hexdigest()
+    return "x" + digest[:32]
+
+
+def _clean_uid(value: str) -> str:
+    """Strip the NUL and space padding of a UI value (PS3.5 6.2, 9.1)."""
+    return value.strip("\x00 ")
+
+
+# -- File Meta Information (PS3.10 7.1, Table 7.1-1) --------------------------
+def _short_element(tag: int, vr: bytes, value: bytes) -> bytes:
+    """Encode an Explicit VR LE element with a 16-bit length (PS3.5 7.1.2)."""
+    if len(value) > 0xFFFE:
+        raise StorageError(STATUS_CANNOT_UNDERSTAND,
+                           f"({tag >> 16:04X},{tag & 0xFFFF:04X}) value too long")
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+
+
+def _ui(value: str) -> bytes:
+    """A UI value, NUL-padded to even length (PS3.5 9.1)."""
+    raw = value.encode("ascii", "replace")
+    return raw + b"\x00" if len(raw) & 1 else raw
+
+
+def _text(value: str) -> bytes:
+    """An AE or SH value, space-padded to even length (PS3.5 6.2)."""
+    raw = value.encode("ascii", "replace")
+    return raw + b" " if len(raw) & 1 else raw
+
+
+def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str,
+                    transfer_syntax: str, calling_ae: str) -> bytes:
+    """Return preamble, ``DICM`` and group 0002 of a Part 10 file.
+
+    PS3.10 7.1: 128 zero bytes, the prefix, then Explicit VR Little Endian
+    elements (0002,0000) to (0002,0016); Source AE is left out when empty.
+    """
+    body = b"".join([
+        struct.pack("<HH2sHL", 0x0002, 0x0001, b"OB", 0, 2), b"\x00\x01",
+        _short_element(0x00020002, b"UI", _ui(sop_class_uid)),
+        _short_element(0x00020003, b"UI", _ui(sop_instance_uid)),
+        _short_element(0x00020010, b"UI", _ui(transfer_syntax)),
+        _short_element(0x00020012, b"UI", _ui(IMPLEMENTATION_CLASS_UID)),
+        _short_element(0x00020013, b"SH", _text(IMPLEMENTATION_VERSION_NAME)),
+    ])
+    if calling_ae:
+        body += _short_element(0x00020016, b"AE", _text(calling_ae))
+    group_length = struct.pack("<HH2sHL", 0x0002, 0x0000, b"UL", 4, len(body))
+    return b"\x00" * 128 + b"DICM" + group_length + body
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A Part 10 file durably in place.
+
+    Attributes:
+        path: absolute path of the file.
+        size: file size in bytes (preamble and meta included).
+        sop_class_uid, sop_instance_uid: from the command, equal to the data
+            set's own.
+        transfer_syntax: the presentation context's, as in (0002,0010).
+        attributes: keyword -> value of the index attributes found in the
+            data set (see :data:`sdcc_twisted.records.HEAD_TAGS`).
+    """
+
+    path: str
+    size: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    attributes: dict[str, str]
+
+
+class FileStore:
+    """The storage area: ``{root}/{Study}/{Series}/{SOPInstance}.dcm``."""
+
+    def __init__(self, root: str, fsync: bool = True, tmp_dir: str | None = None) -> None:
+        """Create the root and the temp directory if they are missing.
+
+        Args:
+            root: the storage root.
+            fsync: fsync each file and its directory before it counts as
+                stored (PS3.4 B.4.1: "Success" means the instance is kept).
+            tmp_dir: where files are written while they arrive; must be on
+                the root's filesystem for the rename to be atomic.  Default
+                ``{root}/.tmp``.
+        """
+        self.root = os.path.abspath(root)
+        self.fsync = fsync
+        self.tmp_dir = os.path.abspath(tmp_dir or os.path.join(self.root, ".tmp"))
+        os.makedirs(self.root, exist_ok=True)
+        os.makedirs(self.tmp_dir, exist_ok=True)
+        self._real_root = os.path.realpath(self.root)
+
+    def remove_stale_temp_files(self) -> int:
+        """Delete the temp files a crash left behind; return how many.
+
+        Call at startup, before any sink is open.
+        """
+        removed = 0
+        with os.scandir(self.tmp_dir) as entries:
+            for entry in entries:
+                if entry.name.endswith(_TEMP_SUFFIX) and entry.is_file(follow_symlinks=False):
+                    try:
+                        os.unlink(entry.path)
+                    except FileNotFoundError:
+                        continue
+                    removed += 1
+        return removed
+
+    def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
+        """Return where an instance is stored.
+
+        Each UID becomes a path part through :func:`uid_path_part`; an empty
+        Study or Series UID becomes :data:`MISSING_STUDY_DIR` or
+        :data:`MISSING_SERIES_DIR`.
+
+        Raises:
+            StorageError: (0110) if the path would resolve outside the root,
+                for instance through a symbolic link planted under it.
+        """
+        study = uid_path_part(study_uid) if study_uid else MISSING_STUDY_DIR
+        series = uid_path_part(series_uid) if series_uid else MISSING_SERIES_DIR
+        name = uid_path_part(sop_instance_uid) + ".dcm"
+        path = os.path.join(self.root, study, series, name)
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, self._real_root]) != self._real_root or real == self._real_root:
+            raise StorageError(STATUS_PROCESSING_FAILURE, "Storage path outside the root")
+        return path
+
+    def open_sink(self, sop_class_uid: str, sop_instance_uid: str,
+                  transfer_syntax: str, calling_ae: str) -> Sink:
+        """Open a temp file for one incoming data set and write its meta.
+
+        Args:
+            sop_class_uid: Affected SOP Class UID (0000,0002) of the command.
+            sop_instance_uid: Affected SOP Instance UID (0000,1000).
+            transfer_syntax: the transfer syntax accepted for the context.
+            calling_ae: the association's Calling AE Title.
+
+        Raises:
+            StorageError: A7xx when the temp file cannot be created.
+        """
+        return Sink(self, _clean_uid(sop_class_uid), _clean_uid(sop_instance_uid),
+                    _clean_uid(transfer_syntax), calling_ae.strip())
+
+
+class Sink:
+    """One data set on its way to disk (see the module docstring).
+
+    Attributes:
+        bytes_written: data set bytes written to the temp file so far.
+    """
+
+    def __init__(self, store: FileStore, sop_class_uid: str, sop_instance_uid: str,
+                 transfer_syntax: str, calling_ae: str) -> None:
+        """Create the temp file and write preamble and meta (use
+        :meth:`FileStore.open_sink`)."""
+        self.bytes_written = 0
+        self._store = store
+        self._sop_class_uid = sop_class_uid
+        self._sop_instance_uid = sop_instance_uid
+        self._transfer_syntax = transfer_syntax
+        self._walker = DatasetWalker(transfer_syntax)
+        self._failure: StorageError | None = None
+        self._closed = False
+        self._file: io.BufferedWriter | None = None
+        meta = file_meta_bytes(sop_class_uid, sop_instance_uid, transfer_syntax, calling_ae)
+        self._meta_size = len(meta)
+        self.temp_path = os.path.join(store.tmp_dir, secrets.token_hex(16) + _TEMP_SUFFIX)
+        try:
+            fd = os.open(self.temp_path,
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                         0o644)
+        except OSError as exc:
+            raise _os_error(exc) from exc
+        self._file = open(fd, "wb", buffering=_WRITE_BUFFER)  # noqa: SIM115
+        try:
+            self._file.write(meta)
+        except OSError as exc:
+            self.abort()
+            raise _os_error(exc) from exc
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append a data set fragment verbatim and walk it.
+
+        A broken data set structure is remembered, not raised: the rest of
+        the data is discarded and :meth:`finish` reports it (C210).
+
+        Raises:
+            StorageError: A702 when the disk is full, A700 on any other disk
+                error; the temp file is then removed and later data is
+                discarded.
+        """
+        if self._failure is not None or self._closed:
+            return
+        try:
+            self._walker.feed(data)
+        except DatasetError as exc:
+            self._failure = StorageError(
+                STATUS_DATASET_UNPARSEABLE, f"Data set unparseable at {exc.offset}: {exc}")
+            self._discard()
+            return
+        assert self._file is not None
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self._failure = _os_error(exc)
+            self._discard()
+            raise self._failure from exc
+        self.bytes_written += len(data) if not isinstance(data, memoryview) else data.nbytes
+
+    def finish(self) -> StoredFile:
+        """Check, fsync and move the file into place.  Blocking.
+
+        Raises:
+            StorageError: C210 if the data set is truncated or malformed or
+                lacks SOP Class or Instance UID; A900 if they differ from the
+                command's; A7xx on disk errors.  The temp file is gone.
+        """
+        if self._closed and self._failure is None:
+            raise StorageError(STATUS_PROCESSING_FAILURE, "Sink already closed")
+        try:
+            return self._finish()
+        except StorageError as exc:
+            self._failure = self._failure or exc
+            self._discard()
+            raise
+        except BaseException:
+            self._discard()
+            raise
+
+    def abort(self) -> None:
+        """Close and delete the temp file; idempotent, never raises."""
+        try:
+            self._discard()
+        except Exception:  # pragma: no cover - _discard already swallows
+            pass
+
+    # -- internals -------------------------------------------------------------
+    def _finish(self) -> StoredFile:
+        """The body of :meth:`finish`; raises StorageError on failure."""
+        if self._failure is not None:
+            raise self._failure
+        try:
+            self._walker.finish()
+        except DatasetError as exc:
+            raise StorageError(STATUS_DATASET_UNPARSEABLE,
+                               f"Data set unparseable at {exc.offset}: {exc}") from exc
+        values = self._walker.values
+        for keyword, expected, tag, name in (
+                ("SOPClassUID", self._sop_class_uid, "(0008,0016)", "SOP Class UID"),
+                ("SOPInstanceUID", self._sop_instance_uid, "(0008,0018)",
+                 "SOP Instance UID")):
+            found = values.get(keyword, "")
+            if not found:
+                raise StorageError(STATUS_DATASET_UNPARSEABLE,
+                                   f"{name} {tag} missing from data set")
+            if found != expected:
+                raise StorageError(STATUS_DATASET_MISMATCH,
+                                   f"{name} in data set differs from command")
+        store = self._store
+        path = store.path_for(values.get("StudyInstanceUID", ""),
+                              values.get("SeriesInstanceUID", ""),
+                              self._sop_instance_uid)
+        file = self._file
+        assert file is not None
+        try:
+            file.flush()
+            if store.fsync:
+                os.fsync(file.fileno())
+            self._file = None
+            file.close()
+            directory = os.path.dirname(path)
+            created = _makedirs(directory, store.root)
+            os.replace(self.temp_path, path)
+            self._closed = True
+            if store.fsync:
+                for each in [directory, *created]:
+                    _fsync_directory(each)
+        except OSError as exc:
+            raise _os_error(exc) from exc
+        return StoredFile(
+            path=path,
+            size=self._meta_size + self.bytes_written,
+            sop_class_uid=self._sop_class_uid,
+            sop_instance_uid=self._sop_instance_uid,
+            transfer_syntax=self._transfer_syntax,
+            attributes=dict(values),
+        )
+
+    def _discard(self) -> None:
+        """Close the temp file if open and delete it if not yet renamed."""
+        file, self._file = self._file, None
+        if file is not None:
+            try:
+                file.close()   # closes the descriptor even when flushing fails
+            except OSError:
+                pass
+        if not self._closed:
+            self._closed = True
+            try:
+                os.unlink(self.temp_path)
+            except OSError:
+                pass
+
+
+def _makedirs(directory: str, root: str) -> list[str]:
+    """Create ``directory`` and missing parents below ``root``.
+
+    Returns the parents whose entries changed (to fsync them), deepest first.
+    """
+    changed: list[str] = []
+    current = directory
+    while not os.path.isdir(current) and current != root:
+        changed.append(os.path.dirname(current))
+        current = os.path.dirname(current)
+    if changed:
+        os.makedirs(directory, exist_ok=True)
+    return changed
+
+
+def _fsync_directory(path: str) -> None:
+    """fsync a directory so that a rename or new entry in it is durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
