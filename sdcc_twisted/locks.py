@@ -8,6 +8,8 @@ several sdcc processes, lives in :mod:`sdcc_twisted.index`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet import defer
 from zope.interface import Interface, implementer
 
@@ -52,3 +54,44 @@ class InProcessAssociationLock:
     def held(self) -> frozenset[str]:
         """The calling AE titles that hold a slot now."""
         return frozenset(self._held)
+
+
+@implementer(IAssociationLock)
+class FallbackAssociationLock:
+    """A shared lock that falls back to a local one when it fails.
+
+    When the shared (Redis) lock cannot answer, receiving images matters more
+    than the fleet-wide rule: the local lock still enforces the rule within
+    this process, and the failure is logged by the caller's logger.
+    """
+
+    def __init__(self, primary: IAssociationLock, fallback: IAssociationLock,
+                 on_fallback: "Callable[[str, object], None] | None" = None) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.on_fallback = on_fallback
+        self._local: dict[str, object] = {}
+
+    def acquire(self, calling_ae: str) -> "defer.Deferred[object | None]":
+        """Ask the primary lock; on its failure, the fallback one."""
+        d = self.primary.acquire(calling_ae)
+
+        def failed(failure: object) -> "defer.Deferred[object | None]":
+            if self.on_fallback is not None:
+                self.on_fallback(calling_ae, failure)
+            local = self.fallback.acquire(calling_ae)
+
+            def mark(token: object | None) -> object | None:
+                if token is not None:
+                    self._local[calling_ae] = token
+                return token
+            return local.addCallback(mark)
+        return d.addErrback(failed)
+
+    def release(self, calling_ae: str, token: object) -> "defer.Deferred[None]":
+        """Release through whichever lock granted ``token``."""
+        if self._local.get(calling_ae) is token:
+            del self._local[calling_ae]
+            return self.fallback.release(calling_ae, token)
+        d = self.primary.release(calling_ae, token)
+        return d.addErrback(lambda _: None)

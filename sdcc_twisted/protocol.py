@@ -437,6 +437,7 @@ class DicomServerFactory(Factory):
     """
 
     protocol = DicomProtocol
+    noisy = False
 
     def __init__(self, policy: AcceptorPolicy, storage: StorageSCP,
                  lock: IAssociationLock, clock: IReactorTime,

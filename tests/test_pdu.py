@@ -869,13 +869,13 @@ def _mutated_bodies(draw: st.DrawFn) -> tuple[int, bytes]:
 class PropertyTests(SynchronousTestCase):
     """Hypothesis properties of the codec."""
 
-    @settings(max_examples=300, deadline=None)
+    @settings(max_examples=150, deadline=None, database=None)
     @given(_any_pdu)
     def test_roundtrip(self, value: pdu.PDU) -> None:
         """Any well-formed PDU survives encode -> decode unchanged."""
         self.assertEqual(_roundtrip(value), value)
 
-    @settings(max_examples=500, deadline=None)
+    @settings(max_examples=500, deadline=None, database=None)
     @given(st.integers(0, 255), st.binary(max_size=300))
     def test_arbitrary_bytes(self, pdu_type: int, body: bytes) -> None:
         """decode() of arbitrary bytes returns a PDU or raises PDUDecodeError only."""
@@ -885,7 +885,7 @@ class PropertyTests(SynchronousTestCase):
             return
         self.assertIsInstance(result, pdu.PDU_TYPES[pdu_type])
 
-    @settings(max_examples=1000, deadline=None)
+    @settings(max_examples=400, deadline=None, database=None)
     @given(_mutated_bodies())
     def test_mutated_pdus(self, case: tuple[int, bytes]) -> None:
         """decode() of a damaged valid PDU returns a PDU or raises PDUDecodeError only."""

@@ -1,0 +1,225 @@
+"""``build_service(settings, reactor)``: the whole server as a MultiService.
+
+Mount it in your own Twisted application with
+``build_service(settings, reactor).setServiceParent(application)``; twistd's
+plugin does the same.  Children start in order: logging, the storage
+clean-up, Redis (embedded or external), the journal replayer, the listener.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import txredisapi
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import defer, endpoints, threads
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    Logger,
+    globalLogPublisher,
+    textFileLogObserver,
+)
+
+from .config import ConfigError, Settings, settings_summary
+from .index import RedisAssociationLock, RedisIndex, connect_redis
+from .journal import JournalReplayer, PendingJournal
+from .locks import FallbackAssociationLock, IAssociationLock, InProcessAssociationLock
+from .negotiation import AcceptorPolicy
+from .protocol import DicomServerFactory, Timeouts
+from .redisproc import EmbeddedRedis, RedisNotFound
+from .scp import StorageSCP
+from .storage import FileStore
+
+log = Logger(namespace="sdcc.service")
+
+
+class LateRedis:
+    """Stands for the Redis connection until it exists.
+
+    The embedded server's socket only exists once it runs, so the connection
+    is made at start; until then every call fails fast as a connection error
+    (and the instance is journaled, not lost).
+    """
+
+    handler: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self.handler is None:
+            raise txredisapi.ConnectionError("Redis is not connected yet")
+        return getattr(self.handler, name)
+
+
+class RedisConnectionService(service.Service):
+    """Connects to Redis at start (after the embedded server is up) and
+    disconnects at stop."""
+
+    def __init__(self, late: LateRedis, reactor: Any, url: str | None = None,
+                 embedded: EmbeddedRedis | None = None) -> None:
+        self.late = late
+        self.reactor = reactor
+        self.url = url
+        self.embedded = embedded
+        self.connected: defer.Deferred[Any] = defer.Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        if self.embedded is not None:
+            self.embedded.ready.addCallbacks(self._connect, self._embedded_failed)
+        else:
+            self._connect(self.url)
+
+    def _connect(self, url: Any) -> None:
+        self.late.handler = connect_redis(str(url), self.reactor)
+        log.info("index: Redis at {url}", url=url)
+        self.connected.callback(self.late.handler)
+
+    def _embedded_failed(self, failure: Any) -> None:
+        log.failure("the embedded redis-server did not start; images are still "
+                    "stored and journaled for indexing. Fix [index] redis or "
+                    "[index] redis_server", failure)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        handler, self.late.handler = self.late.handler, None
+        if handler is not None:
+            return defer.maybeDeferred(handler.disconnect).addErrback(lambda _: None)
+        return None
+
+
+class StorageCleanupService(service.Service):
+    """Removes the temp files a crash left, before the listener starts."""
+
+    def __init__(self, store: FileStore) -> None:
+        self.store = store
+
+    def startService(self) -> None:
+        super().startService()
+        removed = self.store.remove_stale_temp_files()
+        if removed:
+            log.warn("removed {n} partial file(s) left by an earlier crash in {tmp}",
+                     n=removed, tmp=self.store.tmp_dir)
+
+
+class LogFileService(service.Service):
+    """``[logging] file``: a filtered text log file beside twistd's log."""
+
+    def __init__(self, path: str, level: str) -> None:
+        self.path = path
+        self.level = LogLevel.levelWithName(level)
+        self._observer: Any = None
+        self._handle: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        predicate = LogLevelFilterPredicate(defaultLogLevel=self.level)
+        self._observer = FilteringLogObserver(textFileLogObserver(self._handle), [predicate])
+        globalLogPublisher.addObserver(self._observer)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._observer is not None:
+            globalLogPublisher.removeObserver(self._observer)
+            self._observer = None
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def _lock_fallback(calling_ae: str, failure: Any) -> None:
+    log.warn("Redis association lock unavailable for {calling} ({why}); "
+             "enforcing one association per AE in this process only",
+             calling=calling_ae, why=failure.getErrorMessage())
+
+
+def build_service(settings: Settings, reactor: Any) -> service.MultiService:
+    """Build the server's service tree from validated settings.
+
+    Raises:
+        ConfigError: naming the section and key, for what can only be checked
+            here (the endpoint string, the redis-server binary, directories).
+    """
+    top = service.MultiService()
+    top.setName("sdcc")
+    if settings.logging.file:
+        LogFileService(settings.logging.file, settings.logging.level).setServiceParent(top)
+
+    data_dir = settings.server.data_dir
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+        store = FileStore(settings.storage_root, fsync=settings.storage.fsync)
+    except OSError as exc:
+        raise ConfigError(f"{settings.source}: [server] data_dir / [storage] root: "
+                          f"cannot create {exc.filename}: {exc.strerror}") from None
+    StorageCleanupService(store).setServiceParent(top)
+
+    late = LateRedis()
+    if settings.index.redis == "embedded":
+        try:
+            embedded = EmbeddedRedis(data_dir, reactor,
+                                     executable=settings.index.redis_server or None)
+        except RedisNotFound as exc:
+            raise ConfigError(f"{settings.source}: [index] redis = embedded: {exc}") from None
+        embedded.setServiceParent(top)
+        connection = RedisConnectionService(late, reactor, embedded=embedded)
+    else:
+        embedded = None
+        connection = RedisConnectionService(late, reactor, url=settings.index.redis)
+    connection.setServiceParent(top)
+
+    index = RedisIndex(late, reactor, key_prefix=settings.index.key_prefix,
+                       timeout=settings.index.timeout)
+    journal = PendingJournal.in_data_dir(data_dir)
+    JournalReplayer(journal, index, reactor).setServiceParent(top)
+
+    lock_kind = settings.index.lock
+    if lock_kind == "auto":
+        lock_kind = "memory" if embedded is not None else "redis"
+    lock: IAssociationLock
+    if lock_kind == "redis":
+        lock = FallbackAssociationLock(
+            RedisAssociationLock(late, reactor, key_prefix=settings.index.key_prefix,
+                                 timeout=settings.index.timeout),
+            InProcessAssociationLock(), _lock_fallback)
+    else:
+        lock = InProcessAssociationLock()
+
+    def run_blocking(fn: Any, *args: Any) -> "defer.Deferred[Any]":
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
+
+    server = settings.server
+    storage = StorageSCP(store, index, journal, run_blocking, reactor)
+    policy = AcceptorPolicy(
+        ae_title=server.ae_title,
+        require_called_ae=server.require_called_ae_title,
+        allowed_calling_aes=server.allowed_calling_ae_titles,
+        max_pdu_length=server.max_pdu_length,
+    )
+    factory = DicomServerFactory(
+        policy, storage, lock, reactor,
+        timeouts=Timeouts(artim=server.artim_timeout, idle=server.idle_timeout),
+        max_associations=server.max_associations,
+        max_command_length=server.max_command_length,
+    )
+    try:
+        endpoint = endpoints.serverFromString(reactor, server.listen)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(f"{settings.source}: [server] listen: cannot use "
+                          f"{server.listen!r} as a Twisted endpoint ({exc})") from None
+    listener = StreamServerEndpointService(endpoint, factory)
+    listener.setName("dicom")
+    listener._raiseSynchronously = True
+    listener.setServiceParent(top)
+    top.factory = factory  # type: ignore[attr-defined]
+    top.store = store  # type: ignore[attr-defined]
+    top.index = index  # type: ignore[attr-defined]
+    top.journal = journal  # type: ignore[attr-defined]
+    top.connection = connection  # type: ignore[attr-defined]
+    top.embedded = embedded  # type: ignore[attr-defined]
+    log.info("sdcc {summary}", summary=" ".join(
+        f"{k}={v}" for k, v in settings_summary(settings).items()))
+    return top
