@@ -46,6 +46,7 @@ __all__ = [
     "Sink",
     "StorageError",
     "StoredFile",
+    "file_meta_bytes",
     "uid_path_part",
 ]
 
@@ -224,7 +225,7 @@ class FileStore:
         name = uid_path_part(sop_instance_uid) + ".dcm"
         path = os.path.join(self.root, study, series, name)
         real = os.path.realpath(path)
-        if os.path.commonpath([real, self._real_root]) != self._real_root or real == self._real_root:
+        if os.path.commonpath([real, self._real_root]) != self._real_root:
             raise StorageError(STATUS_PROCESSING_FAILURE, "Storage path outside the root")
         return path
 

@@ -1,0 +1,301 @@
+"""The Twisted adapter on StringTransport and task.Clock: timers, limits, aborts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from sdcc_twisted import conformance as c
+from sdcc_twisted.dimse import ERROR_COMMENT, STATUS, decode_command
+from sdcc_twisted.framing import PDUFramer
+from sdcc_twisted.index import IInstanceIndex
+from sdcc_twisted.journal import PendingJournal
+from sdcc_twisted.locks import IAssociationLock, InProcessAssociationLock
+from sdcc_twisted.negotiation import AcceptorPolicy
+from sdcc_twisted.pdu import AAbort, AAssociateAC, AAssociateRJ, AReleaseRP, AReleaseRQ, PDataTF, decode, encode
+from sdcc_twisted.protocol import DicomServerFactory, Timeouts
+from sdcc_twisted.records import InstanceRecord
+from sdcc_twisted.scp import StorageSCP
+from sdcc_twisted.storage import FileStore
+
+from .support import associate_rq, dataset_bytes, echo_command, message_pdus, store_command
+
+
+@implementer(IInstanceIndex)
+class RecordingIndex:
+    """An in-memory IInstanceIndex for adapter tests (Redis has its own tests)."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, InstanceRecord] = {}
+        self.fail = False
+
+    def record(self, rec: InstanceRecord) -> "defer.Deferred[str | None]":
+        if self.fail:
+            return defer.fail(ConnectionError("index down"))
+        old = self.records.get(rec.sop_instance_uid)
+        self.records[rec.sop_instance_uid] = rec
+        return defer.succeed(old.path if old and old.path != rec.path else None)
+
+    def get(self, sop_instance_uid: str) -> Any:
+        rec = self.records.get(sop_instance_uid)
+        return defer.succeed(None if rec is None else {"path": rec.path})
+
+    def remove(self, sop_instance_uid: str) -> Any:
+        self.records.pop(sop_instance_uid, None)
+        return defer.succeed(None)
+
+
+def parse(data: bytes) -> list:
+    return [decode(t, b) for t, b in PDUFramer(1 << 22).feed(data)]
+
+
+class ProtocolTestBase(TestCase):
+    """A factory on a task.Clock with a real FileStore in a temp directory."""
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.root = self.mktemp()
+        self.store = FileStore(self.root, fsync=False)
+        self.index = RecordingIndex()
+        self.journal = PendingJournal(self.mktemp())
+        self.lock = InProcessAssociationLock()
+        self.storage = StorageSCP(self.store, self.index, self.journal,
+                                  lambda fn, *a: defer.maybeDeferred(fn, *a), self.clock)
+        self.factory = DicomServerFactory(
+            AcceptorPolicy(), self.storage, self.lock, self.clock,
+            timeouts=Timeouts(artim=30, idle=300), max_associations=3)
+
+    def connect(self, port: int = 40000) -> tuple[Any, StringTransport]:
+        proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def associate(self, calling: str = "PEER", port: int = 40000) -> tuple[Any, StringTransport]:
+        proto, transport = self.connect(port)
+        proto.dataReceived(encode(associate_rq(calling=calling)))
+        return proto, transport
+
+    def sent(self, transport: StringTransport) -> list:
+        data = transport.value()
+        transport.clear()
+        return parse(data)
+
+    def close(self, proto: Any, transport: StringTransport) -> None:
+        transport.loseConnection()
+        proto.connectionLost(None)
+
+
+class EstablishmentTests(ProtocolTestBase):
+    """ARTIM, the per-AE rule and the association cap."""
+
+    def test_index_fake_is_complete(self) -> None:
+        """The in-memory index used here provides the whole IInstanceIndex."""
+        verifyObject(IInstanceIndex, self.index)
+        verifyObject(IAssociationLock, self.lock)
+
+    def test_accept_and_echo(self) -> None:
+        """An A-ASSOCIATE-RQ is accepted and a C-ECHO answered 0x0000."""
+        proto, transport = self.associate()
+        (ac,) = self.sent(transport)
+        self.assertIsInstance(ac, AAssociateAC)
+        proto.dataReceived(message_pdus(1, echo_command(4)))
+        (rsp,) = self.sent(transport)
+        command = decode_command(bytes(rsp.pdvs[0].data))
+        self.assertEqual((command.get(STATUS), command.command_field), (0, c.C_ECHO_RSP))
+
+    def test_artim_closes_silent_connection(self) -> None:
+        """A connection that sends no A-ASSOCIATE-RQ is closed when ARTIM expires."""
+        proto, transport = self.connect()
+        self.clock.advance(29)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(2)
+        self.assertTrue(transport.disconnecting)
+
+    def test_artim_after_release(self) -> None:
+        """After the A-RELEASE-RP, ARTIM closes the transport if the peer does not."""
+        proto, transport = self.associate()
+        proto.dataReceived(encode(AReleaseRQ()))
+        self.assertIsInstance(self.sent(transport)[-1], AReleaseRP)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(31)
+        self.assertTrue(transport.disconnecting)
+
+    def test_second_association_same_ae(self) -> None:
+        """A second association from the same calling AE gets 2/3/2 while the
+        first is open; another AE is accepted at the same time; the slot
+        frees the moment the first transport closes."""
+        first, t1 = self.associate("CT1", 1)
+        self.assertIsInstance(self.sent(t1)[0], AAssociateAC)
+        second, t2 = self.associate("CT1", 2)
+        self.assertEqual(self.sent(t2), [AAssociateRJ(2, 3, 2)])
+        other, t3 = self.associate("MR1", 3)
+        self.assertIsInstance(self.sent(t3)[0], AAssociateAC)
+        self.close(first, t1)
+        again, t4 = self.associate("CT1", 4)
+        self.assertIsInstance(self.sent(t4)[0], AAssociateAC)
+
+    def test_total_cap(self) -> None:
+        """Beyond max_associations, an association is rejected 2/3/2."""
+        for n in range(3):
+            _, t = self.associate(f"AE{n}", n)
+            self.assertIsInstance(self.sent(t)[0], AAssociateAC)
+        _, t = self.associate("AE9", 9)
+        self.assertEqual(self.sent(t), [AAssociateRJ(2, 3, 2)])
+
+    def test_rejected_by_policy(self) -> None:
+        """A wrong application context is rejected 1/1/2 and does not take a slot."""
+        proto, transport = self.connect()
+        proto.dataReceived(encode(associate_rq(application_context="1.2.3")))
+        self.assertEqual(self.sent(transport), [AAssociateRJ(1, 1, 2)])
+        self.assertEqual(self.factory.association_count(), 0)
+        self.assertEqual(self.lock.held(), frozenset())
+
+    def test_lock_answer_after_close(self) -> None:
+        """If the peer goes away while the lock is asked, the slot is given back."""
+        pending: defer.Deferred = defer.Deferred()
+
+        @implementer(IAssociationLock)
+        class SlowLock:
+            released: list = []
+
+            def acquire(self, ae: str) -> defer.Deferred:
+                return pending
+
+            def release(self, ae: str, token: object) -> defer.Deferred:
+                self.released.append((ae, token))
+                return defer.succeed(None)
+
+        slow = SlowLock()
+        self.factory.lock = slow
+        proto, transport = self.associate("CT1")
+        self.close(proto, transport)
+        token = object()
+        pending.callback(token)
+        self.assertEqual(slow.released, [("CT1", token)])
+
+
+class TimeoutAndAbortTests(ProtocolTestBase):
+    """Idle timeout, peer aborts and our own errors."""
+
+    def test_idle_association_aborted(self) -> None:
+        """An established association silent for idle_timeout gets an A-ABORT,
+        and ARTIM then closes the transport."""
+        proto, transport = self.associate()
+        self.sent(transport)
+        self.clock.advance(200)
+        proto.dataReceived(message_pdus(1, echo_command()))
+        self.sent(transport)
+        self.clock.advance(200)
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(101)
+        self.assertEqual(self.sent(transport), [AAbort(0, 0)])
+        self.clock.advance(31)
+        self.assertTrue(transport.disconnecting)
+
+    def test_internal_error_becomes_abort(self) -> None:
+        """An exception in our own code sends an A-ABORT, closes, logs, and the
+        factory keeps serving new connections."""
+        def broken(command: Any) -> Any:
+            raise RuntimeError("boom")
+        self.factory.verification.echo = broken  # type: ignore[method-assign]
+        proto, transport = self.associate()
+        self.sent(transport)
+        proto.dataReceived(message_pdus(1, echo_command()))
+        self.assertIsInstance(self.sent(transport)[-1], AAbort)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.close(proto, transport)
+        self.assertEqual(self.lock.held(), frozenset())
+
+    def test_unaccepted_context(self) -> None:
+        """A message on a presentation context that was not accepted aborts."""
+        proto, transport = self.associate()
+        self.sent(transport)
+        proto.dataReceived(message_pdus(99, echo_command()))
+        self.assertIsInstance(self.sent(transport)[-1], AAbort)
+
+
+class StoreTests(ProtocolTestBase):
+    """C-STORE through the adapter into the file store."""
+
+    def send_store(self, proto: Any, transport: StringTransport, uid: str, data: bytes,
+              **kwargs: Any) -> Any:
+        proto.dataReceived(message_pdus(3, store_command(uid, **kwargs), data, 4000))
+        (rsp,) = self.sent(transport)
+        return decode_command(bytes(rsp.pdvs[0].data))
+
+    def test_store_success(self) -> None:
+        """A C-STORE lands as a file and in the index before 0x0000 is sent."""
+        proto, transport = self.associate()
+        self.sent(transport)
+        data = dataset_bytes("1.2.3.4.5", pixels=b"\x01\x02" * 5000)
+        command = self.send_store(proto, transport, "1.2.3.4.5", data)
+        self.assertEqual(command.get(STATUS), 0)
+        rec = self.index.records["1.2.3.4.5"]
+        with open(rec.path, "rb") as handle:
+            self.assertTrue(handle.read().endswith(data))
+
+    def test_mismatched_uid(self) -> None:
+        """A data set whose SOP Instance UID differs from the command's gets
+        0xA900 with an Error Comment, and nothing is stored."""
+        proto, transport = self.associate()
+        self.sent(transport)
+        command = self.send_store(proto, transport, "1.2.3.9", dataset_bytes("1.2.3.4"))
+        self.assertEqual(command.get(STATUS), c.STATUS_DATASET_MISMATCH)
+        self.assertTrue(command.get(ERROR_COMMENT))
+        self.assertEqual(self.index.records, {})
+
+    def test_index_down_is_journaled(self) -> None:
+        """With the index failing, the instance is still acknowledged and
+        waits in the journal."""
+        self.index.fail = True
+        proto, transport = self.associate()
+        self.sent(transport)
+        command = self.send_store(proto, transport, "1.2.3.7", dataset_bytes("1.2.3.7"))
+        self.assertEqual(command.get(STATUS), 0)
+        self.assertEqual([r.sop_instance_uid for _, r in self.journal.entries()], ["1.2.3.7"])
+        self.flushLoggedErrors()
+
+    def test_abort_mid_transfer_leaves_nothing(self) -> None:
+        """An A-ABORT in the middle of a data set leaves no file behind."""
+        import os
+        proto, transport = self.associate()
+        self.sent(transport)
+        data = dataset_bytes("1.2.3.8", pixels=b"\x00" * 40000)
+        stream = message_pdus(3, store_command("1.2.3.8"), data, 4000)
+        proto.dataReceived(stream[:len(stream) // 2])
+        proto.dataReceived(encode(AAbort(0, 0)))
+        self.close(proto, transport)
+        leftovers = [os.path.join(d, f) for d, _, fs in os.walk(self.root) for f in fs]
+        self.assertEqual(leftovers, [])
+
+    def test_missing_command_elements(self) -> None:
+        """A C-STORE-RQ without its SOP Instance UID gets a failure status that
+        names the missing element."""
+        proto, transport = self.associate()
+        self.sent(transport)
+        command = self.send_store(proto, transport, "1.2.3", dataset_bytes("1.2.3"), drop=(0x1000,))
+        self.assertNotEqual(command.get(STATUS), 0)
+        self.assertIn("1000", command.get(ERROR_COMMENT))
+
+    def test_release_waits_for_pending_store(self) -> None:
+        """An A-RELEASE-RQ that arrives while a store is being committed is
+        answered after the C-STORE-RSP."""
+        gate: defer.Deferred = defer.Deferred()
+        self.storage.run_blocking = lambda fn, *a: gate.addCallback(lambda _: fn(*a))
+        self.store.fsync = True
+        proto, transport = self.associate()
+        self.sent(transport)
+        proto.dataReceived(message_pdus(3, store_command("1.2.3.6"), dataset_bytes("1.2.3.6")))
+        proto.dataReceived(encode(AReleaseRQ()))
+        self.assertEqual(self.sent(transport), [])
+        gate.callback(None)
+        pdus = self.sent(transport)
+        self.assertEqual([type(p) for p in pdus], [PDataTF, AReleaseRP])
