@@ -304,9 +304,8 @@ class DatasetWalker:
             self._fail(f"data set ends inside a value ({self._skip} bytes "
                        f"missing)", self._pos)
         if len(self._stack) > 1:
-            what = ("a sequence", "an item", "encapsulated pixel data")
-            kind = self._stack[-1].kind
-            name = what[1] if kind == _ELEMENTS else what[0] if kind == _ITEMS else what[2]
+            name = {_ELEMENTS: "an item", _ITEMS: "a sequence",
+                    _FRAGMENTS: "encapsulated pixel data"}[self._stack[-1].kind]
             self._fail(f"data set ends inside {name}", self._pos)
         self._finished = True
         self.head_complete = True
