@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 from typing import Any, Final
@@ -31,7 +30,8 @@ _log = Logger()
 
 #: Longest unix socket path (bytes, without the NUL) the platform accepts.
 MAX_SOCKET_PATH: Final = 103 if sys.platform == "darwin" else 107
-#: Oldest redis-server that takes every flag we pass.
+#: Oldest redis-server that takes every flag we pass (``--unixsocketperm``,
+#: ``--appendfsync``, ``--save ""`` as separate argv items, ``--port 0``).
 MIN_VERSION: Final = (3, 0)
 
 SOCKET_NAME: Final = "redis.sock"
@@ -71,18 +71,10 @@ def find_redis_server(search_path: str | None = None) -> str:
         "unix:///path/to/redis.sock).")
 
 
-def redis_version(executable: str) -> tuple[int, ...] | None:
-    """``executable --version`` as a tuple, or None if it cannot tell.
-
-    Blocking (a short subprocess); call it at startup, not while serving.
-    """
-    try:
-        out = subprocess.run([executable, "--version"], capture_output=True,
-                             timeout=5, check=False).stdout.decode("ascii",
-                                                                   "replace")
-    except (OSError, subprocess.SubprocessError):
-        return None
-    match = re.search(r"\bv=(\d+)\.(\d+)(?:\.(\d+))?", out)
+def parse_version(text: str) -> tuple[int, ...] | None:
+    """The version in a redis-server log line ("Redis version=7.0.15") or
+    ``--version`` output ("v=7.0.15"), else None."""
+    match = re.search(r"(?:\bv=|Redis version=)(\d+)\.(\d+)(?:\.(\d+))?", text)
     if not match:
         return None
     return tuple(int(p) for p in match.groups() if p is not None)
@@ -131,6 +123,8 @@ class _ServerProcess(protocol.ProcessProtocol):
         if not line:
             return
         self.tail.append(line)
+        if self.owner.version is None:
+            self.owner.version = parse_version(line)
         # redis log lines look like "pid:M 01 Jan 00:00:00.000 # text";
         # '#' marks a warning
         if " # " in line:
@@ -181,6 +175,7 @@ class EmbeddedRedis(service.Service):
     """
 
     poll_interval: float = 0.05
+    term_interval: float = 0.5
     kill_after: float = 5.0
 
     def __init__(self, data_dir: str, reactor: Any, executable: str | None = None,
@@ -197,6 +192,8 @@ class EmbeddedRedis(service.Service):
         self._exit_waiters: list[defer.Deferred[None]] = []
         self._poll_call: Any = None
         self._started_at = 0.0
+        #: the server's version, from its startup log line
+        self.version: tuple[int, ...] | None = None
 
     @property
     def url(self) -> str:
@@ -217,12 +214,6 @@ class EmbeddedRedis(service.Service):
                        else RedisStartError(f"cannot start {self.executable}: {exc}"))
 
     def _spawn(self) -> None:
-        version = redis_version(self.executable)
-        if version is not None and version < MIN_VERSION:
-            raise RedisStartError(
-                f"{self.executable} is Redis {'.'.join(map(str, version))}; "
-                f"the embedded index needs {'.'.join(map(str, MIN_VERSION))} "
-                "or newer (or set [index] redis to a server URL)")
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         self.socket_path = self._choose_socket_path()
         if os.path.lexists(self.socket_path):
@@ -276,6 +267,8 @@ class EmbeddedRedis(service.Service):
             return
         if isinstance(result, bytes) and result.startswith(b"+PONG"):
             self._write_url_file()
+            _log.info("embedded Redis {version} ready at {url}", url=self.url,
+                      version=".".join(map(str, self.version or ())) or "?")
             self.ready.callback(self.url)
             return
         # not listening yet, or "-LOADING" while it reads the append-only file
@@ -284,7 +277,12 @@ class EmbeddedRedis(service.Service):
     def _describe(self, what: str) -> str:
         tail = self._process.tail if self._process else ()
         output = "\n  ".join(tail) if tail else "(no output)"
-        return f"{self.executable} {what}; its last output:\n  {output}"
+        hint = ""
+        if self.version is not None and self.version < MIN_VERSION:
+            hint = (f" (it is Redis {'.'.join(map(str, self.version))}; the "
+                    f"flags we pass need {'.'.join(map(str, MIN_VERSION))} "
+                    "or newer)")
+        return f"{self.executable} {what}{hint}; its last output:\n  {output}"
 
     def _fail(self, exc: Exception) -> None:
         _log.error("embedded Redis: {why}", why=exc)
@@ -319,18 +317,33 @@ class EmbeddedRedis(service.Service):
             pass
 
     def _terminate(self) -> defer.Deferred[None]:
-        """SIGTERM, SIGKILL after ``kill_after``; fires once it has exited."""
+        """SIGTERM, SIGKILL after ``kill_after``; fires once it has exited.
+
+        SIGTERM is repeated every ``term_interval``: one sent between fork and
+        exec is lost.  A repeated SIGTERM only re-schedules Redis's shutdown
+        (it is a second SIGINT that makes it exit without saving).
+        """
         if self._transport is None:
             return defer.succeed(None)
         waiting: defer.Deferred[None] = defer.Deferred()
         self._exit_waiters.append(waiting)
-        kill = self.reactor.callLater(self.kill_after, self._signal, "KILL")
-        self._signal("TERM")
+        deadline = self.reactor.seconds() + self.kill_after
+        pending: list[Any] = []
+
+        def term() -> None:
+            pending.clear()
+            if self.reactor.seconds() >= deadline:
+                self._signal("KILL")
+                return
+            self._signal("TERM")
+            pending.append(self.reactor.callLater(self.term_interval, term))
 
         def done(result: Any) -> Any:
-            if kill.active():
-                kill.cancel()
+            for call in pending:
+                if call.active():
+                    call.cancel()
             return result
+        term()
         return waiting.addBoth(done)
 
     def stopService(self) -> defer.Deferred[None]:

