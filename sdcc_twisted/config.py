@@ -40,6 +40,15 @@ class ServerSettings:
     artim_timeout: float = 30.0
     idle_timeout: float = 300.0
     max_command_length: int = 64 * 1024
+    max_connections_per_address: int = 32
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """``[tls]``: client certificates for an ``ssl:`` listener."""
+
+    ca_certificates: str = ""
+    require_client_certificate: bool = True
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,7 @@ class StorageSettings:
 
     root: str = ""
     fsync: bool = True
+    max_head_bytes: int = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,7 @@ class Settings:
     index: IndexSettings = field(default_factory=IndexSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     source: str = "<defaults>"
+    tls: TLSSettings = field(default_factory=TLSSettings)
 
     @property
     def storage_root(self) -> str:
@@ -161,8 +172,9 @@ _KNOWN: Final[dict[str, frozenset[str]]] = {
     "server": frozenset({
         "ae_title", "listen", "data_dir", "max_pdu_length", "max_associations",
         "require_called_ae_title", "allowed_calling_ae_titles", "artim_timeout",
-        "idle_timeout", "max_command_length"}),
-    "storage": frozenset({"root", "fsync"}),
+        "idle_timeout", "max_command_length", "max_connections_per_address"}),
+    "storage": frozenset({"root", "fsync", "max_head_bytes"}),
+    "tls": frozenset({"ca_certificates", "require_client_certificate"}),
     "index": frozenset({"redis", "redis_server", "key_prefix", "timeout", "lock"}),
     "logging": frozenset({"level", "file"}),
 }
@@ -198,8 +210,10 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
         titles = [t.strip() for t in raw.replace("\n", ",").split(",") if t.strip()]
         if not titles:
             return None
-        if not all(valid_ae_title(t) for t in titles):
-            raise ValueError(raw)
+        for entry in titles:
+            title, _, address = entry.partition("@")
+            if not valid_ae_title(title.strip()) or ("@" in entry and not address.strip()):
+                raise ValueError(raw)
         return frozenset(titles)
 
     def listen(raw: str) -> str:
@@ -226,15 +240,19 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
         require_called_ae_title=r.boolean("server", "require_called_ae_title", False),
         allowed_calling_ae_titles=r.get(
             "server", "allowed_calling_ae_titles", None, ae_list,
-            "a comma-separated list of AE titles (empty: any)"),
+            "a comma-separated list of AE titles, each optionally AE@address "
+            "(empty: any)"),
         artim_timeout=r.seconds("server", "artim_timeout", 30.0),
         idle_timeout=r.seconds("server", "idle_timeout", 300.0),
         max_command_length=r.integer("server", "max_command_length", 64 * 1024,
                                      1024, 16 * 1024 * 1024),
+        max_connections_per_address=r.integer("server", "max_connections_per_address",
+                                              32, 1, 100000),
     )
     storage = StorageSettings(
         root=r.text("storage", "root", ""),
         fsync=r.boolean("storage", "fsync", True),
+        max_head_bytes=r.integer("storage", "max_head_bytes", 1 << 20, 1024, 64 << 20),
     )
     index = IndexSettings(
         redis=r.get("index", "redis", "embedded", redis_url,
@@ -248,7 +266,14 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
         level=r.choice("logging", "level", "info", LOG_LEVELS),
         file=r.text("logging", "file", ""),
     )
-    return Settings(server, storage, index, logging, source)
+    tls = TLSSettings(
+        ca_certificates=r.text("tls", "ca_certificates", ""),
+        require_client_certificate=r.boolean("tls", "require_client_certificate", True),
+    )
+    if tls.ca_certificates and not server.listen.startswith("ssl:"):
+        raise r.fail("tls", "ca_certificates",
+                     "client certificates need an ssl: endpoint in [server] listen")
+    return Settings(server, storage, index, logging, source, tls)
 
 
 def load_settings(path: str) -> Settings:

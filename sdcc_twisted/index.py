@@ -12,13 +12,14 @@ connection, it waits; the deadline is what turns that into an error.
 A record is one optimistic transaction on a connection taken out of the pool:
 WATCH the instance hash, read it, WATCH and count the sets it may leave, then
 MULTI, every write, EXEC; a concurrent change makes EXEC fail and the record
-is tried again.  If the deadline strikes while the connection is ours its
+is tried again after a short random back-off, until the deadline.  If the deadline strikes while the connection is ours its
 transport is aborted, so no connection stays stuck in a transaction (the pool
 reconnects it).
 """
 
 from __future__ import annotations
 
+import random
 import secrets
 from collections.abc import Coroutine
 from typing import Any, Final, TypeVar
@@ -46,8 +47,11 @@ T = TypeVar("T")
 
 _log = Logger()
 
-#: How often a record is retried when a concurrent writer changed its keys.
-MAX_ATTEMPTS: Final = 8
+#: Safety cap on optimistic retries; the operation's deadline comes first.
+MAX_ATTEMPTS: Final = 200
+#: First back-off (seconds) after a failed EXEC; doubles up to 32 times it,
+#: with full jitter, so that writers moving out of one series do not livelock.
+RETRY_BACKOFF: Final = 0.001
 
 
 class IndexUnavailable(Exception):
@@ -145,6 +149,7 @@ class RedisIndex:
     def __init__(self, redis: Any, clock: IReactorTime,
                  key_prefix: str = "sdcc:", timeout: float = 2.0) -> None:
         self._redis = redis
+        self._clock = clock
         self._bounded = _Bounded(clock, timeout)
         self.layout = KeyLayout(key_prefix)
 
@@ -178,6 +183,11 @@ class RedisIndex:
         # caller gave up before the reply, hence the factory.
         return await self._redis._factory.getConnection(peek=False)
 
+    async def _backoff(self, attempt: int) -> None:
+        if attempt:
+            delay = random.uniform(0, RETRY_BACKOFF * 2 ** min(attempt - 1, 5))
+            await task.deferLater(self._clock, delay, lambda: None)
+
     async def _others(self, conn: Any,
                       probes: list[tuple[str, str]]) -> dict[str, int]:
         if not probes:
@@ -200,7 +210,8 @@ class RedisIndex:
     async def _record(self, rec: InstanceRecord) -> str | None:
         key = self.layout.instance(rec.sop_instance_uid)
         new = Placement.of_record(rec)
-        for _ in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
+            await self._backoff(attempt)
             conn = await self._take()
             try:
                 await conn.watch([key])
@@ -225,7 +236,8 @@ class RedisIndex:
 
     async def _remove(self, uid: str) -> None:
         key = self.layout.instance(uid)
-        for _ in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
+            await self._backoff(attempt)
             conn = await self._take()
             try:
                 await conn.watch([key])

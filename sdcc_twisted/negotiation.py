@@ -47,7 +47,8 @@ class AcceptorPolicy:
     Attributes:
         ae_title: our AE title.
         require_called_ae: reject 1/1/7 when the Called AE differs from ours.
-        allowed_calling_aes: if not None, reject 1/1/3 for any other calling AE.
+        allowed_calling_aes: if not None, reject 1/1/3 for any other calling AE;
+            an entry ``AE@address`` admits that AE only from that peer address.
         max_pdu_length: the Maximum Length we propose (PS3.8 D.1); never 0.
         contexts: abstract syntax -> accepted transfer syntaxes, in our order.
     """
@@ -62,6 +63,15 @@ class AcceptorPolicy:
     def __post_init__(self) -> None:
         if self.max_pdu_length <= 0:
             raise ValueError("max_pdu_length must be positive (0 means unlimited)")
+
+    def calling_ae_allowed(self, calling_ae: str, peer_address: str | None) -> bool:
+        """Whether the allow-list admits ``calling_ae`` from ``peer_address``."""
+        if self.allowed_calling_aes is None:
+            return True
+        if calling_ae in self.allowed_calling_aes:
+            return True
+        return (peer_address is not None
+                and f"{calling_ae}@{peer_address}" in self.allowed_calling_aes)
 
 
 @dataclass(frozen=True)
@@ -106,7 +116,8 @@ def check_protocol_version(rq: AAssociateRQ) -> RejectReason | None:
     return None
 
 
-def negotiate(rq: AAssociateRQ, policy: AcceptorPolicy) -> Accepted | Rejected:
+def negotiate(rq: AAssociateRQ, policy: AcceptorPolicy,
+              peer_address: str | None = None) -> Accepted | Rejected:
     """Decide an A-ASSOCIATE-RQ (PS3.8 7.1.1, 9.3.3; PS3.7 D.3.3).
 
     Order: application context (1/1/2), calling AE (1/1/3), called AE (1/1/7);
@@ -115,8 +126,7 @@ def negotiate(rq: AAssociateRQ, policy: AcceptorPolicy) -> Accepted | Rejected:
     """
     if rq.application_context != APPLICATION_CONTEXT_NAME:
         return Rejected(REJECT_APPLICATION_CONTEXT)
-    if (policy.allowed_calling_aes is not None
-            and rq.calling_ae not in policy.allowed_calling_aes):
+    if not policy.calling_ae_allowed(rq.calling_ae, peer_address):
         return Rejected(REJECT_CALLING_AE)
     if policy.require_called_ae and rq.called_ae != policy.ae_title:
         return Rejected(REJECT_CALLED_AE)

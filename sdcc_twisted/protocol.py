@@ -76,6 +76,7 @@ class DicomProtocol(Protocol):
         self._last_activity = 0.0
         self._started = 0.0
         self._peer = "?"
+        self._peer_host: str | None = None
         self._lock_token: object | None = None
         self._calling_ae = ""
         self._called_ae = ""
@@ -96,6 +97,7 @@ class DicomProtocol(Protocol):
         factory = self.factory
         self._started = factory.clock.seconds()
         peer = self.transport.getPeer()
+        self._peer_host = getattr(peer, "host", None)
         self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         handle = getattr(self.transport, "getHandle", None)
         if handle is not None:
@@ -246,12 +248,16 @@ class DicomProtocol(Protocol):
         factory = self.factory
         self._calling_ae = rq.calling_ae
         self._called_ae = rq.called_ae
-        decision = negotiate(rq, factory.policy)
+        decision = negotiate(rq, factory.policy, self._peer_host)
         if isinstance(decision, Rejected):
             self._reject(decision.reason)
             return
         if factory.association_count() >= factory.max_associations:
-            self._reject(REJECT_TOO_MANY)
+            self._reject(REJECT_TOO_MANY, f"max_associations={factory.max_associations}")
+            return
+        if factory.address_count(self._peer_host) > factory.max_connections_per_address:
+            self._reject(REJECT_TOO_MANY, f"max_connections_per_address="
+                         f"{factory.max_connections_per_address} from {self._peer_host}")
             return
         self._counted = True
         d = factory.lock.acquire(rq.calling_ae)
@@ -298,14 +304,15 @@ class DicomProtocol(Protocol):
                  peer_max=decision.peer_max_pdu_length, accepted=len(decision.contexts),
                  refused=refused, contexts="; ".join(contexts))
 
-    def _reject(self, reason: RejectReason) -> None:
+    def _reject(self, reason: RejectReason, limit: str = "") -> None:
         assoc = self.assoc
         assert assoc is not None
         self._outcome = f"rejected {reason.result}/{reason.source}/{reason.reason}"
         log.warn("association rejected peer={peer} calling_ae={calling} called_ae={called} "
-                 "result/source/reason={r}/{s}/{d} ({text})",
+                 "result/source/reason={r}/{s}/{d} ({text}){limit}",
                  peer=self._peer, calling=self._calling_ae, called=self._called_ae,
-                 r=reason.result, s=reason.source, d=reason.reason, text=reason.text)
+                 r=reason.result, s=reason.source, d=reason.reason, text=reason.text,
+                 limit=f" limit {limit}" if limit else "")
         self._guard(assoc.reject, reject_pdu(reason))
 
     def _log_reject(self, rj: Any) -> None:
@@ -434,6 +441,8 @@ class DicomServerFactory(Factory):
         timeouts: ARTIM and idle timeouts.
         max_associations: the total cap (2/3/2 beyond it).
         max_command_length: the largest command set we buffer.
+        max_connections_per_address: connections one peer address may hold;
+            an association asked beyond it is rejected 2/3/2.
     """
 
     protocol = DicomProtocol
@@ -442,7 +451,8 @@ class DicomServerFactory(Factory):
     def __init__(self, policy: AcceptorPolicy, storage: StorageSCP,
                  lock: IAssociationLock, clock: IReactorTime,
                  timeouts: Timeouts = Timeouts(), max_associations: int = 64,
-                 max_command_length: int = 64 * 1024) -> None:
+                 max_command_length: int = 64 * 1024,
+                 max_connections_per_address: int = 32) -> None:
         self.policy = policy
         self.storage = storage
         self.verification = VerificationSCP()
@@ -451,11 +461,16 @@ class DicomServerFactory(Factory):
         self.timeouts = timeouts
         self.max_associations = max_associations
         self.max_command_length = max_command_length
+        self.max_connections_per_address = max_connections_per_address
         self.connections: set[DicomProtocol] = set()
 
     def association_count(self) -> int:
         """Associations that count against the cap (established or being set up)."""
         return sum(1 for p in self.connections if p._counted)
+
+    def address_count(self, host: str | None) -> int:
+        """Open connections from one peer address (this one included)."""
+        return sum(1 for p in self.connections if p._peer_host == host)
 
 
 __all__ = ["DicomProtocol", "DicomServerFactory", "Timeouts", "defer"]

@@ -136,6 +136,44 @@ def _lock_fallback(calling_ae: str, failure: Any) -> None:
              calling=calling_ae, why=failure.getErrorMessage())
 
 
+def require_client_certificates(endpoint: Any, settings: Settings) -> None:
+    """``[tls] ca_certificates``: make an ``ssl:`` listener verify client
+    certificates against those CAs (PS3.15 B.1, the TLS secure transport
+    connection profile: both ends authenticate)."""
+    from OpenSSL import crypto
+    from twisted.internet import ssl
+
+    path = settings.tls.ca_certificates
+    try:
+        with open(path, "rb") as handle:
+            pem = handle.read()
+    except OSError as exc:
+        raise ConfigError(f"{settings.source}: [tls] ca_certificates: cannot read "
+                          f"{path}: {exc.strerror}") from None
+    blocks = [b"-----BEGIN CERTIFICATE-----" + part
+              for part in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]]
+    try:
+        authorities = [crypto.load_certificate(crypto.FILETYPE_PEM, block) for block in blocks]
+    except crypto.Error as exc:
+        raise ConfigError(f"{settings.source}: [tls] ca_certificates: {path} holds an "
+                          f"unreadable certificate ({exc})") from None
+    if not authorities:
+        raise ConfigError(f"{settings.source}: [tls] ca_certificates: {path} holds "
+                          "no PEM certificate")
+    original = getattr(endpoint, "_sslContextFactory", None)
+    if original is None:
+        raise ConfigError(f"{settings.source}: [tls] ca_certificates: [server] listen "
+                          "is not an ssl: endpoint")
+    endpoint._sslContextFactory = ssl.CertificateOptions(
+        privateKey=original.privateKey,
+        certificate=original.certificate,
+        extraCertChain=getattr(original, "extraCertChain", None),
+        verify=True,
+        caCerts=authorities,
+        requireCertificate=settings.tls.require_client_certificate,
+    )
+
+
 def build_service(settings: Settings, reactor: Any) -> service.MultiService:
     """Build the server's service tree from validated settings.
 
@@ -151,7 +189,8 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
     data_dir = settings.server.data_dir
     try:
         os.makedirs(data_dir, exist_ok=True)
-        store = FileStore(settings.storage_root, fsync=settings.storage.fsync)
+        store = FileStore(settings.storage_root, fsync=settings.storage.fsync,
+                          max_head_bytes=settings.storage.max_head_bytes)
     except OSError as exc:
         raise ConfigError(f"{settings.source}: [server] data_dir / [storage] root: "
                           f"cannot create {exc.filename}: {exc.strerror}") from None
@@ -204,12 +243,15 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
         timeouts=Timeouts(artim=server.artim_timeout, idle=server.idle_timeout),
         max_associations=server.max_associations,
         max_command_length=server.max_command_length,
+        max_connections_per_address=server.max_connections_per_address,
     )
     try:
         endpoint = endpoints.serverFromString(reactor, server.listen)
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, OSError, ImportError) as exc:
         raise ConfigError(f"{settings.source}: [server] listen: cannot use "
                           f"{server.listen!r} as a Twisted endpoint ({exc})") from None
+    if settings.tls.ca_certificates:
+        require_client_certificates(endpoint, settings)
     listener = StreamServerEndpointService(endpoint, factory)
     listener.setName("dicom")
     listener._raiseSynchronously = True

@@ -175,7 +175,8 @@ class StoredFile:
 class FileStore:
     """The storage area: ``{root}/{Study}/{Series}/{SOPInstance}.dcm``."""
 
-    def __init__(self, root: str, fsync: bool = True, tmp_dir: str | None = None) -> None:
+    def __init__(self, root: str, fsync: bool = True, tmp_dir: str | None = None,
+                 max_head_bytes: int = 1 << 20) -> None:
         """Create the root and the temp directory if they are missing.
 
         Args:
@@ -188,6 +189,7 @@ class FileStore:
         """
         self.root = os.path.abspath(root)
         self.fsync = fsync
+        self.max_head_bytes = max_head_bytes
         self.tmp_dir = os.path.abspath(tmp_dir or os.path.join(self.root, ".tmp"))
         os.makedirs(self.root, exist_ok=True)
         os.makedirs(self.tmp_dir, exist_ok=True)
@@ -262,7 +264,7 @@ class Sink:
         self._sop_class_uid = sop_class_uid
         self._sop_instance_uid = sop_instance_uid
         self._transfer_syntax = transfer_syntax
-        self._walker = DatasetWalker(transfer_syntax)
+        self._walker = DatasetWalker(transfer_syntax, max_head_bytes=store.max_head_bytes)
         self._failure: StorageError | None = None
         self._closed = False
         self._file: io.BufferedWriter | None = None

@@ -131,6 +131,18 @@ class RejectTests(SynchronousTestCase):
         self.assertEqual(tuple(result.reason[:3]), (1, 1, 3))
         self.assertIsInstance(negotiate(associate_rq(calling="CT1"), policy), Accepted)
 
+    def test_calling_ae_bound_to_address(self) -> None:
+        """An AE@address entry admits that AE only from that peer address;
+        a plain entry admits it from anywhere."""
+        policy = AcceptorPolicy(allowed_calling_aes=frozenset({"CT1@10.0.0.5", "MR1"}))
+        self.assertIsInstance(negotiate(associate_rq(calling="CT1"), policy, "10.0.0.5"),
+                              Accepted)
+        refused = negotiate(associate_rq(calling="CT1"), policy, "10.0.0.6")
+        assert isinstance(refused, Rejected)
+        self.assertEqual(tuple(refused.reason[:3]), (1, 1, 3))
+        self.assertIsInstance(negotiate(associate_rq(calling="MR1"), policy, "192.0.2.1"),
+                              Accepted)
+
     def test_called_ae_checked_when_required(self) -> None:
         """With the called-AE check on, another called AE is rejected 1/1/7."""
         strict = AcceptorPolicy(ae_title="SDCC", require_called_ae=True)

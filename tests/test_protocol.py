@@ -149,6 +149,22 @@ class EstablishmentTests(ProtocolTestBase):
         _, t = self.associate("AE9", 9)
         self.assertEqual(self.sent(t), [AAssociateRJ(2, 3, 2)])
 
+    def test_connections_per_address(self) -> None:
+        """Beyond max_connections_per_address from one peer address, an
+        association is rejected 2/3/2; another address is still accepted."""
+        self.factory.max_connections_per_address = 2
+        self.factory.max_associations = 10
+        for n in range(2):
+            _, t = self.associate(f"AE{n}", n)
+            self.assertIsInstance(self.sent(t)[0], AAssociateAC)
+        _, t = self.associate("AE5", 5)
+        self.assertEqual(self.sent(t), [AAssociateRJ(2, 3, 2)])
+        proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 9))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.2", 9))
+        proto.makeConnection(transport)
+        proto.dataReceived(encode(associate_rq(calling="AE6")))
+        self.assertIsInstance(self.sent(transport)[0], AAssociateAC)
+
     def test_rejected_by_policy(self) -> None:
         """A wrong application context is rejected 1/1/2 and does not take a slot."""
         proto, transport = self.connect()
