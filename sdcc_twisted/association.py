@@ -39,7 +39,18 @@ from .events import (
 )
 from .framing import PDUFramer
 from .negotiation import Accepted, AcceptedContext, check_protocol_version, reject_pdu
-from .pdu import AAbort, AAssociateAC, AAssociateRJ, AAssociateRQ, AReleaseRP, AReleaseRQ, decode, encode
+from .pdu import (
+    AAbort,
+    AAssociateAC,
+    AAssociateRJ,
+    AAssociateRQ,
+    AReleaseRP,
+    AReleaseRQ,
+    decode,
+    encode,
+    encode_pdv_header,
+    pdata_header,
+)
 
 #: PDU type -> the Table 9-10 event for receiving it (PS3.8 9.3.1, 9.2.1).
 RECEIVE_EVENTS: Final[dict[int, str]] = {
@@ -173,6 +184,19 @@ class Association:
                                           self.peer_max_pdu_length):
             events.extend(self._run("Evt9", pdu_bytes))
         return events
+
+    def send_pdv(self, context_id: int, control: int, data: bytes | memoryview) -> list[Event]:
+        """Send one PDV in its own P-DATA-TF (Evt9); ``data`` must fit the
+        peer's limit (see :meth:`max_pdv_data`)."""
+        view = memoryview(data)
+        pdu = pdata_header(6 + len(view)) + encode_pdv_header(context_id, control, len(view))
+        return self._run("Evt9", pdu + view.tobytes())
+
+    def max_pdv_data(self) -> int:
+        """The largest PDV payload one P-DATA-TF may carry to this peer
+        (PS3.8 D.1: PDU length = 6 bytes of PDV header + payload)."""
+        limit = self.peer_max_pdu_length if self.peer_max_pdu_length > 0 else 1 << 20
+        return max(limit - 6, 1)
 
     def request_release(self) -> list[Event]:
         """Requestor: send A-RELEASE-RQ (Evt11)."""

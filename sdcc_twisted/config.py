@@ -80,6 +80,16 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class MoveDestination:
+    """One ``[move_destinations]`` entry: ``AE = host:port`` (``tls`` after)."""
+
+    ae_title: str
+    host: str
+    port: int
+    tls: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     """The whole configuration."""
 
@@ -89,6 +99,7 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     source: str = "<defaults>"
     tls: TLSSettings = field(default_factory=TLSSettings)
+    move_destinations: dict[str, MoveDestination] = field(default_factory=dict)
 
     @property
     def storage_root(self) -> str:
@@ -187,11 +198,14 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
         ConfigError: naming the file, section and key at fault.
     """
     parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # AE titles keep their case
     try:
         parser.read_string(text, source=source)
     except configparser.Error as exc:
         raise ConfigError(f"{source}: {exc}".replace("\n", " ")) from None
     for section in parser.sections():
+        if section == "move_destinations":
+            continue
         if section not in _KNOWN:
             raise ConfigError(f"{source}: [{section}]: unknown section "
                               f"(known: {', '.join(sorted(_KNOWN))})")
@@ -273,7 +287,20 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
     if tls.ca_certificates and not server.listen.startswith("ssl:"):
         raise r.fail("tls", "ca_certificates",
                      "client certificates need an ssl: endpoint in [server] listen")
-    return Settings(server, storage, index, logging, source, tls)
+    destinations: dict[str, MoveDestination] = {}
+    if parser.has_section("move_destinations"):
+        for title in parser.options("move_destinations"):
+            raw = parser.get("move_destinations", title).strip()
+            words = raw.split()
+            host, _, port_text = (words[0] if words else "").rpartition(":")
+            tls_flag = words[1:] == ["tls"]
+            if (not valid_ae_title(title) or not host or not port_text.isdigit()
+                    or not 0 < int(port_text) < 65536 or (len(words) > 1 and not tls_flag)):
+                raise r.fail("move_destinations", title,
+                             f"expected AE_TITLE = host:port [tls], got {raw!r}")
+            destinations[title.strip()] = MoveDestination(title.strip(), host.strip("[]"),
+                                                          int(port_text), tls_flag)
+    return Settings(server, storage, index, logging, source, tls, destinations)
 
 
 def load_settings(path: str) -> Settings:

@@ -88,16 +88,47 @@ STORAGE_SOP_CLASSES: Final[dict[str, str]] = {
     "1.2.840.10008.5.1.4.1.1.481.1": "RT Image Storage",
 }
 
+# -- Query/Retrieve (statement: "retrieval and image request"; PS3.4 C.6) ----
+# An extension of the statement's tables: the Patient Root and Study Root
+# information models, FIND, MOVE and GET.
+PATIENT_ROOT_FIND: Final = "1.2.840.10008.5.1.4.1.2.1.1"
+PATIENT_ROOT_MOVE: Final = "1.2.840.10008.5.1.4.1.2.1.2"
+PATIENT_ROOT_GET: Final = "1.2.840.10008.5.1.4.1.2.1.3"
+STUDY_ROOT_FIND: Final = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_MOVE: Final = "1.2.840.10008.5.1.4.1.2.2.2"
+STUDY_ROOT_GET: Final = "1.2.840.10008.5.1.4.1.2.2.3"
+
+QUERY_RETRIEVE_SOP_CLASSES: Final[dict[str, str]] = {
+    PATIENT_ROOT_FIND: "Patient Root Query/Retrieve Information Model - FIND",
+    PATIENT_ROOT_MOVE: "Patient Root Query/Retrieve Information Model - MOVE",
+    PATIENT_ROOT_GET: "Patient Root Query/Retrieve Information Model - GET",
+    STUDY_ROOT_FIND: "Study Root Query/Retrieve Information Model - FIND",
+    STUDY_ROOT_MOVE: "Study Root Query/Retrieve Information Model - MOVE",
+    STUDY_ROOT_GET: "Study Root Query/Retrieve Information Model - GET",
+}
+
+#: Q/R SOP class -> (information model, operation).
+QUERY_RETRIEVE_MODELS: Final[dict[str, tuple[str, str]]] = {
+    PATIENT_ROOT_FIND: ("PATIENT", "FIND"), PATIENT_ROOT_MOVE: ("PATIENT", "MOVE"),
+    PATIENT_ROOT_GET: ("PATIENT", "GET"), STUDY_ROOT_FIND: ("STUDY", "FIND"),
+    STUDY_ROOT_MOVE: ("STUDY", "MOVE"), STUDY_ROOT_GET: ("STUDY", "GET"),
+}
+
+#: Identifiers are small: the uncompressed little endian syntaxes suffice.
+QUERY_RETRIEVE_TRANSFER_SYNTAXES: Final = (IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN)
+
 #: Abstract syntax -> the transfer syntaxes we accept for it, in our order of
 #: preference.  Verification takes Implicit VR LE only, as the statement says.
 SUPPORTED_CONTEXTS: Final[dict[str, tuple[str, ...]]] = {
     VERIFICATION_SOP_CLASS: (IMPLICIT_VR_LITTLE_ENDIAN,),
     **{uid: tuple(TRANSFER_SYNTAXES) for uid in STORAGE_SOP_CLASSES},
+    **{uid: QUERY_RETRIEVE_TRANSFER_SYNTAXES for uid in QUERY_RETRIEVE_SOP_CLASSES},
 }
 
 SOP_CLASS_NAMES: Final[dict[str, str]] = {
     **VERIFICATION_SOP_CLASSES,
     **STORAGE_SOP_CLASSES,
+    **QUERY_RETRIEVE_SOP_CLASSES,
 }
 
 
@@ -195,6 +226,17 @@ STATUS_PROCESSING_FAILURE: Final = 0x0110
 STATUS_SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
 STATUS_UNRECOGNIZED_OPERATION: Final = 0x0211
 STATUS_MISTYPED_ARGUMENT: Final = 0x0212
+
+# Query/Retrieve statuses (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4).
+STATUS_PENDING: Final = 0xFF00
+STATUS_PENDING_WARNING: Final = 0xFF01
+STATUS_CANCEL: Final = 0xFE00
+STATUS_SUBOPS_WARNING: Final = 0xB000
+STATUS_MOVE_DESTINATION_UNKNOWN: Final = 0xA801
+STATUS_QR_OUT_OF_RESOURCES: Final = 0xA700
+STATUS_QR_SUBOPS_OUT_OF_RESOURCES: Final = 0xA702
+STATUS_IDENTIFIER_MISMATCH: Final = 0xA900
+STATUS_UNABLE_TO_PROCESS: Final = 0xC000
 
 # -- Message control header bits (PS3.8 E.2) ---------------------------------
 PDV_COMMAND: Final = 0x01

@@ -16,6 +16,9 @@ from .conformance import (
     ABORT_INVALID_PDU_PARAMETER_VALUE,
     ABORT_UNEXPECTED_PDU_PARAMETER,
     C_ECHO_RQ,
+    C_FIND_RQ,
+    C_GET_RQ,
+    C_MOVE_RQ,
     C_STORE_RQ,
     NO_DATA_SET,
     PDV_COMMAND,
@@ -80,6 +83,10 @@ REQUIRED_ELEMENTS: Final[dict[int, tuple[int, ...]]] = {
     C_ECHO_RQ: (AFFECTED_SOP_CLASS_UID, MESSAGE_ID, COMMAND_DATA_SET_TYPE),
     C_STORE_RQ: (AFFECTED_SOP_CLASS_UID, MESSAGE_ID, PRIORITY,
                  COMMAND_DATA_SET_TYPE, AFFECTED_SOP_INSTANCE_UID),
+    C_FIND_RQ: (AFFECTED_SOP_CLASS_UID, MESSAGE_ID, PRIORITY, COMMAND_DATA_SET_TYPE),
+    C_GET_RQ: (AFFECTED_SOP_CLASS_UID, MESSAGE_ID, PRIORITY, COMMAND_DATA_SET_TYPE),
+    C_MOVE_RQ: (AFFECTED_SOP_CLASS_UID, MESSAGE_ID, PRIORITY, COMMAND_DATA_SET_TYPE,
+                MOVE_DESTINATION),
 }
 
 ELEMENT_NAMES: Final[dict[int, str]] = {
@@ -89,6 +96,7 @@ ELEMENT_NAMES: Final[dict[int, str]] = {
     PRIORITY: "Priority",
     COMMAND_DATA_SET_TYPE: "Command Data Set Type",
     AFFECTED_SOP_INSTANCE_UID: "Affected SOP Instance UID",
+    MOVE_DESTINATION: "Move Destination",
 }
 
 #: Largest command set we buffer; real ones are a few hundred bytes.

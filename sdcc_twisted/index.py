@@ -1,7 +1,22 @@
 """The instance index and the fleet-wide association lock, on Redis.
 
-The key layout is documented in :mod:`sdcc_twisted.index_keys` (the one place
-that maps a record to keys; ``sdcc-admin rebuild`` uses it too).
+Key layout (``{p}`` = ``[index] key_prefix``, default ``sdcc:``; the mapping
+itself lives in :mod:`sdcc_twisted.index_keys`, shared with ``sdcc-admin``)::
+
+    {p}instance:{sop_uid}             hash  path, sop_class_uid, transfer_syntax,
+                                            size, received_at, calling_ae,
+                                            study_uid, series_uid, patient_id
+                                            + IMAGE-level keywords
+    {p}series:{series_uid}            hash  SERIES-level keywords + study_uid
+    {p}study:{study_uid}              hash  STUDY-level keywords + patient_id
+    {p}patient:{patient_id}           hash  PATIENT-level keywords
+    {p}patients                       set   every patient id
+    {p}patient_studies:{patient_id}   set   the patient's Study Instance UIDs
+    {p}study_series:{study_uid}       set   the study's Series Instance UIDs
+    {p}series_instances:{series_uid}  set   the series' SOP Instance UIDs
+    {p}lock:ae:{ae_title}             str   association lock token (PX ttl)
+
+An empty Patient ID (or Study/Series UID) is keyed as ``\\none``.
 
 Every public operation is bounded in time: the Redis calls it makes share one
 deadline (``timeout``, on the injected ``clock``), and running out of it, or
@@ -11,10 +26,10 @@ connection, it waits; the deadline is what turns that into an error.
 
 A record is one optimistic transaction on a connection taken out of the pool:
 WATCH the instance hash, read it, WATCH and count the sets it may leave, then
-MULTI, every write, EXEC; a concurrent change makes EXEC fail and the record
-is tried again after a short random back-off, until the deadline.  If the deadline strikes while the connection is ours its
-transport is aborted, so no connection stays stuck in a transaction (the pool
-reconnects it).
+MULTI, every write, EXEC.  A concurrent change makes EXEC fail and the record
+is tried again after a short random back-off, until the deadline.  If the
+deadline strikes while the connection is ours, its transport is aborted, so
+no connection stays stuck in a transaction (the pool reconnects it).
 """
 
 from __future__ import annotations
@@ -93,7 +108,7 @@ def _unavailable(failure: Any, what: str, timeout: float) -> Any:
 
 
 class _Bounded:
-    """Runs coroutines under one deadline each, on an injected clock."""
+    """Runs each operation under one deadline, on an injected clock."""
 
     def __init__(self, clock: IReactorTime, timeout: float) -> None:
         if timeout <= 0:
@@ -114,9 +129,14 @@ class _Bounded:
 
 
 def _abandon(conn: Any) -> None:
-    """Drop a connection whose transaction state is unknown."""
+    """Drop a connection we still own in an unknown transaction state.
+
+    txredisapi clears ``pendingTransaction`` when it hands the connection
+    back to the pool (after EXEC, a failed EXEC or UNWATCH).
+    """
     transport = getattr(conn, "transport", None)
-    if transport is not None and getattr(conn, "connected", 0):
+    if (transport is not None and getattr(conn, "connected", 0)
+            and getattr(conn, "pendingTransaction", True)):
         transport.abortConnection()
 
 
@@ -323,8 +343,8 @@ class RedisAssociationLock:
 
     def _refresh(self, ae: str, token: str) -> "defer.Deferred[None]":
         d = self._bounded.run(
-            self._redis.eval(_REFRESH_SCRIPT, [self.layout.ae_lock(ae)],
-                             [token, str(self._ttl_ms())]),
+            defer.maybeDeferred(self._eval, _REFRESH_SCRIPT, ae,
+                                token, str(self._ttl_ms())),
             f"refresh lock {ae!r}")
 
         def renewed(result: Any) -> None:
@@ -339,6 +359,10 @@ class RedisAssociationLock:
 
         return d.addCallbacks(renewed, failed)
 
+    def _eval(self, script: str, ae: str, *args: str) -> "defer.Deferred[Any]":
+        # may raise at once (a handler that is not connected yet)
+        return self._redis.eval(script, [self.layout.ae_lock(ae)], list(args))
+
     def _forget(self, ae: str) -> None:
         _, loop = self._held.pop(ae)
         if loop.running:
@@ -349,8 +373,8 @@ class RedisAssociationLock:
         if self._held.get(calling_ae, (None,))[0] == token:
             self._forget(calling_ae)
         d = self._bounded.run(
-            self._redis.eval(_RELEASE_SCRIPT, [self.layout.ae_lock(calling_ae)],
-                             [str(token)]),
+            defer.maybeDeferred(self._eval, _RELEASE_SCRIPT, calling_ae,
+                                str(token)),
             f"unlock {calling_ae!r}")
 
         def failed(failure: Any) -> None:

@@ -32,6 +32,7 @@ from .pdu import (
     AAssociateRJ,
     AAssociateRQ,
     PresentationContextAC,
+    RoleSelection,
     UserInformation,
 )
 
@@ -90,6 +91,12 @@ class Accepted:
     ac: AAssociateAC
     contexts: dict[int, AcceptedContext]
     peer_max_pdu_length: int
+    roles: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def requestor_is_scp(self, sop_class_uid: str) -> bool:
+        """PS3.7 D.3.3.4: the requestor may act as SCP for this SOP class
+        (needed for the C-STORE sub-operations of a C-GET)."""
+        return self.roles.get(sop_class_uid, (1, 0))[1] == 1
 
 
 @dataclass(frozen=True)
@@ -150,11 +157,18 @@ def negotiate(rq: AAssociateRQ, policy: AcceptorPolicy,
         accepted[pc.context_id] = AcceptedContext(
             pc.context_id, pc.abstract_syntax, chosen)
 
+    # PS3.7 D.3.3.4: answer each proposed role for a SOP class we accepted
+    # with the roles proposed (we take whichever role the requestor leaves).
+    accepted_classes = {c.abstract_syntax for c in accepted.values()}
+    roles = {rs.sop_class_uid: (rs.scu_role, rs.scp_role)
+             for rs in rq.user_information.role_selections
+             if rs.sop_class_uid in accepted_classes}
     user_info = UserInformation(
         max_length=policy.max_pdu_length,
         implementation_class_uid=IMPLEMENTATION_CLASS_UID,
         implementation_version_name=IMPLEMENTATION_VERSION_NAME,
         async_ops=ASYNC_OPS_ANSWER if rq.user_information.async_ops is not None else None,
+        role_selections=tuple(RoleSelection(uid, scu, scp) for uid, (scu, scp) in roles.items()),
     )
     ac = AAssociateAC(
         called_ae=rq.called_ae,
@@ -164,4 +178,4 @@ def negotiate(rq: AAssociateRQ, policy: AcceptorPolicy,
         user_information=user_info,
     )
     peer_max = rq.user_information.max_length or 0
-    return Accepted(ac, accepted, peer_max)
+    return Accepted(ac, accepted, peer_max, roles)

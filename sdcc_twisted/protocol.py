@@ -27,8 +27,13 @@ from .conformance import (
     ABORT_REASON_TEXT,
     C_CANCEL_RQ,
     C_ECHO_RQ,
+    C_FIND_RQ,
+    C_GET_RQ,
+    C_MOVE_RQ,
     C_STORE_RQ,
+    C_STORE_RSP,
     COMMAND_NAMES,
+    QUERY_RETRIEVE_MODELS,
     REJECT_AE_BUSY,
     REJECT_TOO_MANY,
     STATUS_UNRECOGNIZED_OPERATION,
@@ -36,7 +41,18 @@ from .conformance import (
     TRANSFER_SYNTAXES,
     sop_class_name,
 )
-from .dimse import Command, response
+from .dimse import (
+    AFFECTED_SOP_CLASS_UID,
+    AFFECTED_SOP_INSTANCE_UID,
+    COMMAND_DATA_SET_TYPE,
+    COMMAND_FIELD,
+    MESSAGE_ID,
+    MESSAGE_ID_BEING_RESPONDED_TO,
+    PRIORITY,
+    STATUS,
+    Command,
+    response,
+)
 from .events import (
     Aborted,
     AssociationRejected,
@@ -52,6 +68,7 @@ from .events import (
 from .locks import IAssociationLock
 from .negotiation import AcceptorPolicy, Accepted, Rejected, negotiate, reject_pdu
 from .scp import Outcome, Reception, StorageSCP, VerificationSCP
+from .sending import MessageSender
 
 log = Logger(namespace="sdcc.association")
 
@@ -81,8 +98,13 @@ class DicomProtocol(Protocol):
         self._calling_ae = ""
         self._called_ae = ""
         self._counted = False
-        self._reception: Reception | None = None
+        self._reception: Any = None
         self._reception_context = 0
+        self._operations: dict[int, Any] = {}
+        self._store_responses: dict[int, defer.Deferred[int]] = {}
+        self._next_message_id = 1
+        self._roles: dict[str, tuple[int, int]] = {}
+        self._sender: MessageSender | None = None
         self._discard_context: int | None = None
         self._pending = 0
         self._release_waiting = False
@@ -108,6 +130,7 @@ class DicomProtocol(Protocol):
         self.assoc = Association(factory.policy.max_pdu_length,
                                  max_command_length=factory.max_command_length)
         factory.connections.add(self)
+        self._sender = MessageSender(self.assoc, self.transport, self._handle)
         self._guard(self.assoc.connection_made)
 
     def dataReceived(self, data: bytes) -> None:
@@ -136,6 +159,11 @@ class DicomProtocol(Protocol):
             self._reception = None
             if self._outcome in ("established", "released"):
                 self._outcome = "aborted"
+        for operation in list(self._operations.values()):
+            operation.abort()
+        waiting, self._store_responses = self._store_responses, {}
+        for d in waiting.values():
+            d.errback(ConnectionError("association closed before the C-STORE-RSP"))
         self._release_slot()
         self.factory.connections.discard(self)
         if self._calling_ae:
@@ -275,6 +303,7 @@ class DicomProtocol(Protocol):
             self._flush()
             return
         self._lock_token = token
+        self._roles = dict(decision.roles)
         self._accept(decision)
 
     def _lock_failed(self, failure: Failure) -> None:
@@ -348,7 +377,26 @@ class DicomProtocol(Protocol):
             self._reception = storage.begin(command, context.abstract_syntax,
                                             context.transfer_syntax, self._calling_ae)
             self._reception_context = event.context_id
+        elif (field in (C_FIND_RQ, C_MOVE_RQ, C_GET_RQ) and command.has_data_set
+              and self.factory.query_retrieve is not None
+              and context.abstract_syntax in QUERY_RETRIEVE_MODELS):
+            operation = self.factory.query_retrieve.begin(
+                command, event.context_id, context.abstract_syntax,
+                context.transfer_syntax, self)
+            self._reception = operation
+            self._reception_context = event.context_id
+            self._operations[command.message_id or 0] = operation
         elif field == C_CANCEL_RQ:
+            operation = self._operations.get(command.get(MESSAGE_ID_BEING_RESPONDED_TO))
+            if operation is not None:
+                log.info("C-CANCEL from {calling} for message {mid}", calling=self._calling_ae,
+                         mid=command.get(MESSAGE_ID_BEING_RESPONDED_TO))
+                operation.cancel()
+            return
+        elif field == C_STORE_RSP:
+            waiting = self._store_responses.pop(command.get(MESSAGE_ID_BEING_RESPONDED_TO), None)
+            if waiting is not None:
+                waiting.callback(command.get(STATUS, 0xFFFF))
             return
         else:
             name = COMMAND_NAMES.get(field or 0, f"0x{field or 0:04X}")
@@ -372,31 +420,79 @@ class DicomProtocol(Protocol):
         self._reception = None
         self._pending += 1
         d = reception.complete()
-        d.addCallback(self._store_done, reception, self._reception_context)
+        d.addCallback(self._operation_done, reception, self._reception_context)
         d.addErrback(self._internal_error)
 
-    def _store_done(self, outcome: Outcome, reception: Reception, context_id: int) -> None:
+    def _operation_done(self, outcome: Outcome, reception: Any, context_id: int) -> None:
         self._pending -= 1
-        if outcome.success:
-            self._stored += 1
-        else:
-            self._failed += 1
-        if self._closed:
+        if isinstance(reception, Reception):
             if outcome.success:
+                self._stored += 1
+            else:
+                self._failed += 1
+        else:
+            self._operations.pop(reception.command.message_id or 0, None)
+        if self._closed:
+            if outcome.success and isinstance(reception, Reception):
                 log.info("{uid} stored, but the association closed before the "
                          "response could be sent", uid=reception.command.affected_sop_instance_uid)
             return
-        self._respond(context_id, reception.command, StorageSCP.response_field, outcome)
+        self._respond(context_id, reception.command, reception.response_field, outcome)
         if self._release_waiting and not self._pending:
             self._release_waiting = False
             self._guard(self.assoc.release_response)
 
     def _respond(self, context_id: int, command: Command, field: int, outcome: Outcome) -> None:
         assoc = self.assoc
-        if assoc is None or not assoc.established:
+        if assoc is None or not assoc.established or self._closed:
             return
-        elements = response(command, field, outcome.status, outcome.comment)
-        self._guard(assoc.send_message, context_id, elements)
+        elements = response(command, field, outcome.status, outcome.comment, outcome.elements)
+        if outcome.data_set is not None:
+            elements[COMMAND_DATA_SET_TYPE] = 0x0001
+        self._guard(assoc.send_message, context_id, elements, outcome.data_set)
+
+    # -- the Channel of Query/Retrieve operations (sdcc_twisted.qr.Channel) -------
+    @property
+    def calling_ae(self) -> str:
+        """The calling AE title of this association."""
+        return self._calling_ae
+
+    def send_pending(self, context_id: int, command: Command, field: int,
+                     outcome: Outcome) -> None:
+        """Send an intermediate (pending) response of a C-FIND/MOVE/GET."""
+        self._respond(context_id, command, field, outcome)
+
+    def store_context(self, sop_class_uid: str, transfer_syntax: str) -> int | None:
+        """A context for C-GET's C-STORE sub-operations: that class, that
+        syntax, and the requestor accepted the SCP role (PS3.7 D.3.3.4)."""
+        if self.assoc is None or self._roles.get(sop_class_uid, (1, 0))[1] != 1:
+            return None
+        for context_id, context in sorted(self.assoc.contexts.items()):
+            if (context.abstract_syntax == sop_class_uid
+                    and context.transfer_syntax == transfer_syntax):
+                return context_id
+        return None
+
+    def send_store(self, context_id: int, sop_class_uid: str, sop_instance_uid: str,
+                   path: str) -> "defer.Deferred[int]":
+        """C-GET: send one C-STORE-RQ on this association from ``path``."""
+        message_id = self._next_message_id
+        self._next_message_id = (message_id % 0xFFFF) + 1
+        command = {
+            AFFECTED_SOP_CLASS_UID: sop_class_uid, COMMAND_FIELD: C_STORE_RQ,
+            MESSAGE_ID: message_id, PRIORITY: 0, COMMAND_DATA_SET_TYPE: 0x0001,
+            AFFECTED_SOP_INSTANCE_UID: sop_instance_uid,
+        }
+        answer: defer.Deferred[int] = defer.Deferred()
+        self._store_responses[message_id] = answer
+        assert self._sender is not None
+        sending = defer.Deferred.fromCoroutine(self._sender.send_file(context_id, command, path))
+
+        def not_sent(failure: Failure) -> Failure:
+            self._store_responses.pop(message_id, None)
+            return failure
+        sending.addErrback(not_sent)
+        return sending.addCallback(lambda _: answer)
 
     def _protocol_abort(self, detail: str) -> None:
         log.warn("aborting the association from {peer} calling_ae={calling}: {detail}",
@@ -452,10 +548,12 @@ class DicomServerFactory(Factory):
                  lock: IAssociationLock, clock: IReactorTime,
                  timeouts: Timeouts = Timeouts(), max_associations: int = 64,
                  max_command_length: int = 64 * 1024,
-                 max_connections_per_address: int = 32) -> None:
+                 max_connections_per_address: int = 32,
+                 query_retrieve: Any = None) -> None:
         self.policy = policy
         self.storage = storage
         self.verification = VerificationSCP()
+        self.query_retrieve = query_retrieve
         self.lock = lock
         self.clock = clock
         self.timeouts = timeouts

@@ -41,10 +41,17 @@ RunBlocking = Callable[..., "defer.Deferred[Any]"]
 
 @dataclass(frozen=True)
 class Outcome:
-    """The status of an operation and its Error Comment (PS3.7 C.4)."""
+    """The status of an operation and its Error Comment (PS3.7 C.4).
+
+    Attributes:
+        elements: more command elements for the response (sub-operation counts).
+        data_set: an encoded data set to send with the response (an identifier).
+    """
 
     status: int
     comment: str | None = None
+    elements: dict[int, Any] | None = None
+    data_set: bytes | None = None
 
     @property
     def success(self) -> bool:
@@ -172,6 +179,8 @@ def _remove_quietly(path: str) -> None:
 
 class Reception:
     """One C-STORE data set on its way to disk."""
+
+    response_field = C_STORE_RSP
 
     def __init__(self, scp: StorageSCP, command: Command, calling_ae: str,
                  started: float, sink: Sink | None, failed: Outcome | None) -> None:

@@ -24,12 +24,15 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
+from .catalog import RedisCatalog
+from .client import Destination
 from .config import ConfigError, Settings, settings_summary
 from .index import RedisAssociationLock, RedisIndex, connect_redis
 from .journal import JournalReplayer, PendingJournal
 from .locks import FallbackAssociationLock, IAssociationLock, InProcessAssociationLock
 from .negotiation import AcceptorPolicy
 from .protocol import DicomServerFactory, Timeouts
+from .qr import QueryRetrieveSCP
 from .redisproc import EmbeddedRedis, RedisNotFound
 from .scp import StorageSCP
 from .storage import FileStore
@@ -232,6 +235,11 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
 
     server = settings.server
     storage = StorageSCP(store, index, journal, run_blocking, reactor)
+    catalog = RedisCatalog(late, reactor, key_prefix=settings.index.key_prefix,
+                           timeout=settings.index.timeout)
+    destinations = {title: Destination(d.ae_title, d.host, d.port, d.tls)
+                    for title, d in settings.move_destinations.items()}
+    query_retrieve = QueryRetrieveSCP(catalog, destinations, reactor, server.ae_title)
     policy = AcceptorPolicy(
         ae_title=server.ae_title,
         require_called_ae=server.require_called_ae_title,
@@ -244,6 +252,7 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
         max_associations=server.max_associations,
         max_command_length=server.max_command_length,
         max_connections_per_address=server.max_connections_per_address,
+        query_retrieve=query_retrieve,
     )
     try:
         endpoint = endpoints.serverFromString(reactor, server.listen)

@@ -60,6 +60,15 @@ class _Never:
         return call
 
 
+class _NotConnected:
+    """Like service.LateRedis before the connection exists: every attribute
+    raises txredisapi.ConnectionError at once."""
+
+    def __getattr__(self, name: str) -> Any:
+        import txredisapi
+        raise txredisapi.ConnectionError("Redis is not connected yet")
+
+
 class _StuckConnection:
     """A pooled connection that never answers WATCH."""
 
@@ -193,6 +202,20 @@ class TimeoutTests(unittest.TestCase):
         clock.advance(1)
         self.failureResultOf(d, IndexUnavailable)
         self.assertTrue(conn.aborted)
+
+    def test_handler_that_raises_at_once(self) -> None:
+        """A handler that raises instead of returning a Deferred still gives
+        IndexUnavailable failures, and release still succeeds."""
+        clock = task.Clock()
+        redis = _NotConnected()
+        idx = RedisIndex(redis, clock)
+        for d in (idx.record(make_record()), idx.get("1"), idx.remove("1"),
+                  RedisAssociationLock(redis, clock).acquire("AE")):
+            failure = self.failureResultOf(d, IndexUnavailable)
+            self.assertIn("not connected yet", str(failure.value))
+        lock = RedisAssociationLock(redis, clock)
+        self.assertIsNone(self.successResultOf(lock.release("AE", "token")))
+        self.flushLoggedErrors()
 
     def test_bad_lock_parameters(self) -> None:
         """The refresh period must be shorter than the ttl."""
@@ -347,6 +370,37 @@ class RedisIndexTests(unittest.TestCase):
         self.server.start()
         await wait_connected(self.redis)
         self.assertIsNone(await quick.record(make_record(sop="2")))
+
+    async def test_error_reply_in_exec(self) -> None:
+        """A write Redis refuses inside EXEC (WRONGTYPE) fails the record with
+        IndexUnavailable and leaves the pool usable."""
+        self.client.set("t:series:1.2.3", "not a hash")
+        with self.assertRaises(IndexUnavailable) as caught:
+            await self.index.record(make_record())
+        self.assertIn("WRONGTYPE", str(caught.exception))
+        self.client.delete("t:series:1.2.3")
+        for sop in "abc":
+            await self.index.record(make_record(sop=sop))
+
+    async def test_hung_redis_does_not_leak_connections(self) -> None:
+        """Transactions that time out against a hung Redis (SIGSTOP) drop
+        their connections; once it resumes, the pool serves again."""
+        import os
+        import signal
+
+        quick = RedisIndex(self.redis, reactor, key_prefix="t:", timeout=0.2)
+        await quick.record(make_record(sop="0"))
+        os.kill(self.server.pid, signal.SIGSTOP)
+        try:
+            for sop in "abcd":  # more than the pool's 2 connections
+                with self.assertRaises(IndexUnavailable):
+                    await quick.record(make_record(sop=sop))
+        finally:
+            os.kill(self.server.pid, signal.SIGCONT)
+        await wait_connected(self.redis)
+        for sop in "abcd":
+            await quick.record(make_record(sop=sop))
+        self.assertEqual(len(self.client.smembers("t:series_instances:1.2.3")), 5)
 
     async def test_unix_url_with_db(self) -> None:
         """unix://...?db=N selects that database."""

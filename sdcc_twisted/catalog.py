@@ -1,0 +1,73 @@
+"""Read side of the Redis index, for Query/Retrieve (PS3.4 Annex C).
+
+Every look-up follows the relation sets of :mod:`sdcc_twisted.index_keys`
+level by level (patients -> studies -> series -> instances) or goes straight
+to a hash by its unique key; nothing scans the key space.  Each call is
+bounded by the index timeout and fails with
+:class:`~sdcc_twisted.index.IndexUnavailable`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+
+from .index import _Bounded
+from .index_keys import KeyLayout, key_id
+
+
+class RedisCatalog:
+    """Hashes and relation sets of the index, read with timeouts.
+
+    Args:
+        redis: the txredisapi handler the index writes through.
+        clock: for the timeouts.
+        key_prefix: the index's key prefix.
+        timeout: seconds per call.
+    """
+
+    def __init__(self, redis: Any, clock: IReactorTime, key_prefix: str = "sdcc:",
+                 timeout: float = 2.0) -> None:
+        self._redis = redis
+        self._bounded = _Bounded(clock, timeout)
+        self.layout = KeyLayout(key_prefix)
+
+    def _hash_key(self, level: str, ident: str) -> str:
+        layout = self.layout
+        if level == "PATIENT":
+            return layout.patient(key_id(ident))
+        if level == "STUDY":
+            return layout.study(key_id(ident))
+        if level == "SERIES":
+            return layout.series(key_id(ident))
+        return layout.instance(ident)
+
+    def attributes(self, level: str, ident: str) -> "defer.Deferred[dict[str, str] | None]":
+        """The hash of one entry at ``level`` (PATIENT, STUDY, SERIES, IMAGE)."""
+        return self._bounded.run(self._attributes(self._hash_key(level, ident)),
+                                 f"read {level} {ident}")
+
+    async def _attributes(self, key: str) -> dict[str, str] | None:
+        fields = await self._redis.hgetall(key)
+        return dict(fields) if fields else None
+
+    def members(self, level: str, parent: str | None) -> "defer.Deferred[list[str]]":
+        """Ids at ``level`` under ``parent``: every patient (PATIENT, parent
+        None), the studies of a patient, the series of a study, the
+        instances of a series."""
+        layout = self.layout
+        if level == "PATIENT":
+            key = layout.patients()
+        elif level == "STUDY":
+            key = layout.patient_studies(key_id(parent or ""))
+        elif level == "SERIES":
+            key = layout.study_series(key_id(parent or ""))
+        else:
+            key = layout.series_instances(key_id(parent or ""))
+        return self._bounded.run(self._members(key), f"members {key}")
+
+    async def _members(self, key: str) -> list[str]:
+        found = await self._redis.smembers(key)
+        return sorted(str(m) for m in (found or ()))

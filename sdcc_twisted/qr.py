@@ -1,0 +1,390 @@
+"""Query/Retrieve SCP: C-FIND, C-MOVE and C-GET from the index (PS3.4 Annex C).
+
+The identifier arrives as the request's data set (small, bounded); the
+operation then walks the index level by level (:class:`RedisCatalog`), sends
+a pending response per match or per sub-operation as it goes, honours
+C-CANCEL between them, and ends with the final status.  Matching rules live
+in the sans-I/O :mod:`sdcc_twisted.query`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol as TypingProtocol
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from .catalog import RedisCatalog
+from .client import Destination, StoreClient, SubAssociationError, open_store_association
+from .conformance import (
+    C_FIND_RSP,
+    C_GET_RSP,
+    C_MOVE_RSP,
+    QUERY_RETRIEVE_MODELS,
+    STATUS_CANCEL,
+    STATUS_MOVE_DESTINATION_UNKNOWN,
+    STATUS_PENDING,
+    STATUS_QR_OUT_OF_RESOURCES,
+    STATUS_QR_SUBOPS_OUT_OF_RESOURCES,
+    STATUS_SUBOPS_WARNING,
+    STATUS_SUCCESS,
+    STATUS_UNABLE_TO_PROCESS,
+)
+from .dimse import (
+    MOVE_DESTINATION,
+    NUMBER_OF_COMPLETED,
+    NUMBER_OF_FAILED,
+    NUMBER_OF_REMAINING,
+    NUMBER_OF_WARNING,
+    Command,
+)
+from .index import IndexUnavailable
+from .query import LEVELS, Query, QueryError, parse_identifier, response_identifier, retrieve_keys
+from .scp import Outcome, describe_missing
+
+log = Logger(namespace="sdcc.qr")
+
+#: The largest identifier data set we buffer.
+MAX_IDENTIFIER_LENGTH = 1 << 20
+
+
+
+class Channel(TypingProtocol):
+    """What an operation needs from its association (the protocol adapter)."""
+
+    calling_ae: str
+
+    def send_pending(self, context_id: int, command: Command, field: int,
+                     outcome: Outcome) -> None:
+        """Send a pending (or other intermediate) response."""
+
+    def store_context(self, sop_class_uid: str, transfer_syntax: str) -> int | None:
+        """C-GET: a context on which the requestor accepted to be storage SCP."""
+
+    def send_store(self, context_id: int, sop_class_uid: str, sop_instance_uid: str,
+                   path: str) -> "defer.Deferred[int]":
+        """C-GET: send one C-STORE-RQ on this association; fires with its status."""
+
+
+class QueryRetrieveSCP:
+    """Serves C-FIND, C-MOVE and C-GET (PS3.4 C.4).
+
+    Args:
+        catalog: the index, read side.
+        destinations: C-MOVE destinations by AE title.
+        reactor: for sub-associations and timeouts.
+        ae_title: our AE title (the calling AE of sub-associations).
+        timeout: seconds a sub-association may take to answer.
+    """
+
+    def __init__(self, catalog: RedisCatalog, destinations: dict[str, Destination],
+                 reactor: Any, ae_title: str, timeout: float = 30.0) -> None:
+        self.catalog = catalog
+        self.destinations = destinations
+        self.reactor = reactor
+        self.ae_title = ae_title
+        self.timeout = timeout
+
+    def begin(self, command: Command, context_id: int, abstract_syntax: str,
+              transfer_syntax: str, channel: Channel) -> "QueryOperation":
+        """Start receiving the identifier of a C-FIND/C-MOVE/C-GET request."""
+        model, operation = QUERY_RETRIEVE_MODELS[abstract_syntax]
+        return QueryOperation(self, command, context_id, model, operation,
+                              transfer_syntax, channel)
+
+    # -- walking the index -------------------------------------------------------
+    async def walk(self, query: Query, state: "QueryOperation") -> AsyncIterator[dict[str, str]]:
+        """Yield the merged attributes of every entry at ``query.level`` that
+        matches, level by level from the model's root (PS3.4 C.4.1.3.1)."""
+        from .query import matches
+
+        target = LEVELS.index(query.level)
+        start = 0 if query.model == "PATIENT" else 1
+        catalog = self.catalog
+
+        async def descend(depth: int, parent: str | None,
+                          merged: dict[str, str]) -> AsyncIterator[dict[str, str]]:
+            level = LEVELS[depth]
+            wanted = query.unique_values(level)
+            if depth == 1 and parent is None:
+                # Study Root: studies of every patient (or of the one asked).
+                patients = query.unique_values("PATIENT") or await catalog.members("PATIENT", None)
+                ids: list[tuple[str, str | None]] = []
+                for patient in patients:
+                    for study in await catalog.members("STUDY", patient):
+                        ids.append((study, patient))
+            else:
+                ids = [(child, parent) for child in await catalog.members(level, parent)]
+            if wanted is not None:
+                allowed = set(wanted)
+                ids = [(i, p) for i, p in ids if i in allowed]
+            for ident, owner in ids:
+                if state.cancelled:
+                    return
+                attributes = await catalog.attributes(level, ident)
+                if attributes is None:
+                    continue
+                here = dict(merged)
+                if depth == 1 and parent is None and owner is not None:
+                    patient_attributes = await catalog.attributes("PATIENT", owner) or {}
+                    if not matches(query, "PATIENT", patient_attributes):
+                        continue
+                    here.update(patient_attributes)
+                here.update(attributes)
+                if not matches(query, level, here):
+                    continue
+                if depth == target:
+                    yield here
+                else:
+                    async for found in descend(depth + 1, ident, here):
+                        yield found
+
+        async for found in descend(start, None, {}):
+            yield found
+
+
+class QueryOperation:
+    """One C-FIND, C-MOVE or C-GET: collect the identifier, then run."""
+
+    def __init__(self, scp: QueryRetrieveSCP, command: Command, context_id: int,
+                 model: str, operation: str, transfer_syntax: str, channel: Channel) -> None:
+        self.scp = scp
+        self.command = command
+        self.context_id = context_id
+        self.model = model
+        self.operation = operation
+        self.transfer_syntax = transfer_syntax
+        self.channel = channel
+        self.response_field = {"FIND": C_FIND_RSP, "MOVE": C_MOVE_RSP, "GET": C_GET_RSP}[operation]
+        self.cancelled = False
+        self._identifier = bytearray()
+        self._too_long = False
+        self.size = 0
+
+    def write(self, data: Any) -> None:
+        """Collect the identifier, bounded."""
+        if len(self._identifier) + len(data) > MAX_IDENTIFIER_LENGTH:
+            self._too_long = True
+            return
+        self._identifier += data
+        self.size = len(self._identifier)
+
+    def abort(self) -> None:
+        """The association ended: stop between two steps."""
+        self.cancelled = True
+
+    def cancel(self) -> None:
+        """C-CANCEL-RQ (PS3.4 C.4.1.2.3, C.4.2.2.3, C.4.3.2.3)."""
+        self.cancelled = True
+
+    def complete(self) -> "defer.Deferred[Outcome]":
+        """The identifier is whole: run the operation; fires with the final Outcome."""
+        d = defer.Deferred.fromCoroutine(self._run())
+        d.addErrback(self._failed)
+        return d
+
+    def _failed(self, failure: Any) -> Outcome:
+        if failure.check(IndexUnavailable):
+            log.warn("{op} failed: {why}", op=self.operation, why=failure.getErrorMessage())
+            return Outcome(STATUS_QR_OUT_OF_RESOURCES, "Index unavailable")
+        log.failure("{op} failed", failure, op=self.operation)
+        return Outcome(STATUS_UNABLE_TO_PROCESS, "Internal error")
+
+    async def _run(self) -> Outcome:
+        missing = describe_missing(self.command)
+        if missing:
+            return Outcome(STATUS_UNABLE_TO_PROCESS, missing)
+        if self._too_long:
+            return Outcome(STATUS_UNABLE_TO_PROCESS, "Identifier too long")
+        try:
+            if self.operation == "FIND":
+                query = parse_identifier(bytes(self._identifier), self.transfer_syntax, self.model)
+            else:
+                query = retrieve_keys(bytes(self._identifier), self.transfer_syntax, self.model)
+        except QueryError as exc:
+            return Outcome(exc.status, exc.comment)
+        if self.operation == "FIND":
+            return await self._find(query)
+        return await self._retrieve(query)
+
+    async def _find(self, query: Query) -> Outcome:
+        matched = 0
+        async for attributes in self.scp.walk(query, self):
+            if self.cancelled:
+                break
+            identifier = response_identifier(query, query.level, attributes,
+                                             self.transfer_syntax)
+            self.channel.send_pending(self.context_id, self.command, self.response_field,
+                                      Outcome(STATUS_PENDING, data_set=identifier))
+            matched += 1
+        if self.cancelled:
+            return Outcome(STATUS_CANCEL)
+        log.info("C-FIND {model}/{qlevel} from {ae}: {n} match(es)", model=self.model,
+                 qlevel=query.level, ae=self.channel.calling_ae, n=matched)
+        return Outcome(STATUS_SUCCESS)
+
+    # -- C-MOVE and C-GET ----------------------------------------------------------
+    async def _retrieve(self, query: Query) -> Outcome:
+        instances = [a async for a in self._instances(query)]
+        if self.operation == "MOVE":
+            destination_ae = str(self.command.get(MOVE_DESTINATION, "")).strip()
+            destination = self.scp.destinations.get(destination_ae)
+            if destination is None:
+                log.warn("C-MOVE from {ae} to unknown destination {dest!r}",
+                         ae=self.channel.calling_ae, dest=destination_ae)
+                return Outcome(STATUS_MOVE_DESTINATION_UNKNOWN,
+                               f"Unknown move destination {destination_ae}"[:64])
+            return await self._move(instances, destination)
+        return await self._get(instances)
+
+    async def _instances(self, query: Query) -> AsyncIterator[dict[str, str]]:
+        """Every instance under the entries the retrieve keys name."""
+        from dataclasses import replace
+
+        image = replace(query, level="IMAGE")
+        async for attributes in self.scp.walk(image, self):
+            yield attributes
+
+    def _counts(self, remaining: int, done: "SubOperations") -> dict[int, Any]:
+        return {NUMBER_OF_REMAINING: remaining, NUMBER_OF_COMPLETED: done.completed,
+                NUMBER_OF_FAILED: done.failed, NUMBER_OF_WARNING: done.warning}
+
+    async def _send_all(self, instances: list[dict[str, str]],
+                        send: Callable[[dict[str, str]], "defer.Deferred[int] | Any"]
+                        ) -> "SubOperations":
+        done = SubOperations()
+        for n, attributes in enumerate(instances):
+            if self.cancelled:
+                break
+            uid = attributes.get("SOPInstanceUID") or attributes.get("sop_uid", "")
+            try:
+                status = await send(attributes)
+            except (OSError, ValueError) as exc:
+                log.warn("sub-operation for {uid} failed: {why}", uid=uid, why=exc)
+                status = 0xA700
+            done.add(uid, status)
+            remaining = len(instances) - n - 1
+            if remaining:
+                self.channel.send_pending(self.context_id, self.command, self.response_field,
+                                          Outcome(STATUS_PENDING,
+                                                  elements=self._counts(remaining, done)))
+        done.remaining = len(instances) - done.total
+        return done
+
+    def _final(self, done: "SubOperations") -> Outcome:
+        counts = self._counts(done.remaining, done)
+        if self.cancelled:
+            return Outcome(STATUS_CANCEL, elements=counts,
+                           data_set=self._failed_list(done))
+        del counts[NUMBER_OF_REMAINING]
+        if done.failed or done.warning:
+            return Outcome(STATUS_SUBOPS_WARNING, "One or more sub-operations failed",
+                           elements=counts, data_set=self._failed_list(done))
+        return Outcome(STATUS_SUCCESS, elements=counts)
+
+    def _failed_list(self, done: "SubOperations") -> bytes | None:
+        if not done.failed_uids:
+            return None
+        return failed_uid_list(done.failed_uids, self.transfer_syntax)
+
+    async def _move(self, instances: list[dict[str, str]], destination: Destination) -> Outcome:
+        if not instances:
+            return self._final(SubOperations())
+        wanted = sorted({(a.get("sop_class_uid", ""), a.get("transfer_syntax", ""))
+                         for a in instances})
+        try:
+            client = await open_store_association(self.scp.reactor, destination,
+                                                  self.scp.ae_title, wanted, self.scp.timeout)
+        except SubAssociationError as exc:
+            log.warn("C-MOVE to {dest}: {why}", dest=destination.ae_title, why=exc)
+            done = SubOperations()
+            for a in instances:
+                done.add(a.get("SOPInstanceUID", ""), 0xA702)
+            counts = self._counts(0, done)
+            del counts[NUMBER_OF_REMAINING]
+            return Outcome(STATUS_QR_SUBOPS_OUT_OF_RESOURCES,
+                           f"Cannot reach {destination.ae_title}"[:64], elements=counts,
+                           data_set=self._failed_list(done))
+        originator = self.channel.calling_ae
+        message_id = self.command.message_id or 0
+
+        async def send(attributes: dict[str, str]) -> int:
+            context_id = client.context_for(attributes.get("sop_class_uid", ""),
+                                            attributes.get("transfer_syntax", ""))
+            if context_id is None:
+                return 0xA702
+            return await client.store(context_id, attributes["sop_class_uid"],
+                                      attributes["SOPInstanceUID"], attributes["path"],
+                                      originator, message_id)
+        try:
+            done = await self._send_all(instances, send)
+        except SubAssociationError as exc:
+            log.warn("C-MOVE to {dest} lost: {why}", dest=destination.ae_title, why=exc)
+            done = SubOperations()
+            done.failed = len(instances)
+        finally:
+            await client.release()
+        log.info("C-MOVE from {ae} to {dest}: completed={c} failed={f} warning={w}",
+                 ae=originator, dest=destination.ae_title, c=done.completed,
+                 f=done.failed, w=done.warning)
+        return self._final(done)
+
+    async def _get(self, instances: list[dict[str, str]]) -> Outcome:
+        channel = self.channel
+
+        async def send(attributes: dict[str, str]) -> int:
+            context_id = channel.store_context(attributes.get("sop_class_uid", ""),
+                                               attributes.get("transfer_syntax", ""))
+            if context_id is None:
+                return 0xA702
+            return await channel.send_store(context_id, attributes["sop_class_uid"],
+                                            attributes["SOPInstanceUID"], attributes["path"])
+        done = await self._send_all(instances, send)
+        log.info("C-GET from {ae}: completed={c} failed={f} warning={w}", ae=channel.calling_ae,
+                 c=done.completed, f=done.failed, w=done.warning)
+        return self._final(done)
+
+
+class SubOperations:
+    """Counts of C-STORE sub-operations (PS3.4 C.4.2.1.4)."""
+
+    def __init__(self) -> None:
+        self.completed = 0
+        self.failed = 0
+        self.warning = 0
+        self.remaining = 0
+        self.failed_uids: list[str] = []
+
+    @property
+    def total(self) -> int:
+        """Sub-operations done so far."""
+        return self.completed + self.failed + self.warning
+
+    def add(self, uid: str, status: int) -> None:
+        """Count one sub-operation by its C-STORE-RSP status."""
+        if status == STATUS_SUCCESS:
+            self.completed += 1
+        elif status & 0xF000 == 0xB000:
+            self.warning += 1
+        else:
+            self.failed += 1
+            self.failed_uids.append(uid)
+
+
+def failed_uid_list(uids: list[str], transfer_syntax: str) -> bytes:
+    """The final response's identifier: (0008,0058) Failed SOP Instance UID
+    List (PS3.4 C.4.2.1.5), encoded in the context's transfer syntax."""
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    from .conformance import IMPLICIT_VR_SYNTAXES
+
+    ds = Dataset()
+    ds.FailedSOPInstanceUIDList = uids
+    out = DicomBytesIO()
+    out.is_little_endian = True
+    out.is_implicit_VR = transfer_syntax in IMPLICIT_VR_SYNTAXES
+    write_dataset(out, ds)
+    return out.getvalue()
