@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what sdcc-twisted needs on this machine; sourced by serve.sh and test.sh.
 #   setup-deps.sh serve   the server: Python packages and redis-server
-#   setup-deps.sh test    also the peers the tests drive: DCMTK and pynetdicom
+#   setup-deps.sh test    also the peers the tests drive: DCMTK, Orthanc and pynetdicom
 set -euo pipefail
 what="${1:-serve}"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,6 +11,9 @@ apt_packages=()
 command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
 if [ "$what" = test ] && ! /usr/bin/storescu --version 2>/dev/null | grep -qi dcmtk; then
   apt_packages+=(dcmtk)
+fi
+if [ "$what" = test ] && ! command -v Orthanc >/dev/null 2>&1 && [ ! -x /usr/sbin/Orthanc ]; then
+  apt_packages+=(orthanc)
 fi
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
