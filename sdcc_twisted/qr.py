@@ -16,7 +16,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from .catalog import RedisCatalog
-from .client import Destination, StoreClient, SubAssociationError, open_store_association
+from .client import Destination, SubAssociationError, open_store_association
 from .conformance import (
     C_FIND_RSP,
     C_GET_RSP,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -124,9 +125,11 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
 
 
+@functools.lru_cache(maxsize=None)
 def dcmtk_tool(name: str) -> str | None:
     """The path of a DCMTK command-line tool, skipping same-named scripts
-    that other packages (pynetdicom) put earlier on PATH."""
+    that other packages (pynetdicom) put earlier on PATH.  Looked up once
+    per run: probing the other scripts takes about a second each."""
     candidates = []
     for directory in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin", "/usr/local/bin"]:
         path = os.path.join(directory, name)

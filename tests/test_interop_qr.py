@@ -6,11 +6,9 @@ from __future__ import annotations
 import glob
 import os
 import subprocess
-import threading
 import time
 from typing import Any
 
-from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from .server_support import DCMTK_ENV, dcmtk, free_port, in_thread, start_server
