@@ -137,12 +137,7 @@ class Aborted:
     detail: str
 
 
-@dataclass(frozen=True)
-class ConnectionClosed:
-    """The transport is closed and the state machine is back in Sta1."""
-
-
 Event = Union[AssociationRequested, AssociationAccepted, AssociationRejected,
               CommandReceived, DataFragment, ReleaseRequested, Released,
-              Aborted, ConnectionClosed, StartARTIM, StopARTIM, OpenTransport,
+              Aborted, StartARTIM, StopARTIM, OpenTransport,
               CloseTransport]

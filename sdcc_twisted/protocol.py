@@ -571,4 +571,4 @@ class DicomServerFactory(Factory):
         return sum(1 for p in self.connections if p._peer_host == host)
 
 
-__all__ = ["DicomProtocol", "DicomServerFactory", "Timeouts", "defer"]
+__all__ = ["DicomProtocol", "DicomServerFactory", "Timeouts"]
