@@ -47,9 +47,11 @@ from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from .index_keys import (
+    ATTACH_SCRIPT,
     Command,
     KeyLayout,
     Placement,
+    attach_script_args,
     detach_probes,
     others_from_counts,
     plan_record,
@@ -228,6 +230,15 @@ class RedisIndex:
         _check_replies(await conn.commit())
 
     async def _record(self, rec: InstanceRecord) -> str | None:
+        keys, args = attach_script_args(self.layout, rec)
+        outcome, old_path = await self._redis.eval(ATTACH_SCRIPT, keys, args)
+        if outcome == "done":
+            return old_path if old_path and old_path != rec.path else None
+        return await self._move(rec)
+
+    async def _move(self, rec: InstanceRecord) -> str | None:
+        """The instance changes patient, study or series: detach it from the
+        old place and attach it to the new one in one WATCHed transaction."""
         key = self.layout.instance(rec.sop_instance_uid)
         new = Placement.of_record(rec)
         for attempt in range(MAX_ATTEMPTS):

@@ -197,7 +197,9 @@ class TimeoutTests(unittest.TestCase):
         conn = _StuckConnection()
         redis = _Never()
         redis.getConnection = lambda peek=False: defer.succeed(conn)
-        d = RedisIndex(redis, clock, timeout=1).record(make_record())
+        # record() moves and remove() run a WATCHed transaction on a
+        # connection of their own; remove() always does.
+        d = RedisIndex(redis, clock, timeout=1).remove("1.2.3")
         self.assertFalse(conn.aborted)
         clock.advance(1)
         self.failureResultOf(d, IndexUnavailable)
