@@ -43,6 +43,7 @@ deleted, so exactly one entry remains.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -200,11 +201,11 @@ def record_commands(layout: KeyLayout, rec: InstanceRecord) -> list[Command]:
 #: One round trip for the usual record: an instance that is new, or that
 #: stays where it was.  The script compares the stored placement with the
 #: new one and, if nothing moves, runs the attach commands of
-#: :func:`record_commands` (passed in ARGV) atomically; otherwise it writes
-#: nothing and answers ``moved``, and the caller takes the transaction path
-#: of :func:`plan_record`.  KEYS[1]: the instance hash.  ARGV: NO_ID, the
-#: new patient, study and series key ids, then the command count and each
-#: command as its argument count followed by its arguments.
+#: :func:`record_commands` atomically; otherwise it writes nothing and
+#: answers ``moved``, and the caller takes the transaction path of
+#: :func:`plan_record`.  KEYS[1]: the instance hash.  ARGV: NO_ID, the new
+#: patient, study and series key ids, then the commands as one JSON array of
+#: arrays (few arguments keep the client's encoding cheap).
 ATTACH_SCRIPT: Final = """
 local old = redis.call('HMGET', KEYS[1], 'path', 'patient_id', 'study_uid', 'series_uid')
 if old[1] then
@@ -213,11 +214,8 @@ if old[1] then
     return {'moved', ''}
   end
 end
-local i = 6
-for c = 1, tonumber(ARGV[5]) do
-  local argc = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + argc))
-  i = i + argc + 1
+for _, command in ipairs(cjson.decode(ARGV[5])) do
+  redis.call(unpack(command))
 end
 return {'done', old[1] or ''}
 """
@@ -226,12 +224,9 @@ return {'done', old[1] or ''}
 def attach_script_args(layout: KeyLayout, rec: InstanceRecord) -> tuple[list[str], list[str]]:
     """KEYS and ARGV of :data:`ATTACH_SCRIPT` for ``rec``."""
     at = Placement.of_record(rec)
-    commands = record_commands(layout, rec)
-    args = [NO_ID, at.patient, at.study, at.series, str(len(commands))]
-    for command in commands:
-        args.append(str(len(command)))
-        args.extend(command)
-    return [layout.instance(rec.sop_instance_uid)], args
+    commands = json.dumps(record_commands(layout, rec), ensure_ascii=False)
+    return ([layout.instance(rec.sop_instance_uid)],
+            [NO_ID, at.patient, at.study, at.series, commands])
 
 
 def detach_probes(layout: KeyLayout, sop_uid: str, old: Placement,

@@ -257,6 +257,15 @@ class RedisIndexTests(unittest.TestCase):
         self.assertEqual(self.client.hgetall("t:patient:P1")["PatientName"],
                          "Doe^Jane")
 
+    async def test_non_ascii_values(self) -> None:
+        """Non-ASCII names and ids round-trip through the one-trip record
+        script unchanged."""
+        rec = make_record(patient="ÄÖ-ü1", PatientName="Müller^Hans=山田^太郎")
+        await self.index.record(rec)
+        self.assertEqual(self.client.hgetall("t:patient:ÄÖ-ü1")["PatientName"],
+                         "Müller^Hans=山田^太郎")
+        self.assertEqual((await self.index.get(rec.sop_instance_uid))["patient_id"], "ÄÖ-ü1")
+
     async def test_values_stay_text(self) -> None:
         """Numeric-looking values (dates, ids) come back as the same text."""
         rec = make_record(patient="007", StudyDate="20240102")
