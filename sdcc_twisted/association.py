@@ -135,11 +135,12 @@ class Association:
         """
         if self._failed or not data:
             return []
+        framing_error = None
         try:
             frames = self._framer.feed(data)
         except RemoteProtocolError as exc:
-            self._failed = True
-            return self._run("Evt19", abort_reason=exc.reason, detail=str(exc))
+            framing_error = exc
+            frames = getattr(exc, "frames", [])  # FramingError keeps what came before
         events: list[Event] = []
         for pdu_type, body in frames:
             try:
@@ -157,6 +158,10 @@ class Association:
                 events.extend(self._run(event, pdu))
             if self._failed:
                 break
+        if framing_error is not None and not self._failed:
+            self._failed = True
+            events.extend(self._run("Evt19", abort_reason=framing_error.reason,
+                                    detail=str(framing_error)))
         return events
 
     # -- service user side ----------------------------------------------------

@@ -33,7 +33,16 @@ class PDUDecodeError(RemoteProtocolError):
 
 
 class FramingError(RemoteProtocolError):
-    """A PDU header announces a type or a length that we refuse (PS3.8 9.3.1)."""
+    """A PDU header announces a type or a length that we refuse (PS3.8 9.3.1).
+
+    Attributes:
+        frames: the complete (type, body) pairs that came before the bad
+            header in the same feed; they are still handled.
+    """
+
+    def __init__(self, message: str, reason: int = 0) -> None:
+        super().__init__(message, reason)
+        self.frames: list = []
 
 
 class DIMSEError(RemoteProtocolError):

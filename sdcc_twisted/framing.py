@@ -87,19 +87,20 @@ class PDUFramer:
         error = self._error
         if error is not None:
             raise FramingError(str(error), error.reason)
+        out: list[tuple[int, memoryview | bytes]] = []
         try:
-            return self._feed(data)
+            return self._feed(data, out)
         except FramingError as exc:
+            exc.frames = out    # the complete PDUs before the bad header
             self._error = exc
             self._header = bytearray()
             self._body = bytearray()
             raise
 
-    def _feed(self, data: bytes) -> list[tuple[int, memoryview | bytes]]:
+    def _feed(self, data: bytes, out: list) -> list[tuple[int, memoryview | bytes]]:
         if type(data) is not bytes:
             # Views must point into immutable memory: copy a bytearray etc.
             data = bytes(data)
-        out: list[tuple[int, memoryview | bytes]] = []
         size = len(data)
         offset = 0
         if self._type >= 0 or self._header:

@@ -36,6 +36,7 @@ from .conformance import (
     QUERY_RETRIEVE_MODELS,
     REJECT_AE_BUSY,
     REJECT_TOO_MANY,
+    STATUS_PROCESSING_FAILURE,
     STATUS_UNRECOGNIZED_OPERATION,
     RejectReason,
     TRANSFER_SYNTAXES,
@@ -67,7 +68,7 @@ from .events import (
 )
 from .locks import IAssociationLock
 from .negotiation import AcceptorPolicy, Accepted, Rejected, negotiate, reject_pdu
-from .scp import Outcome, Reception, StorageSCP, VerificationSCP
+from .scp import Outcome, Reception, StorageSCP, VerificationSCP, describe_missing
 from .sending import MessageSender
 
 log = Logger(namespace="sdcc.association")
@@ -273,6 +274,8 @@ class DicomProtocol(Protocol):
 
     # -- association establishment -------------------------------------------
     def _on_request(self, rq: Any) -> None:
+        if self.assoc is None or self.assoc.state != "Sta3":
+            return  # a later PDU of the same read already ended it
         factory = self.factory
         self._calling_ae = rq.calling_ae
         self._called_ae = rq.called_ae
@@ -293,7 +296,8 @@ class DicomProtocol(Protocol):
         d.addErrback(self._internal_error)
 
     def _lock_answer(self, token: object | None, decision: Accepted) -> None:
-        if self._closed:
+        if self._closed or self.assoc is None or self.assoc.state != "Sta3":
+            self._counted = False
             if token is not None:
                 self.factory.lock.release(self._calling_ae, token)
             return
@@ -311,7 +315,7 @@ class DicomProtocol(Protocol):
                     "the association as temporarily congested", failure,
                     calling=self._calling_ae)
         self._counted = False
-        if not self._closed:
+        if not self._closed and self.assoc is not None and self.assoc.state == "Sta3":
             self._reject(RejectReason(2, 3, 1, "temporary-congestion (lock unavailable)"))
             self._flush()
 
@@ -368,6 +372,11 @@ class DicomProtocol(Protocol):
                                  "which was not accepted")
             return
         field = command.command_field
+        missing = describe_missing(command)
+        if missing and not command.has_data_set:
+            self._respond(event.context_id, command, (field or 0) | 0x8000,
+                          Outcome(STATUS_PROCESSING_FAILURE, missing))
+            return
         if field == C_ECHO_RQ:
             outcome = self.factory.verification.echo(command)
             self._respond(event.context_id, command, self.factory.verification.response_field,
@@ -440,7 +449,8 @@ class DicomProtocol(Protocol):
         self._respond(context_id, reception.command, reception.response_field, outcome)
         if self._release_waiting and not self._pending:
             self._release_waiting = False
-            self._guard(self.assoc.release_response)
+            if self.assoc.state in ("Sta8", "Sta9", "Sta12"):
+                self._guard(self.assoc.release_response)
 
     def _respond(self, context_id: int, command: Command, field: int, outcome: Outcome) -> None:
         assoc = self.assoc
@@ -510,7 +520,8 @@ class DicomProtocol(Protocol):
             self._release_waiting = True
             return
         assert self.assoc is not None
-        self._guard(self.assoc.release_response)
+        if self.assoc.state in ("Sta8", "Sta9", "Sta12"):
+            self._guard(self.assoc.release_response)
 
     def _on_aborted(self, event: Aborted) -> None:
         self._cancel_idle()
