@@ -413,7 +413,9 @@ class TwistdStoreTests(TestCase):
         """A ~300 MB multi-frame object (600 frames of 512x512x16 bit) sent by
         storescu is stored intact (same data set size and SHA-256), and the
         server process's peak RSS grows by less than 50 MB while receiving it
-        (VmHWM of the twistd child, reset to its RSS just before the send)."""
+        (VmHWM of the twistd child, reset to its RSS just before the send);
+        retrieving it again with getscu (C-GET) comes back bit for bit with
+        the same bound on the server's memory."""
         redis = start_redis(self)
         base = os.path.abspath(self.mktemp())
         os.makedirs(base)
@@ -455,6 +457,29 @@ class TwistdStoreTests(TestCase):
         self.assertEqual(fields["path"], stored)
         self.assertEqual(int(fields["size"]), os.path.getsize(stored))
         self.assertLess(growth_mb, 50)
+
+        # Reads stream too: C-GET of the same object, sent from its file in
+        # PDU-sized pieces, grows the server's peak RSS by less than 50 MB.
+        out_dir = os.path.join(base, "got")
+        os.makedirs(out_dir)
+        reset_peak_rss(pid)
+        before = proc_status(pid)
+        sample = large.sample
+        out, code = await dcmtk(self, "getscu", "-S", "-aet", "BIGGET", "-aec", "SDCC",
+                                "-od", out_dir, "-k", "QueryRetrieveLevel=IMAGE",
+                                "-k", f"StudyInstanceUID={sample.study_uid}",
+                                "-k", f"SeriesInstanceUID={sample.series_uid}",
+                                "-k", f"SOPInstanceUID={sample.sop_instance_uid}",
+                                "127.0.0.1", str(port), timeout=180)
+        after = proc_status(pid)
+        self.assertEqual(code, 0, out + server.log()[-3000:])
+        (got,) = [os.path.join(out_dir, name) for name in os.listdir(out_dir)]
+        self.addCleanup(lambda: os.path.exists(got) and os.unlink(got))
+        self.assertEqual(corpus.data_set_digest(got),
+                         (large.data_set_size, large.data_set_sha256))
+        read_growth_mb = (after["VmHWM"] - before["VmRSS"]) / 1024
+        sys.stdout.write(f"[large object] C-GET: server peak RSS growth {read_growth_mb:.1f} MB\n")
+        self.assertLess(read_growth_mb, 50)
 
     async def test_done_when_defaults_storescu_directory_admin_list(self) -> None:
         """Issue 3's "done when": twistd sdcc with an INI holding only [server]
