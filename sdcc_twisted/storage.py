@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import os
 import re
 import secrets
@@ -248,6 +247,49 @@ class FileStore:
                     _clean_uid(transfer_syntax), calling_ae.strip())
 
 
+class _GatherWriter:
+    """Appends fragments to a file descriptor without copying them.
+
+    Fragments (views into the received PDUs) are kept until about
+    ``_WRITE_BUFFER`` bytes are pending, then written with one ``writev``: the
+    kernel's copy into the page cache is the only copy of each byte.
+    """
+
+    _MAX_PIECES = 512  # well under IOV_MAX (1024 on Linux)
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._pieces: list[bytes | memoryview] = []
+        self._pending = 0
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._pieces.append(data)
+        self._pending += len(data)
+        if self._pending >= _WRITE_BUFFER or len(self._pieces) >= self._MAX_PIECES:
+            self.flush()
+
+    def flush(self) -> None:
+        pieces = self._pieces
+        while pieces:
+            written = os.writev(self._fd, pieces)
+            self._pending -= written
+            while pieces and written >= len(pieces[0]):
+                written -= len(pieces[0])
+                pieces.pop(0)
+            if written:
+                pieces[0] = memoryview(pieces[0])[written:]
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._pieces = []
+            os.close(self._fd)
+
+
 class Sink:
     """One data set on its way to disk (see the module docstring).
 
@@ -267,7 +309,7 @@ class Sink:
         self._walker = DatasetWalker(transfer_syntax, max_head_bytes=store.max_head_bytes)
         self._failure: StorageError | None = None
         self._closed = False
-        self._file: io.BufferedWriter | None = None
+        self._file: _GatherWriter | None = None
         meta = file_meta_bytes(sop_class_uid, sop_instance_uid, transfer_syntax, calling_ae)
         self._meta_size = len(meta)
         self.temp_path = os.path.join(store.tmp_dir, secrets.token_hex(16) + _TEMP_SUFFIX)
@@ -277,7 +319,7 @@ class Sink:
                          0o644)
         except OSError as exc:
             raise _os_error(exc) from exc
-        self._file = open(fd, "wb", buffering=_WRITE_BUFFER)  # noqa: SIM115
+        self._file = _GatherWriter(fd)
         try:
             self._file.write(meta)
         except OSError as exc:
@@ -311,7 +353,7 @@ class Sink:
             self._failure = _os_error(exc)
             self._discard()
             raise self._failure from exc
-        self.bytes_written += len(data) if not isinstance(data, memoryview) else data.nbytes
+        self.bytes_written += len(data)
 
     def finish(self) -> StoredFile:
         """Check, fsync and move the file into place.  Blocking.
@@ -396,8 +438,9 @@ class Sink:
         """Close the temp file if open and delete it if not yet renamed."""
         file, self._file = self._file, None
         if file is not None:
+            file._pieces = []  # nothing more reaches a file we throw away
             try:
-                file.close()   # closes the descriptor even when flushing fails
+                file.close()
             except OSError:
                 pass
         if not self._closed:
