@@ -5,4 +5,6 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 bash scripts/setup-deps.sh serve
-exec "${PYTHON:-python3}" -m twisted.scripts.twistd -n --pidfile= sdcc --config "${1:-etc/sdcc.ini}"
+# twistd itself, from the same Python that the packages went into.
+exec "${PYTHON:-python3}" -c 'import sys; from twisted.scripts.twistd import run; sys.argv[0] = "twistd"; run()' \
+  -n --pidfile= sdcc --config "${1:-etc/sdcc.ini}"
