@@ -97,7 +97,8 @@ class StoreClient(Protocol):
             except (OSError, AttributeError):
                 pass
         self.assoc.request_association(self.rq)
-        self._sender = MessageSender(self.assoc, self.transport, self._handle)
+        self._sender = MessageSender(self.assoc, self.transport, self._handle,
+                                     self.clock, self.timeout)
         self._handle(self.assoc.connection_made())
         self._artim = self.clock.callLater(self.timeout, self._no_answer)
 
@@ -191,16 +192,18 @@ class StoreClient(Protocol):
             MOVE_ORIGINATOR_AE: originator_ae, MOVE_ORIGINATOR_MESSAGE_ID: originator_id,
         }
         answer: defer.Deferred[int] = defer.Deferred()
-        answer.addTimeout(self.timeout, self.clock)
         self._responses[message_id] = answer
         try:
             await self._sender.send_file(context_id, command, path)
         except BaseException:
             self._responses.pop(message_id, None)
-            answer.cancel()
-            answer.addErrback(lambda _: None)
             raise
-        return await answer
+        # The destination has the whole data set: now its answer is due.
+        answer.addTimeout(self.timeout, self.clock)
+        try:
+            return await answer
+        finally:
+            self._responses.pop(message_id, None)
 
     async def release(self) -> None:
         """Release the association (AR-1) and wait for the close."""

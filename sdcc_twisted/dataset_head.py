@@ -205,6 +205,8 @@ class DatasetWalker:
 
     #: Largest wanted value that is kept; longer ones are skipped unrecorded.
     MAX_VALUE_BYTES: Final = 4096
+    #: How many irregularities are kept in :attr:`warnings`.
+    MAX_WARNINGS: Final = 8
 
     def __init__(self, transfer_syntax: str, wanted: Mapping[int, str] = HEAD_TAGS,
                  max_head_bytes: int = 1 << 20) -> None:
@@ -217,6 +219,12 @@ class DatasetWalker:
                 start within this many bytes of the data set.
         """
         self.values: dict[str, str] = {}
+        #: Irregularities that do not break the structure (odd element
+        #: lengths, tags out of order): the element boundaries are still
+        #: known, and pydicom and DCMTK read such data sets, so they are
+        #: stored as received (statement: nothing is "forcibly rounded or
+        #: omitted") and reported here for the log.
+        self.warnings: list[str] = []
         self.head_complete = False
         self.bytes_seen = 0
         self._wanted = dict(wanted)
@@ -385,8 +393,8 @@ class DatasetWalker:
         """Parse and act on a data element header (PS3.5 7.1.2, 7.1.3)."""
         enc = level.enc
         if tag < level.last_tag:
-            self._fail(f"tag ({tag >> 16:04X},{tag & 0xFFFF:04X}) lower than its "
-                       f"predecessor", pos)
+            self._warn(f"tag ({tag >> 16:04X},{tag & 0xFFFF:04X}) lower than its "
+                       f"predecessor at {pos}")
         vr = b""
         if enc.explicit:
             vr = bytes(buf[i + 4:i + 6])
@@ -431,8 +439,8 @@ class DatasetWalker:
             return hlen
 
         if length & 1:
-            self._fail(f"odd length {length} in ({tag >> 16:04X},"
-                       f"{tag & 0xFFFF:04X})", pos)
+            self._warn(f"odd length {length} in ({tag >> 16:04X},"
+                       f"{tag & 0xFFFF:04X}) at {pos}")
         end = start + length
         if end > level.limit:
             if level.limit == _NO_LIMIT:
@@ -454,6 +462,11 @@ class DatasetWalker:
         else:
             self._value_done()
         return hlen
+
+    def _warn(self, message: str) -> None:
+        """Note an irregularity that leaves the structure intact."""
+        if len(self.warnings) < self.MAX_WARNINGS:
+            self.warnings.append(message)
 
     def _value_done(self) -> None:
         """A value has been passed: record it if wanted, close full levels."""

@@ -129,6 +129,70 @@ class PendingJournal:
         return len(self.names())
 
 
+#: The write-ahead log's file name under ``[server] data_dir``.
+INDEX_LOG: Final = "index.wal"
+
+
+class IndexLog:
+    """Write-ahead log of the records on their way to the index.
+
+    Each stored instance's record is appended as one JSON line (and, with
+    ``fsync``, made durable with ``fdatasync``) before its C-STORE is
+    answered; the Redis write then runs behind the answer.  Whenever nothing
+    is on its way any more the log is emptied.  At startup, whatever a crash
+    left in it moves to the pending journal and is indexed again: recording
+    an instance twice is harmless.
+
+    :meth:`append` is safe from several threads (one ``O_APPEND`` write per
+    line); :meth:`reset` must only run when no append is under way.
+    """
+
+    def __init__(self, path: str, fsync: bool = True) -> None:
+        self.path = path
+        self.fsync = fsync
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                           | getattr(os, "O_CLOEXEC", 0), 0o600)
+
+    @classmethod
+    def in_data_dir(cls, data_dir: str, fsync: bool = True) -> IndexLog:
+        """The log ``{data_dir}/index.wal``."""
+        return cls(os.path.join(data_dir, INDEX_LOG), fsync)
+
+    def append(self, rec: InstanceRecord) -> None:
+        """Log ``rec``; blocking (run it where the store's fsync runs)."""
+        line = json.dumps({"format": _FORMAT, "record": dataclasses.asdict(rec)},
+                          sort_keys=True).encode("utf-8") + b"\n"
+        os.write(self._fd, line)
+        if self.fsync:
+            os.fdatasync(self._fd)
+
+    def reset(self) -> None:
+        """Empty the log: every record in it reached the index or the journal."""
+        os.ftruncate(self._fd, 0)
+
+    def recover(self, journal: PendingJournal) -> int:
+        """Move what a crash left in the log to ``journal``; how many."""
+        moved = 0
+        with open(self.path, "rb") as handle:
+            for raw in handle:
+                try:
+                    data = json.loads(raw.decode("utf-8"))
+                    fields = data["record"]
+                    fields["attributes"] = dict(fields.get("attributes") or {})
+                    rec = InstanceRecord(**fields)
+                except (ValueError, TypeError, KeyError):
+                    continue  # a line cut short by the crash: its C-STORE was not answered
+                journal.append(rec)
+                moved += 1
+        self.reset()
+        return moved
+
+    def close(self) -> None:
+        """Close the log file."""
+        os.close(self._fd)
+
+
 def _fsync_dir(directory: str) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)

@@ -10,7 +10,6 @@ becomes an A-ABORT and a log line; the server keeps serving.
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +72,10 @@ from .sending import MessageSender
 
 log = Logger(namespace="sdcc.association")
 
+#: Bytes taken off the socket per read: several PDUs per reactor turn
+#: (Twisted's default is 64 KiB).
+READ_SIZE = 256 * 1024
+
 
 @dataclass(frozen=True)
 class Timeouts:
@@ -91,6 +94,7 @@ class DicomProtocol(Protocol):
         self.assoc: Association | None = None
         self._artim: IDelayedCall | None = None
         self._idle: IDelayedCall | None = None
+        self._force: IDelayedCall | None = None
         self._last_activity = 0.0
         self._started = 0.0
         self._peer = "?"
@@ -122,16 +126,17 @@ class DicomProtocol(Protocol):
         peer = self.transport.getPeer()
         self._peer_host = getattr(peer, "host", None)
         self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
-        handle = getattr(self.transport, "getHandle", None)
-        if handle is not None:
-            try:
-                handle().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except (OSError, AttributeError):
-                pass
+        try:
+            self.transport.setTcpNoDelay(True)  # TLS wrappers pass it on
+        except (AttributeError, NotImplementedError, OSError):
+            pass
+        if hasattr(self.transport, "bufferSize"):
+            self.transport.bufferSize = READ_SIZE
         self.assoc = Association(factory.policy.max_pdu_length,
                                  max_command_length=factory.max_command_length)
         factory.connections.add(self)
-        self._sender = MessageSender(self.assoc, self.transport, self._handle)
+        self._sender = MessageSender(self.assoc, self.transport, self._handle,
+                                     factory.clock, factory.timeouts.idle)
         self._guard(self.assoc.connection_made)
 
     def dataReceived(self, data: bytes) -> None:
@@ -155,6 +160,9 @@ class DicomProtocol(Protocol):
                 log.failure("error while closing the association from {peer}", peer=self._peer)
         self._cancel_artim()
         self._cancel_idle()
+        if self._force is not None and self._force.active():
+            self._force.cancel()
+        self._force = None
         if self._reception is not None:
             self._reception.abort()
             self._reception = None
@@ -195,7 +203,21 @@ class DicomProtocol(Protocol):
             except Exception:  # noqa: BLE001
                 pass
             self._flush()
+        self._close()
+
+    def _close(self) -> None:
+        """Close after what is queued has left; a peer that stops reading
+        must not keep the connection (and its per-AE slot): after a grace
+        period the connection is dropped."""
         self.transport.loseConnection()
+        if not self._closed and self._force is None:
+            self._force = self.factory.clock.callLater(self.factory.timeouts.artim,
+                                                       self._force_close)
+
+    def _force_close(self) -> None:
+        self._force = None
+        if not self._closed:
+            self.transport.abortConnection()
 
     def _flush(self) -> None:
         assoc = self.assoc
@@ -217,7 +239,7 @@ class DicomProtocol(Protocol):
                 self._cancel_artim()
             elif kind is CloseTransport:
                 self._flush()
-                self.transport.loseConnection()
+                self._close()
             elif kind is AssociationRequested:
                 self._on_request(event.request)
             elif kind is AssociationRejected:
@@ -262,8 +284,12 @@ class DicomProtocol(Protocol):
         clock = self.factory.clock
         idle_for = clock.seconds() - self._last_activity
         limit = self.factory.timeouts.idle
-        if self._pending or idle_for < limit:
-            self._idle = clock.callLater(max(limit - idle_for, 0.001), self._idle_check)
+        if self._pending:
+            # Our own work is not the peer's silence: look again later.
+            self._idle = clock.callLater(limit, self._idle_check)
+            return
+        if idle_for < limit:
+            self._idle = clock.callLater(limit - idle_for, self._idle_check)
             return
         self._idle = None
         log.warn("association from {peer} calling_ae={calling} idle for {t:.0f}s; "
@@ -434,6 +460,7 @@ class DicomProtocol(Protocol):
 
     def _operation_done(self, outcome: Outcome, reception: Any, context_id: int) -> None:
         self._pending -= 1
+        self._last_activity = self.factory.clock.seconds()
         if isinstance(reception, Reception):
             if outcome.success:
                 self._stored += 1
@@ -449,8 +476,7 @@ class DicomProtocol(Protocol):
         self._respond(context_id, reception.command, reception.response_field, outcome)
         if self._release_waiting and not self._pending:
             self._release_waiting = False
-            if self.assoc.state in ("Sta8", "Sta9", "Sta12"):
-                self._guard(self.assoc.release_response)
+            self._release_when_settled()
 
     def _respond(self, context_id: int, command: Command, field: int, outcome: Outcome) -> None:
         assoc = self.assoc
@@ -501,8 +527,13 @@ class DicomProtocol(Protocol):
         def not_sent(failure: Failure) -> Failure:
             self._store_responses.pop(message_id, None)
             return failure
+
+        def sent(_: Any) -> "defer.Deferred[int]":
+            # The peer has the whole data set: now its answer is due.
+            answer.addTimeout(self.factory.timeouts.artim, self.factory.clock)
+            return answer
         sending.addErrback(not_sent)
-        return sending.addCallback(lambda _: answer)
+        return sending.addCallback(sent)
 
     def _protocol_abort(self, detail: str) -> None:
         log.warn("aborting the association from {peer} calling_ae={calling}: {detail}",
@@ -519,9 +550,19 @@ class DicomProtocol(Protocol):
         if self._pending:
             self._release_waiting = True
             return
-        assert self.assoc is not None
-        if self.assoc.state in ("Sta8", "Sta9", "Sta12"):
-            self._guard(self.assoc.release_response)
+        self._release_when_settled()
+
+    def _release_when_settled(self) -> None:
+        """Answer the release once what this association stored is in the
+        index (or journaled): after the A-RELEASE-RP, a query finds it."""
+        d = self.factory.storage.settled()
+        d.addCallback(lambda _: self._release_now())
+        d.addErrback(self._internal_error)
+
+    def _release_now(self) -> None:
+        assoc = self.assoc
+        if assoc is not None and not self._closed and assoc.state in ("Sta8", "Sta9", "Sta12"):
+            self._guard(assoc.release_response)
 
     def _on_aborted(self, event: Aborted) -> None:
         self._cancel_idle()

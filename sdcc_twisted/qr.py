@@ -251,18 +251,21 @@ class QueryOperation:
                 NUMBER_OF_FAILED: done.failed, NUMBER_OF_WARNING: done.warning}
 
     async def _send_all(self, instances: list[dict[str, str]],
-                        send: Callable[[dict[str, str]], "defer.Deferred[int] | Any"]
-                        ) -> "SubOperations":
-        done = SubOperations()
+                        send: Callable[[dict[str, str]], "defer.Deferred[int] | Any"],
+                        done: "SubOperations | None" = None) -> "SubOperations":
+        done = done if done is not None else SubOperations()
         for n, attributes in enumerate(instances):
             if self.cancelled:
                 break
             uid = attributes.get("SOPInstanceUID") or attributes.get("sop_uid", "")
             try:
                 status = await send(attributes)
-            except (OSError, ValueError) as exc:
-                log.warn("sub-operation for {uid} failed: {why}", uid=uid, why=exc)
-                status = 0xA700
+            except SubAssociationError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one sub-operation, not the whole move
+                log.warn("sub-operation for {uid} failed: {why}", uid=uid,
+                         why=f"{type(exc).__name__}: {exc}")
+                status = STATUS_QR_SUBOPS_OUT_OF_RESOURCES
             done.add(uid, status)
             remaining = len(instances) - n - 1
             if remaining:
@@ -317,12 +320,14 @@ class QueryOperation:
             return await client.store(context_id, attributes["sop_class_uid"],
                                       attributes["SOPInstanceUID"], attributes["path"],
                                       originator, message_id)
+        done = SubOperations()
         try:
-            done = await self._send_all(instances, send)
+            await self._send_all(instances, send, done)
         except SubAssociationError as exc:
             log.warn("C-MOVE to {dest} lost: {why}", dest=destination.ae_title, why=exc)
-            done = SubOperations()
-            done.failed = len(instances)
+            for attributes in instances[done.total:]:
+                done.add(attributes.get("SOPInstanceUID", ""), STATUS_QR_SUBOPS_OUT_OF_RESOURCES)
+            done.remaining = 0
         finally:
             await client.release()
         log.info("C-MOVE from {ae} to {dest}: completed={c} failed={f} warning={w}",

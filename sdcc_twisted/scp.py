@@ -28,7 +28,7 @@ from .conformance import (
 )
 from .dimse import ELEMENT_NAMES, Command
 from .index import IInstanceIndex
-from .journal import PendingJournal
+from .journal import IndexLog, PendingJournal
 from .records import InstanceRecord
 from .storage import FileStore, Sink, StorageError, StoredFile
 
@@ -93,12 +93,15 @@ class StorageSCP:
 
     def __init__(self, store: FileStore, index: IInstanceIndex,
                  journal: PendingJournal, run_blocking: RunBlocking,
-                 clock: Any) -> None:
+                 clock: Any, index_log: IndexLog | None = None) -> None:
         self.store = store
         self.index = index
         self.journal = journal
         self.run_blocking = run_blocking
         self.clock = clock
+        self.index_log = index_log
+        self._unsettled = 0
+        self._settled_waiters: list[defer.Deferred[None]] = []
 
     def begin(self, command: Command, abstract_syntax: str,
               transfer_syntax: str, calling_ae: str) -> "Reception":
@@ -123,19 +126,76 @@ class StorageSCP:
 
     @defer.inlineCallbacks
     def commit(self, reception: "Reception") -> Any:
-        """Make the file durable, index it, and return the Outcome."""
+        """Make the file durable and its index record safe; the Outcome.
+
+        With the write-ahead log the record is logged before the answer and
+        written to Redis behind it (see :meth:`settled`); without one, the
+        index write (or the journal) comes before the answer.
+        """
         sink = reception.sink
         assert sink is not None
+        self._unsettled += 1
         try:
             if self.store.fsync:
-                stored = yield self.run_blocking(sink.finish)
+                record, logged = yield self.run_blocking(
+                    self._finish_and_log, sink, reception.calling_ae)
             else:
-                stored = sink.finish()
+                record, logged = self._finish_and_log(sink, reception.calling_ae)
         except StorageError as exc:
+            self._settle()
             return Outcome(exc.status, exc.comment)
-        record = self.record_for(stored, reception.calling_ae)
-        yield self.register(record)
+        except BaseException:
+            self._settle()
+            raise
+        if logged:
+            self.register(record).addBoth(self._settle)
+        else:
+            try:
+                yield self.register(record)
+            finally:
+                self._settle()
         return Outcome(STATUS_SUCCESS)
+
+    def _finish_and_log(self, sink: Sink, calling_ae: str) -> tuple[InstanceRecord, bool]:
+        """Commit the file, then log its record (blocking when fsync is on)."""
+        stored = sink.finish()
+        if stored.warnings:
+            log.warn("{uid} from {ae} stored as received despite: {what}",
+                     uid=stored.sop_instance_uid, ae=calling_ae,
+                     what="; ".join(stored.warnings))
+        record = self.record_for(stored, calling_ae)
+        if self.index_log is None:
+            return record, False
+        try:
+            self.index_log.append(record)
+        except OSError as exc:
+            log.warn("cannot write the index log ({why}); indexing {uid} before "
+                     "answering", why=exc, uid=record.sop_instance_uid)
+            return record, False
+        return record, True
+
+    def _settle(self, passthrough: Any = None) -> Any:
+        """One record reached the index or the journal (or was never made)."""
+        self._unsettled -= 1
+        if self._unsettled == 0:
+            if self.index_log is not None:
+                try:
+                    self.index_log.reset()
+                except OSError as exc:
+                    log.warn("cannot empty the index log: {why}", why=exc)
+            waiters, self._settled_waiters = self._settled_waiters, []
+            for d in waiters:
+                d.callback(None)
+        return passthrough
+
+    def settled(self) -> "defer.Deferred[None]":
+        """Fires once every record stored so far is in the index or the
+        journal (an association's release waits for it)."""
+        if self._unsettled == 0:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._settled_waiters.append(d)
+        return d
 
     def record_for(self, stored: StoredFile, calling_ae: str) -> InstanceRecord:
         """The index record of a file just committed."""

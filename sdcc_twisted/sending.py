@@ -66,10 +66,13 @@ class MessageSender:
     """
 
     def __init__(self, assoc: Association, transport: Any,
-                 handle_events: Callable[[list[Event]], None]) -> None:
+                 handle_events: Callable[[list[Event]], None],
+                 clock: Any = None, stall_timeout: float = 60.0) -> None:
         self.assoc = assoc
         self.transport = transport
         self.handle_events = handle_events
+        self.clock = clock
+        self.stall_timeout = stall_timeout
         self._paused = False
         self._stopped = False
         self._waiters: list[defer.Deferred[None]] = []
@@ -100,7 +103,12 @@ class MessageSender:
         if self._paused:
             d: defer.Deferred[None] = defer.Deferred()
             self._waiters.append(d)
-            await d
+            if self.clock is not None:
+                d.addTimeout(self.stall_timeout, self.clock)
+            try:
+                await d
+            except defer.TimeoutError:
+                raise ConnectionError(f"the peer read nothing for {self.stall_timeout:g} s") from None
 
     def _write(self, events: list[Event]) -> None:
         self.handle_events(events)

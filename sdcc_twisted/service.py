@@ -28,7 +28,7 @@ from .catalog import RedisCatalog
 from .client import Destination
 from .config import ConfigError, Settings, settings_summary
 from .index import RedisAssociationLock, RedisIndex, connect_redis
-from .journal import JournalReplayer, PendingJournal
+from .journal import IndexLog, JournalReplayer, PendingJournal
 from .locks import FallbackAssociationLock, IAssociationLock, InProcessAssociationLock
 from .negotiation import AcceptorPolicy
 from .protocol import DicomServerFactory, Timeouts
@@ -94,10 +94,13 @@ class RedisConnectionService(service.Service):
 
 
 class StorageCleanupService(service.Service):
-    """Removes the temp files a crash left, before the listener starts."""
+    """Before the listener starts: removes the temp files a crash left, and
+    moves the records a crash left in the index log to the journal."""
 
-    def __init__(self, store: FileStore) -> None:
+    def __init__(self, store: FileStore, index_log: IndexLog, journal: PendingJournal) -> None:
         self.store = store
+        self.index_log = index_log
+        self.journal = journal
 
     def startService(self) -> None:
         super().startService()
@@ -105,6 +108,14 @@ class StorageCleanupService(service.Service):
         if removed:
             log.warn("removed {n} partial file(s) left by an earlier crash in {tmp}",
                      n=removed, tmp=self.store.tmp_dir)
+        moved = self.index_log.recover(self.journal)
+        if moved:
+            log.warn("{n} stored instance(s) were on their way to the index at the "
+                     "last stop; indexing them again from the journal", n=moved)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.index_log.close()
 
 
 class LogFileService(service.Service):
@@ -197,7 +208,6 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
     except OSError as exc:
         raise ConfigError(f"{settings.source}: [server] data_dir / [storage] root: "
                           f"cannot create {exc.filename}: {exc.strerror}") from None
-    StorageCleanupService(store).setServiceParent(top)
 
     late = LateRedis()
     if settings.index.redis == "embedded":
@@ -216,6 +226,8 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
     index = RedisIndex(late, reactor, key_prefix=settings.index.key_prefix,
                        timeout=settings.index.timeout)
     journal = PendingJournal.in_data_dir(data_dir)
+    index_log = IndexLog.in_data_dir(data_dir, fsync=settings.storage.fsync)
+    StorageCleanupService(store, index_log, journal).setServiceParent(top)
     JournalReplayer(journal, index, reactor).setServiceParent(top)
 
     lock_kind = settings.index.lock
@@ -234,7 +246,7 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
 
     server = settings.server
-    storage = StorageSCP(store, index, journal, run_blocking, reactor)
+    storage = StorageSCP(store, index, journal, run_blocking, reactor, index_log)
     catalog = RedisCatalog(late, reactor, key_prefix=settings.index.key_prefix,
                            timeout=settings.index.timeout)
     destinations = {title: Destination(d.ae_title, d.host, d.port, d.tls)

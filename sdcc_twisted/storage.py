@@ -161,6 +161,8 @@ class StoredFile:
         transfer_syntax: the presentation context's, as in (0002,0010).
         attributes: keyword -> value of the index attributes found in the
             data set (see :data:`sdcc_twisted.records.HEAD_TAGS`).
+        warnings: irregularities of the data set that were stored as they
+            came (odd element lengths, tags out of order).
     """
 
     path: str
@@ -169,6 +171,7 @@ class StoredFile:
     sop_instance_uid: str
     transfer_syntax: str
     attributes: dict[str, str]
+    warnings: tuple[str, ...] = ()
 
 
 class FileStore:
@@ -432,6 +435,7 @@ class Sink:
             sop_instance_uid=self._sop_instance_uid,
             transfer_syntax=self._transfer_syntax,
             attributes=dict(values),
+            warnings=tuple(self._walker.warnings),
         )
 
     def _discard(self) -> None:

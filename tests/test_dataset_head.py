@@ -534,21 +534,35 @@ class MalformedTests(SynchronousTestCase):
         open_pixels = explicit(0x7FE00010, "OB", item(b""), length=UNDEFINED)
         self.assertBroken(JPEG_BASELINE, open_pixels, "encapsulated")
 
-    def test_odd_length(self) -> None:
-        """An odd value length is rejected at once (PS3.5 7.1.1)."""
+    def test_odd_element_length_tolerated(self) -> None:
+        """An odd element value length (against PS3.5 7.1.1, but read by
+        pydicom and DCMTK) is walked past and reported as a warning, not
+        refused: its boundaries are still known."""
         for ts, data in (
                 (IMPLICIT_VR_LITTLE_ENDIAN, implicit(0x00100020, b"ABC")),
                 (EXPLICIT_VR_LITTLE_ENDIAN, explicit(0x00100020, "LO", b"ABC")),
-                (EXPLICIT_VR_BIG_ENDIAN, explicit(0x00100020, "LO", b"ABC", False)),
-                (JPEG_BASELINE, explicit(0x7FE00010, "OB", item(b"") + item(b"abc")
-                                         + seq_delimiter(), length=UNDEFINED))):
-            self.assertBroken(ts, data, "odd")
+                (EXPLICIT_VR_BIG_ENDIAN, explicit(0x00100020, "LO", b"ABC", False))):
+            walker = DatasetWalker(ts)
+            walker.feed(data + (implicit(0x00200010, b"ST") if ts == IMPLICIT_VR_LITTLE_ENDIAN
+                                else explicit(0x00200010, "SH", b"ST", ts != EXPLICIT_VR_BIG_ENDIAN)))
+            walker.finish()
+            self.assertIn("odd length 3", walker.warnings[0])
+            self.assertEqual(walker.values["PatientID"], "ABC")
+            self.assertEqual(walker.values["StudyID"], "ST")
+
+    def test_odd_fragment_length(self) -> None:
+        """An odd pixel data fragment length is refused (PS3.5 A.4)."""
+        self.assertBroken(JPEG_BASELINE, explicit(0x7FE00010, "OB", item(b"") + item(b"abc")
+                                                  + seq_delimiter(), length=UNDEFINED), "odd")
 
     def test_tags_out_of_order(self) -> None:
-        """A tag lower than its predecessor is rejected."""
+        """A tag lower than its predecessor is walked past and reported as a
+        warning (pydicom reads such data sets)."""
         data = implicit(0x00100020, b"ID") + implicit(0x00080018, b"12")
-        exc = self.assertBroken(IMPLICIT_VR_LITTLE_ENDIAN, data, "lower")
-        self.assertEqual(exc.offset, 10)
+        walker = DatasetWalker(IMPLICIT_VR_LITTLE_ENDIAN)
+        walker.feed(data)
+        walker.finish()
+        self.assertIn("lower than its predecessor at 10", walker.warnings[0])
 
     def test_invalid_vr(self) -> None:
         """An explicit VR outside PS3.5 Table 6.2-1 is rejected."""
@@ -581,8 +595,10 @@ class MalformedTests(SynchronousTestCase):
         self.assertBroken(JPEG_BASELINE,
                           explicit(0x7FE00010, "OB", fragment, length=UNDEFINED),
                           "fragment")
-        self.assertBroken(EXPLICIT_VR_LITTLE_ENDIAN,
-                          explicit(0x00100020, "LO", b"", length=0xFFFF) + b"x" * 0xFFFF)
+        # 0xFFFF in a 16-bit length is an (odd) length, not "undefined".
+        walker = walk(EXPLICIT_VR_LITTLE_ENDIAN,
+                      explicit(0x00100020, "LO", b"", length=0xFFFF) + b"x" * 0xFFFF)
+        self.assertIn("odd length 65535", walker.warnings[0])
 
     def test_undefined_length_text_vr(self) -> None:
         """Undefined length on a VR that cannot be delimited is rejected."""
@@ -606,8 +622,7 @@ class MalformedTests(SynchronousTestCase):
     def test_error_is_sticky(self) -> None:
         """After an error, every feed and finish raises it again."""
         walker = DatasetWalker(EXPLICIT_VR_LITTLE_ENDIAN)
-        exc = self.assertRaises(DatasetError, walker.feed, explicit(0x00100020, "LO", b"A",
-                                                                    length=1))
+        exc = self.assertRaises(DatasetError, walker.feed, explicit(0x00100020, "XX", b"AB"))
         self.assertIs(self.assertRaises(DatasetError, walker.feed, b"\x00" * 8), exc)
         self.assertIs(self.assertRaises(DatasetError, walker.finish), exc)
 
