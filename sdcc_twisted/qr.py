@@ -107,10 +107,17 @@ class QueryRetrieveSCP:
                           merged: dict[str, str]) -> AsyncIterator[dict[str, str]]:
             level = LEVELS[depth]
             wanted = query.unique_values(level)
-            if depth == 1 and parent is None:
+            if depth == 1 and parent is None and wanted is not None:
+                # Study Root by Study Instance UID: straight to those studies.
+                ids: list[tuple[str, str | None]] = []
+                for study in wanted:
+                    found = await catalog.attributes("STUDY", study)
+                    if found is not None:
+                        ids.append((study, found.get("patient_id", "")))
+            elif depth == 1 and parent is None:
                 # Study Root: studies of every patient (or of the one asked).
                 patients = query.unique_values("PATIENT") or await catalog.members("PATIENT", None)
-                ids: list[tuple[str, str | None]] = []
+                ids = []
                 for patient in patients:
                     for study in await catalog.members("STUDY", patient):
                         ids.append((study, patient))

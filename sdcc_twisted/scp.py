@@ -235,6 +235,9 @@ def _remove_quietly(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+    except OSError as exc:
+        log.warn("cannot remove the superseded copy {path}: {why}", path=path,
+                 why=exc.strerror)
 
 
 class Reception:
