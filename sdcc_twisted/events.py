@@ -1,5 +1,9 @@
 """Values that cross the boundary of the sans-I/O core.
 
+They are frozen dataclasses, except the two made for every P-DATA-TF
+(:class:`Indication`, :class:`DataFragment`), which are plain slotted ones:
+a frozen dataclass costs a ``object.__setattr__`` per field.
+
 Effects are what the Upper Layer state machine asks its environment to do
 (PS3.8 9.2.2 actions: send a PDU, start or stop ARTIM, open or close the
 transport).  Events are what the :class:`~sdcc_twisted.association.Association`
@@ -41,7 +45,7 @@ class CloseTransport:
     """Close the transport connection."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Indication:
     """A primitive issued to the Upper Layer service user (PS3.8 9.2.2).
 
@@ -95,7 +99,7 @@ class CommandReceived:
     command: Any
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DataFragment:
     """A piece of the data set of the current message, verbatim.
 

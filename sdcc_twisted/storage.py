@@ -196,6 +196,7 @@ class FileStore:
         os.makedirs(self.root, exist_ok=True)
         os.makedirs(self.tmp_dir, exist_ok=True)
         self._real_root = os.path.realpath(self.root)
+        self._verified: set[str] = set()
 
     def remove_stale_temp_files(self) -> int:
         """Delete the temp files a crash left behind; return how many.
@@ -227,11 +228,18 @@ class FileStore:
         study = uid_path_part(study_uid) if study_uid else MISSING_STUDY_DIR
         series = uid_path_part(series_uid) if series_uid else MISSING_SERIES_DIR
         name = uid_path_part(sop_instance_uid) + ".dcm"
-        path = os.path.join(self.root, study, series, name)
-        real = os.path.realpath(path)
-        if os.path.commonpath([real, self._real_root]) != self._real_root:
-            raise StorageError(STATUS_PROCESSING_FAILURE, "Storage path outside the root")
-        return path
+        directory = os.path.join(self.root, study, series)
+        if directory not in self._verified:
+            real = os.path.realpath(directory)
+            if os.path.commonpath([real, self._real_root]) != self._real_root:
+                raise StorageError(STATUS_PROCESSING_FAILURE, "Storage path outside the root")
+            if os.path.isdir(directory):
+                # Checked once: the rename into it replaces a link named like
+                # the file, it never writes through one.
+                if len(self._verified) > 100_000:
+                    self._verified.clear()
+                self._verified.add(directory)
+        return os.path.join(directory, name)
 
     def open_sink(self, sop_class_uid: str, sop_instance_uid: str,
                   transfer_syntax: str, calling_ae: str) -> Sink:
