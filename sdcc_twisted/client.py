@@ -20,7 +20,6 @@ from twisted.logger import Logger
 from .association import Association
 from .conformance import (
     APPLICATION_CONTEXT_NAME,
-    C_STORE_RQ,
     C_STORE_RSP,
     DEFAULT_MAX_PDU_LENGTH,
     IMPLEMENTATION_CLASS_UID,
@@ -28,16 +27,9 @@ from .conformance import (
     PC_ACCEPTANCE,
 )
 from .dimse import (
-    AFFECTED_SOP_CLASS_UID,
-    AFFECTED_SOP_INSTANCE_UID,
-    COMMAND_DATA_SET_TYPE,
-    COMMAND_FIELD,
-    MESSAGE_ID,
     MESSAGE_ID_BEING_RESPONDED_TO,
-    MOVE_ORIGINATOR_AE,
-    MOVE_ORIGINATOR_MESSAGE_ID,
-    PRIORITY,
     STATUS,
+    store_request,
 )
 from .events import (
     Aborted,
@@ -185,12 +177,8 @@ class StoreClient(Protocol):
         assert self._sender is not None
         message_id = self._next_id
         self._next_id = (self._next_id % 0xFFFF) + 1
-        command = {
-            AFFECTED_SOP_CLASS_UID: sop_class_uid, COMMAND_FIELD: C_STORE_RQ,
-            MESSAGE_ID: message_id, PRIORITY: 0, COMMAND_DATA_SET_TYPE: 0x0001,
-            AFFECTED_SOP_INSTANCE_UID: sop_instance_uid,
-            MOVE_ORIGINATOR_AE: originator_ae, MOVE_ORIGINATOR_MESSAGE_ID: originator_id,
-        }
+        command = store_request(message_id, sop_class_uid, sop_instance_uid,
+                                originator_ae, originator_id)
         answer: defer.Deferred[int] = defer.Deferred()
         self._responses[message_id] = answer
         try:

@@ -66,8 +66,9 @@ _VRS: Final = frozenset(
     vr.encode("ascii") for vr in (
         "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ "
         "SS ST SV TM UC UI UL UN UR US UT UV").split())
-#: VRs with a reserved field and a 32-bit length in explicit syntaxes.
-_LONG_VRS: Final = frozenset(
+#: VRs with a reserved field and a 32-bit length in explicit syntaxes
+#: (PS3.5 7.1.2).
+LONG_VRS: Final = frozenset(
     vr.encode("ascii") for vr in "OB OD OF OL OV OW SQ UC UN UR UT SV UV".split())
 
 #: VRs of the index attributes, to decode them when the VR is implicit or UN.
@@ -401,7 +402,7 @@ class DatasetWalker:
             if vr not in _VRS:
                 self._fail(f"invalid VR {vr!r} in ({tag >> 16:04X},"
                            f"{tag & 0xFFFF:04X})", pos)
-            if vr in _LONG_VRS:
+            if vr in LONG_VRS:
                 if n - i < 12:
                     return 0
                 length = enc.u32.unpack_from(buf, i + 8)[0]

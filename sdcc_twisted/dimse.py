@@ -251,6 +251,23 @@ def response(request: Command, command_field: int, status: int,
     return elements
 
 
+def store_request(message_id: int, sop_class_uid: str, sop_instance_uid: str,
+                  originator_ae: str | None = None,
+                  originator_message_id: int | None = None) -> dict[int, Any]:
+    """The elements of a C-STORE-RQ we send (PS3.7 9.3.1.1); the Move
+    Originator elements for a C-MOVE sub-operation."""
+    elements: dict[int, Any] = {
+        AFFECTED_SOP_CLASS_UID: sop_class_uid, COMMAND_FIELD: C_STORE_RQ,
+        MESSAGE_ID: message_id, PRIORITY: 0,
+        COMMAND_DATA_SET_TYPE: 0x0001,  # any value but 0x0101: a data set follows
+        AFFECTED_SOP_INSTANCE_UID: sop_instance_uid,
+    }
+    if originator_ae is not None:
+        elements[MOVE_ORIGINATOR_AE] = originator_ae
+        elements[MOVE_ORIGINATOR_MESSAGE_ID] = originator_message_id or 0
+    return elements
+
+
 def fragment_message(context_id: int, command: bytes, data_set: bytes | None,
                      max_pdu_length: int) -> Iterator[bytes]:
     """Encode a message as P-DATA-TF PDUs that fit ``max_pdu_length``.

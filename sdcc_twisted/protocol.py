@@ -42,16 +42,12 @@ from .conformance import (
     sop_class_name,
 )
 from .dimse import (
-    AFFECTED_SOP_CLASS_UID,
-    AFFECTED_SOP_INSTANCE_UID,
     COMMAND_DATA_SET_TYPE,
-    COMMAND_FIELD,
-    MESSAGE_ID,
     MESSAGE_ID_BEING_RESPONDED_TO,
-    PRIORITY,
     STATUS,
     Command,
     response,
+    store_request,
 )
 from .events import (
     Aborted,
@@ -108,9 +104,8 @@ class DicomProtocol(Protocol):
         self._operations: dict[int, Any] = {}
         self._store_responses: dict[int, defer.Deferred[int]] = {}
         self._next_message_id = 1
-        self._roles: dict[str, tuple[int, int]] = {}
         self._sender: MessageSender | None = None
-        self._discard_context: int | None = None
+        self._accepted: Accepted | None = None
         self._pending = 0
         self._release_waiting = False
         self._outcome = "closed before association"
@@ -333,7 +328,7 @@ class DicomProtocol(Protocol):
             self._flush()
             return
         self._lock_token = token
-        self._roles = dict(decision.roles)
+        self._accepted = decision
         self._accept(decision)
 
     def _lock_failed(self, failure: Failure) -> None:
@@ -437,8 +432,6 @@ class DicomProtocol(Protocol):
             name = COMMAND_NAMES.get(field or 0, f"0x{field or 0:04X}")
             log.warn("unsupported {name} from {calling}; answering 0x0211",
                      name=name, calling=self._calling_ae)
-            if command.has_data_set:
-                self._discard_context = event.context_id
             self._respond(event.context_id, command, (field or 0) | 0x8000,
                           Outcome(STATUS_UNRECOGNIZED_OPERATION,
                                   f"{name} is not supported here"[:64]))
@@ -446,9 +439,7 @@ class DicomProtocol(Protocol):
     def _on_fragment(self, event: DataFragment) -> None:
         reception = self._reception
         if reception is None:
-            if event.last:
-                self._discard_context = None
-            return
+            return  # the data set of a request already answered with a failure
         reception.write(event.data)
         if not event.last:
             return
@@ -501,7 +492,8 @@ class DicomProtocol(Protocol):
     def store_context(self, sop_class_uid: str, transfer_syntax: str) -> int | None:
         """A context for C-GET's C-STORE sub-operations: that class, that
         syntax, and the requestor accepted the SCP role (PS3.7 D.3.3.4)."""
-        if self.assoc is None or self._roles.get(sop_class_uid, (1, 0))[1] != 1:
+        if (self.assoc is None or self._accepted is None
+                or not self._accepted.requestor_is_scp(sop_class_uid)):
             return None
         for context_id, context in sorted(self.assoc.contexts.items()):
             if (context.abstract_syntax == sop_class_uid
@@ -514,11 +506,7 @@ class DicomProtocol(Protocol):
         """C-GET: send one C-STORE-RQ on this association from ``path``."""
         message_id = self._next_message_id
         self._next_message_id = (message_id % 0xFFFF) + 1
-        command = {
-            AFFECTED_SOP_CLASS_UID: sop_class_uid, COMMAND_FIELD: C_STORE_RQ,
-            MESSAGE_ID: message_id, PRIORITY: 0, COMMAND_DATA_SET_TYPE: 0x0001,
-            AFFECTED_SOP_INSTANCE_UID: sop_instance_uid,
-        }
+        command = store_request(message_id, sop_class_uid, sop_instance_uid)
         answer: defer.Deferred[int] = defer.Deferred()
         self._store_responses[message_id] = answer
         assert self._sender is not None

@@ -18,6 +18,7 @@ from zope.interface import implementer
 
 from .association import Association
 from .conformance import PDV_LAST
+from .dataset_head import LONG_VRS
 from .events import Event
 
 #: Bytes read from a file at a time when the peer allows big PDUs.
@@ -44,8 +45,7 @@ def data_set_offset(handle: Any) -> int:
         if group != 0x0002:
             return offset
         vr = header[4:6]
-        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL",
-                  b"OV", b"SV", b"UV"):
+        if vr in LONG_VRS:
             if len(header) < 12:
                 raise StoredFileError("file meta ends inside an element")
             (length,) = struct.unpack_from("<L", header, 8)
