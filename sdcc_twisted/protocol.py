@@ -489,6 +489,11 @@ class DicomProtocol(Protocol):
         """Send an intermediate (pending) response of a C-FIND/MOVE/GET."""
         self._respond(context_id, command, field, outcome)
 
+    async def room(self) -> None:
+        """Wait until the peer reads what we sent (flow control)."""
+        if self._sender is not None:
+            await self._sender.room()
+
     def store_context(self, sop_class_uid: str, transfer_syntax: str) -> int | None:
         """A context for C-GET's C-STORE sub-operations: that class, that
         syntax, and the requestor accepted the SCP role (PS3.7 D.3.3.4)."""

@@ -59,6 +59,9 @@ class Channel(TypingProtocol):
                      outcome: Outcome) -> None:
         """Send a pending (or other intermediate) response."""
 
+    async def room(self) -> None:
+        """Wait while the peer is not reading what was sent."""
+
     def store_context(self, sop_class_uid: str, transfer_syntax: str) -> int | None:
         """C-GET: a context on which the requestor accepted to be storage SCP."""
 
@@ -195,6 +198,10 @@ class QueryOperation:
         if failure.check(IndexUnavailable):
             log.warn("{op} failed: {why}", op=self.operation, why=failure.getErrorMessage())
             return Outcome(STATUS_QR_OUT_OF_RESOURCES, "Index unavailable")
+        if failure.check(ConnectionError):
+            log.warn("{op} for {ae} stopped: {why}", op=self.operation,
+                     ae=self.channel.calling_ae, why=failure.getErrorMessage())
+            return Outcome(STATUS_UNABLE_TO_PROCESS, "Connection lost")
         log.failure("{op} failed", failure, op=self.operation)
         return Outcome(STATUS_UNABLE_TO_PROCESS, "Internal error")
 
@@ -220,6 +227,7 @@ class QueryOperation:
         async for attributes in self.scp.walk(query, self):
             if self.cancelled:
                 break
+            await self.channel.room()
             identifier = response_identifier(query, query.level, attributes,
                                              self.transfer_syntax)
             self.channel.send_pending(self.context_id, self.command, self.response_field,

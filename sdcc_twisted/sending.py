@@ -97,6 +97,11 @@ class MessageSender:
         for d in waiters:
             d.errback(ConnectionError("connection closed while sending"))
 
+    async def room(self) -> None:
+        """Wait while the transport's buffer is full (bounded by the stall
+        timeout); raise ConnectionError if the connection is gone."""
+        await self._room()
+
     async def _room(self) -> None:
         if self._stopped:
             raise ConnectionError("connection closed while sending")
