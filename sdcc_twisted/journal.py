@@ -129,68 +129,124 @@ class PendingJournal:
         return len(self.names())
 
 
-#: The write-ahead log's file name under ``[server] data_dir``.
+#: The write-ahead log's segment files under ``[server] data_dir``.
 INDEX_LOG: Final = "index.wal"
 
 
 class IndexLog:
     """Write-ahead log of the records on their way to the index.
 
-    Each stored instance's record is appended as one JSON line (and, with
-    ``fsync``, made durable with ``fdatasync``) before its C-STORE is
-    answered; the Redis write then runs behind the answer.  Whenever nothing
-    is on its way any more the log is emptied.  At startup, whatever a crash
-    left in it moves to the pending journal and is indexed again: recording
-    an instance twice is harmless.
+    Each stored instance's record is appended as one JSON line to the
+    current segment (``{data_dir}/index.wal.N``; with ``fsync`` made durable
+    with ``fdatasync``) before its C-STORE is answered; the Redis write then
+    runs behind the answer.  A segment is deleted once it is no longer the
+    current one and every record in it reached the index or the journal; the
+    current one is replaced after :attr:`SEGMENT_RECORDS` records, so the log
+    stays small under any load.  At startup, whatever a crash left moves to
+    the pending journal and is indexed again: recording an instance twice is
+    harmless.
 
-    :meth:`append` is safe from several threads (one ``O_APPEND`` write per
-    line); :meth:`reset` must only run when no append is under way.
+    :meth:`reserve` and :meth:`settle` run on the reactor thread;
+    :meth:`append` may run on any thread.
     """
 
-    def __init__(self, path: str, fsync: bool = True) -> None:
-        self.path = path
+    SEGMENT_RECORDS = 1000
+
+    def __init__(self, directory: str, fsync: bool = True) -> None:
+        self.directory = directory
         self.fsync = fsync
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
-                           | getattr(os, "O_CLOEXEC", 0), 0o600)
+        os.makedirs(directory, exist_ok=True)
+        self._fds: dict[int, int] = {}
+        self._open: dict[int, int] = {}      # segment -> records not yet settled
+        self._current = max(self._segments(), default=0) + 1
+        self._in_current = 0
+        self._start(self._current)
 
     @classmethod
     def in_data_dir(cls, data_dir: str, fsync: bool = True) -> IndexLog:
-        """The log ``{data_dir}/index.wal``."""
-        return cls(os.path.join(data_dir, INDEX_LOG), fsync)
+        """The log ``{data_dir}/index.wal.N``."""
+        return cls(data_dir, fsync)
 
-    def append(self, rec: InstanceRecord) -> None:
-        """Log ``rec``; blocking (run it where the store's fsync runs)."""
+    def _path(self, segment: int) -> str:
+        return os.path.join(self.directory, f"{INDEX_LOG}.{segment}")
+
+    def _segments(self) -> list[int]:
+        prefix = INDEX_LOG + "."
+        found = []
+        for name in os.listdir(self.directory):
+            if name.startswith(prefix) and name[len(prefix):].isdigit():
+                found.append(int(name[len(prefix):]))
+        return sorted(found)
+
+    def _start(self, segment: int) -> None:
+        self._fds[segment] = os.open(self._path(segment),
+                                     os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                                     | getattr(os, "O_CLOEXEC", 0), 0o600)
+        self._open[segment] = 0
+
+    def reserve(self) -> int:
+        """The segment the next record goes to (counted as on its way)."""
+        if self._in_current >= self.SEGMENT_RECORDS:
+            previous = self._current
+            self._current += 1
+            self._in_current = 0
+            self._start(self._current)
+            self._retire_if_done(previous)
+        self._in_current += 1
+        self._open[self._current] += 1
+        return self._current
+
+    def append(self, rec: InstanceRecord, segment: int) -> None:
+        """Log ``rec`` in ``segment``; blocking (run it where the store's
+        fsync runs)."""
         line = json.dumps({"format": _FORMAT, "record": dataclasses.asdict(rec)},
                           sort_keys=True).encode("utf-8") + b"\n"
-        os.write(self._fd, line)
+        fd = self._fds[segment]
+        os.write(fd, line)
         if self.fsync:
-            os.fdatasync(self._fd)
+            os.fdatasync(fd)
 
-    def reset(self) -> None:
-        """Empty the log: every record in it reached the index or the journal."""
-        os.ftruncate(self._fd, 0)
+    def settle(self, segment: int) -> None:
+        """One record of ``segment`` reached the index or the journal, or
+        was never written."""
+        self._open[segment] -= 1
+        self._retire_if_done(segment)
+
+    def _retire_if_done(self, segment: int) -> None:
+        if segment != self._current and self._open.get(segment) == 0:
+            del self._open[segment]
+            os.close(self._fds.pop(segment))
+            try:
+                os.unlink(self._path(segment))
+            except OSError as exc:
+                _log.warn("cannot delete the index log segment {path}: {why}",
+                          path=self._path(segment), why=exc)
 
     def recover(self, journal: PendingJournal) -> int:
-        """Move what a crash left in the log to ``journal``; how many."""
+        """Move what a crash left in older segments to ``journal``; how many."""
         moved = 0
-        with open(self.path, "rb") as handle:
-            for raw in handle:
-                try:
-                    data = json.loads(raw.decode("utf-8"))
-                    fields = data["record"]
-                    fields["attributes"] = dict(fields.get("attributes") or {})
-                    rec = InstanceRecord(**fields)
-                except (ValueError, TypeError, KeyError):
-                    continue  # a line cut short by the crash: its C-STORE was not answered
-                journal.append(rec)
-                moved += 1
-        self.reset()
+        for segment in self._segments():
+            if segment == self._current:
+                continue
+            with open(self._path(segment), "rb") as handle:
+                for raw in handle:
+                    try:
+                        data = json.loads(raw.decode("utf-8"))
+                        fields = data["record"]
+                        fields["attributes"] = dict(fields.get("attributes") or {})
+                        rec = InstanceRecord(**fields)
+                    except (ValueError, TypeError, KeyError):
+                        continue  # cut short by the crash: its C-STORE was not answered
+                    journal.append(rec)
+                    moved += 1
+            os.unlink(self._path(segment))
         return moved
 
     def close(self) -> None:
-        """Close the log file."""
-        os.close(self._fd)
+        """Close the segment files."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 def _fsync_dir(directory: str) -> None:

@@ -106,6 +106,7 @@ class DicomProtocol(Protocol):
         self._next_message_id = 1
         self._sender: MessageSender | None = None
         self._accepted: Accepted | None = None
+        self._indexing: list[defer.Deferred[None]] = []
         self._pending = 0
         self._release_waiting = False
         self._outcome = "closed before association"
@@ -457,6 +458,8 @@ class DicomProtocol(Protocol):
                 self._stored += 1
             else:
                 self._failed += 1
+            if not reception.indexed.called:
+                self._indexing.append(reception.indexed)
         else:
             self._operations.pop(reception.command.message_id or 0, None)
         if self._closed:
@@ -548,7 +551,9 @@ class DicomProtocol(Protocol):
     def _release_when_settled(self) -> None:
         """Answer the release once what this association stored is in the
         index (or journaled): after the A-RELEASE-RP, a query finds it."""
-        d = self.factory.storage.settled()
+        waiting = [d for d in self._indexing if not d.called]
+        self._indexing = []
+        d = defer.gatherResults(waiting, consumeErrors=True) if waiting else defer.succeed(None)
         d.addCallback(lambda _: self._release_now())
         d.addErrback(self._internal_error)
 

@@ -100,8 +100,6 @@ class StorageSCP:
         self.run_blocking = run_blocking
         self.clock = clock
         self.index_log = index_log
-        self._unsettled = 0
-        self._settled_waiters: list[defer.Deferred[None]] = []
 
     def begin(self, command: Command, abstract_syntax: str,
               transfer_syntax: str, calling_ae: str) -> "Reception":
@@ -134,29 +132,35 @@ class StorageSCP:
         """
         sink = reception.sink
         assert sink is not None
-        self._unsettled += 1
+        segment = self.index_log.reserve() if self.index_log is not None else None
         try:
             if self.store.fsync:
                 record, logged = yield self.run_blocking(
-                    self._finish_and_log, sink, reception.calling_ae)
+                    self._finish_and_log, sink, reception.calling_ae, segment)
             else:
-                record, logged = self._finish_and_log(sink, reception.calling_ae)
+                record, logged = self._finish_and_log(sink, reception.calling_ae, segment)
         except StorageError as exc:
-            self._settle()
+            self._settle(None, segment)
+            reception.indexed.callback(None)
             return Outcome(exc.status, exc.comment)
         except BaseException:
-            self._settle()
+            self._settle(None, segment)
+            reception.indexed.callback(None)
             raise
         if logged:
-            self.register(record).addBoth(self._settle)
+            d = self.register(record)
+            d.addBoth(self._settle, segment)
+            d.chainDeferred(reception.indexed)
         else:
             try:
                 yield self.register(record)
             finally:
-                self._settle()
+                self._settle(None, segment)
+                reception.indexed.callback(None)
         return Outcome(STATUS_SUCCESS)
 
-    def _finish_and_log(self, sink: Sink, calling_ae: str) -> tuple[InstanceRecord, bool]:
+    def _finish_and_log(self, sink: Sink, calling_ae: str,
+                        segment: int | None) -> tuple[InstanceRecord, bool]:
         """Commit the file, then log its record (blocking when fsync is on)."""
         stored = sink.finish()
         if stored.warnings:
@@ -164,38 +168,21 @@ class StorageSCP:
                      uid=stored.sop_instance_uid, ae=calling_ae,
                      what="; ".join(stored.warnings))
         record = self.record_for(stored, calling_ae)
-        if self.index_log is None:
+        if self.index_log is None or segment is None:
             return record, False
         try:
-            self.index_log.append(record)
+            self.index_log.append(record, segment)
         except OSError as exc:
             log.warn("cannot write the index log ({why}); indexing {uid} before "
                      "answering", why=exc, uid=record.sop_instance_uid)
             return record, False
         return record, True
 
-    def _settle(self, passthrough: Any = None) -> Any:
+    def _settle(self, passthrough: Any, segment: int | None) -> Any:
         """One record reached the index or the journal (or was never made)."""
-        self._unsettled -= 1
-        if self._unsettled == 0:
-            if self.index_log is not None:
-                try:
-                    self.index_log.reset()
-                except OSError as exc:
-                    log.warn("cannot empty the index log: {why}", why=exc)
-            waiters, self._settled_waiters = self._settled_waiters, []
-            for d in waiters:
-                d.callback(None)
+        if segment is not None and self.index_log is not None:
+            self.index_log.settle(segment)
         return passthrough
-
-    def settled(self) -> "defer.Deferred[None]":
-        """Fires once every record stored so far is in the index or the
-        journal (an association's release waits for it)."""
-        if self._unsettled == 0:
-            return defer.succeed(None)
-        d: defer.Deferred[None] = defer.Deferred()
-        self._settled_waiters.append(d)
-        return d
 
     def record_for(self, stored: StoredFile, calling_ae: str) -> InstanceRecord:
         """The index record of a file just committed."""
@@ -247,6 +234,9 @@ class Reception:
 
     def __init__(self, scp: StorageSCP, command: Command, calling_ae: str,
                  started: float, sink: Sink | None, failed: Outcome | None) -> None:
+        #: Fires once this instance's record is in the index or the journal
+        #: (at once if nothing was stored).
+        self.indexed: defer.Deferred[None] = defer.Deferred()
         self.scp = scp
         self.command = command
         self.calling_ae = calling_ae
@@ -269,6 +259,7 @@ class Reception:
         if self.failed is not None:
             if self.sink is not None:
                 self.sink.abort()
+            self.indexed.callback(None)
             return defer.succeed(self._log(self.failed))
         d = self.scp.commit(self)
         d.addErrback(self._unexpected)

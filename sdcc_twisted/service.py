@@ -226,7 +226,11 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
     index = RedisIndex(late, reactor, key_prefix=settings.index.key_prefix,
                        timeout=settings.index.timeout)
     journal = PendingJournal.in_data_dir(data_dir)
-    index_log = IndexLog.in_data_dir(data_dir, fsync=settings.storage.fsync)
+    try:
+        index_log = IndexLog.in_data_dir(data_dir, fsync=settings.storage.fsync)
+    except OSError as exc:
+        raise ConfigError(f"{settings.source}: [server] data_dir: cannot open the index "
+                          f"log in {data_dir}: {exc.strerror}") from None
     StorageCleanupService(store, index_log, journal).setServiceParent(top)
     JournalReplayer(journal, index, reactor).setServiceParent(top)
 

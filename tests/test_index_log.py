@@ -21,20 +21,47 @@ class IndexLogTests(TestCase):
 
     def test_recover_moves_records_to_journal(self) -> None:
         """Records a crash left in the log go to the pending journal, in
-        order; a line cut short by the crash is skipped; the log is emptied."""
+        order; a line cut short by the crash is skipped; the old segment is
+        deleted and a new one is written to."""
         from .test_index import make_record
         directory = self.mktemp()
+        crashed = IndexLog.in_data_dir(directory, fsync=True)
+        for sop in ("1.2.3.1", "1.2.3.2"):
+            crashed.append(make_record(sop=sop), crashed.reserve())
+        with open(os.path.join(directory, "index.wal.1"), "ab") as handle:
+            handle.write(b'{"format": 1, "record": {"sop_inst')
+        crashed.close()
         wal = IndexLog.in_data_dir(directory, fsync=True)
         self.addCleanup(wal.close)
-        wal.append(make_record(sop="1.2.3.1"))
-        wal.append(make_record(sop="1.2.3.2"))
-        with open(wal.path, "ab") as handle:
-            handle.write(b'{"format": 1, "record": {"sop_inst')
         journal = PendingJournal(os.path.join(directory, "pending"))
         self.assertEqual(wal.recover(journal), 2)
         self.assertEqual([r.sop_instance_uid for _, r in journal.entries()],
                          ["1.2.3.1", "1.2.3.2"])
-        self.assertEqual(os.path.getsize(wal.path), 0)
+        self.assertEqual(sorted(n for n in os.listdir(directory) if n.startswith("index.wal")),
+                         ["index.wal.2"])
+
+    def test_segments_rotate_and_retire(self) -> None:
+        """Under constant load the log never needs a quiet moment: it moves
+        to a new segment every SEGMENT_RECORDS records and deletes an old one
+        once all its records settled."""
+        from .test_index import make_record
+        directory = self.mktemp()
+        wal = IndexLog.in_data_dir(directory, fsync=False)
+        self.addCleanup(wal.close)
+        wal.SEGMENT_RECORDS = 3
+        open_segments = []
+        for n in range(7):
+            segment = wal.reserve()
+            wal.append(make_record(sop=f"1.2.3.{n}"), segment)
+            open_segments.append(segment)
+            if len(open_segments) > 2:     # always two records in flight
+                wal.settle(open_segments.pop(0))
+        names = sorted(n for n in os.listdir(directory) if n.startswith("index.wal"))
+        self.assertEqual(names, ["index.wal.2", "index.wal.3"])
+        for segment in open_segments:
+            wal.settle(segment)
+        names = sorted(n for n in os.listdir(directory) if n.startswith("index.wal"))
+        self.assertEqual(names, ["index.wal.3"])
 
 
 class SlowIndex:
@@ -62,27 +89,36 @@ class AnswerOrderTests(ProtocolTestBase):
         super().setUp()
         self.wal = IndexLog.in_data_dir(self.mktemp(), fsync=False)
         self.addCleanup(self.wal.close)
+        self.wal_dir = self.wal.directory
         self.slow = SlowIndex()
         self.storage.index = self.slow
         self.storage.index_log = self.wal
 
+    def log_size(self) -> int:
+        return sum(os.path.getsize(os.path.join(self.wal_dir, n))
+                   for n in os.listdir(self.wal_dir) if n.startswith("index.wal"))
+
     def test_answer_before_index_release_after(self) -> None:
         """The C-STORE-RSP 0x0000 goes out while the index write is still on
         its way (the record is in the log); the A-RELEASE-RP waits for it,
-        and the log is empty once it landed."""
-        proto, transport = self.associate()
+        and that release does not wait for another association's records."""
+        proto, transport = self.associate("CT1", 1)
+        other, other_transport = self.associate("MR1", 2)
         self.sent(transport)
+        self.sent(other_transport)
         proto.dataReceived(message_pdus(3, store_command("1.2.3.5"), dataset_bytes("1.2.3.5")))
+        other.dataReceived(message_pdus(3, store_command("1.2.3.9"), dataset_bytes("1.2.3.9")))
         (rsp,) = self.sent(transport)
         self.assertEqual(decode_command(bytes(rsp.pdvs[0].data)).get(STATUS), 0)
-        self.assertGreater(os.path.getsize(self.wal.path), 0)
+        self.assertGreater(self.log_size(), 0)
         proto.dataReceived(encode(AReleaseRQ()))
         self.assertEqual(self.sent(transport), [])
-        ((rec, d),) = self.slow.waiting
-        self.assertEqual(rec.sop_instance_uid, "1.2.3.5")
-        d.callback(None)
+        (mine, d_mine), (theirs, d_theirs) = self.slow.waiting
+        self.assertEqual((mine.sop_instance_uid, theirs.sop_instance_uid),
+                         ("1.2.3.5", "1.2.3.9"))
+        d_mine.callback(None)
         self.assertEqual(self.sent(transport), [AReleaseRP()])
-        self.assertEqual(os.path.getsize(self.wal.path), 0)
+        d_theirs.callback(None)
 
     def test_long_operation_is_not_idleness(self) -> None:
         """A commit that takes longer than the idle timeout is answered, and
