@@ -192,6 +192,8 @@ class EmbeddedRedis(service.Service):
         self._exit_waiters: list[defer.Deferred[None]] = []
         self._poll_call: Any = None
         self._started_at = 0.0
+        self._restart_call: Any = None
+        self._restart_delay = 1.0
         #: the server's version, from its startup log line
         self.version: tuple[int, ...] | None = None
 
@@ -300,13 +302,33 @@ class EmbeddedRedis(service.Service):
             how = f"killed by signal {sig}" if sig else f"exited with code {code}"
             self._fail(RedisStartError(self._describe(f"{how} before it was ready")))
         elif self.running:
-            _log.error("embedded redis-server exited while sdcc runs "
-                       "(code {code}, signal {sig}); the index is unavailable",
-                       code=code, sig=sig)
+            if self.reactor.seconds() - self._started_at > 60:
+                self._restart_delay = 1.0      # it had been up: not a crash loop
+            _log.error("embedded redis-server exited while sdcc runs (code {code}, "
+                       "signal {sig}); restarting it in {delay:g} s. Meanwhile stored "
+                       "instances wait in the pending journal",
+                       code=code, sig=sig, delay=self._restart_delay)
+            self._restart_call = self.reactor.callLater(self._restart_delay, self._respawn)
+            self._restart_delay = min(self._restart_delay * 2, 30.0)
         self._cleanup()
         waiters, self._exit_waiters = self._exit_waiters, []
         for waiter in waiters:
             waiter.callback(None)
+
+    def _respawn(self) -> None:
+        """Start the server again after it died (same data_dir, append-only
+        file and socket: the connection pool reconnects by itself)."""
+        self._restart_call = None
+        if not self.running or self._transport is not None:
+            return
+        try:
+            self._spawn()
+            self._write_url_file()
+        except Exception as exc:  # noqa: BLE001 - try again later
+            _log.error("cannot restart the embedded redis-server: {why}; trying again "
+                       "in {delay:g} s", why=exc, delay=self._restart_delay)
+            self._restart_call = self.reactor.callLater(self._restart_delay, self._respawn)
+            self._restart_delay = min(self._restart_delay * 2, 30.0)
 
     def _signal(self, name: str) -> None:
         if self._transport is None:
@@ -348,6 +370,9 @@ class EmbeddedRedis(service.Service):
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
+        if self._restart_call is not None and self._restart_call.active():
+            self._restart_call.cancel()
+        self._restart_call = None
         if not self.ready.called:
             self._fail(RedisStartError("stopped before the embedded Redis was ready"))
         return self._terminate()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import shutil
 import socket
 import sys
 import tempfile
+import time
 
-from twisted.internet import reactor
+from twisted.internet import reactor, task
 from twisted.trial import unittest
 
 from sdcc_twisted import redisproc
@@ -129,6 +131,27 @@ class EmbeddedRedisTests(unittest.TestCase):
         again = self.service()
         await again.ready
         self.assertEqual(self.client(again).get("k"), "v")
+
+    async def test_restarted_after_it_dies(self) -> None:
+        """A redis-server that dies while sdcc runs is started again on the
+        same socket, with the data of its append-only file."""
+        svc = self.service()
+        await svc.ready
+        c = self.client(svc)
+        c.set("k", "v")
+        c.execute_command("CONFIG", "SET", "appendfsync", "always")
+        c.set("k2", "v2")
+        c.close()
+        first = svc.pid
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while True:
+            await task.deferLater(reactor, 0.1, lambda: None)
+            pid = svc.pid
+            if pid is not None and pid != first and ping(svc.socket_path):
+                break
+            self.assertLess(time.monotonic(), deadline, "not restarted in 15 s")
+        self.assertEqual(self.client(svc).get("k2"), "v2")
 
     async def test_stale_socket_removed(self) -> None:
         """A socket file left by a dead server is removed before starting."""
