@@ -317,7 +317,11 @@ class EmbeddedRedis(service.Service):
 
     def _respawn(self) -> None:
         """Start the server again after it died (same data_dir, append-only
-        file and socket: the connection pool reconnects by itself)."""
+        file and socket: the connection pool reconnects by itself).
+
+        Limit: when data_dir is too deep for a unix socket path, the socket
+        lives in a temp directory that is made anew here, which the pool
+        does not follow; sdcc must then be restarted."""
         self._restart_call = None
         if not self.running or self._transport is not None:
             return
