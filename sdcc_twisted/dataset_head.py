@@ -86,7 +86,8 @@ _CHARSET_VRS: Final = frozenset({"SH", "LO", "UC", "PN", "ST", "LT", "UT"})
 #: Text VRs with a single value, never split on backslash (PS3.5 6.4).
 _SINGLE_VALUE_VRS: Final = frozenset({"ST", "LT", "UT", "UR"})
 #: Text VRs whose leading spaces are not significant (PS3.5 Table 6.2-1).
-_STRIP_BOTH_VRS: Final = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"})
+_STRIP_BOTH_VRS: Final = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "SH",
+                                    "TM", "UI"})
 #: Binary numeric VRs: struct code and item size.
 _BINARY_VRS: Final[dict[str, str]] = {
     "US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d",
@@ -153,7 +154,7 @@ def _decode_with(raw: bytes, encodings: list[str], delimiters: set[int]) -> str:
         return raw.decode("latin-1")
 
 
-def _decode_value(raw: bytes, vr: str, little: bool, encodings: list[str]) -> str:
+def decode_value(raw: bytes, vr: str, little: bool, encodings: list[str]) -> str:
     """Return the string form of a value: padding stripped, values joined by
     backslash (PS3.5 6.2, 6.4); PN and other text VRs decoded with the
     Specific Character Set (PS3.5 6.1)."""
@@ -482,7 +483,7 @@ class DatasetWalker:
         vr = self._capture_vr
         if vr in ("", "UN", "OB", "OW"):
             vr = _KNOWN_VRS.get(tag, "LO")
-        text = _decode_value(raw, vr, self._capture_little, self._encodings)
+        text = decode_value(raw, vr, self._capture_little, self._encodings)
         self.values[self._wanted[tag]] = text
         if tag == SPECIFIC_CHARACTER_SET_TAG:
             terms = [t.strip() for t in raw.decode("latin-1").rstrip("\x00 ").split("\\")]

@@ -88,7 +88,6 @@ missing higher-level Unique Key, or an invalid date/time key gives 0xA900
 from __future__ import annotations
 
 import re
-import struct
 from calendar import monthrange
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -98,7 +97,7 @@ from functools import lru_cache
 from typing import Any, Final
 
 from pydicom import config
-from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -113,7 +112,7 @@ from .conformance import (
     STATUS_IDENTIFIER_MISMATCH,
     STATUS_UNABLE_TO_PROCESS,
 )
-from .dataset_head import DatasetWalker
+from .dataset_head import DatasetWalker, decode_value
 from .errors import DatasetError
 from .records import INDEX_ATTRIBUTES
 
@@ -169,8 +168,6 @@ _BINARY_VRS: Final[dict[str, str]] = {
 }
 #: VRs whose values are bytes: never matched, always returned zero-length.
 _BYTES_VRS: Final = frozenset("OB OD OF OL OV OW UN".split())
-_TEXT_DELIMITERS: Final = {0x0D, 0x0A, 0x09, 0x0C}
-_PN_DELIMITERS: Final = {0x5E}
 
 #: level -> keywords the index holds at that level (+ the level's unique key).
 _INDEXED: Final[dict[str, frozenset[str]]] = {
@@ -361,7 +358,7 @@ def _decode(data: bytes, transfer_syntax: str, model: str) -> Query:
                 continue                      # sequences: not supported keys
             value = elem.value if isinstance(elem.value, bytes) else b""
             # UN values are always little endian (PS3.5 6.2.2).
-            text = _decode_value(value, vr, little or elem.VR == "UN", encodings)
+            text = "" if vr in _BYTES_VRS else decode_value(value, vr, little or elem.VR == "UN", encodings)
             if tag == _QUERY_RETRIEVE_LEVEL:
                 level = text
                 continue
@@ -390,46 +387,6 @@ def _vr_of(tag: int, explicit: str | None) -> str:
         options = vr.split(" or ")
         return explicit if explicit in options else options[0]
     return vr
-
-
-def _decode_value(raw: bytes, vr: str, little: bool, encodings: list[str]) -> str:
-    """The string form of a value: padding stripped, values joined by "\\"."""
-    if not raw or vr in _BYTES_VRS:
-        return ""
-    fmt = _BINARY_VRS.get(vr)
-    if fmt is not None:
-        size = struct.calcsize("<" + fmt)
-        count = len(raw) // size
-        values = struct.unpack(("<" if little else ">") + fmt * count,
-                               raw[:count * size])
-        if vr == "AT":
-            return "\\".join(f"{values[k]:04X}{values[k + 1]:04X}"
-                             for k in range(0, len(values), 2))
-        return "\\".join(str(v) for v in values)
-    if vr in _SINGLE_VALUE_VRS:
-        parts = [raw]
-    else:
-        parts = raw.split(b"\\")
-    texts = []
-    for part in parts:
-        if vr == "PN":
-            text = "=".join(_decode_text(group, encodings, _PN_DELIMITERS)
-                            for group in part.split(b"="))
-        elif vr in _CHARSET_VRS:
-            text = _decode_text(part, encodings, _TEXT_DELIMITERS)
-        else:
-            text = part.decode("latin-1")
-        text = text.rstrip("\x00 ")
-        texts.append(text.lstrip(" ") if vr in _STRIP_BOTH_VRS else text)
-    return "\\".join(texts)
-
-
-def _decode_text(raw: bytes, encodings: list[str], delimiters: set[int]) -> str:
-    """Decode text with the Specific Character Set, falling back to Latin-1."""
-    try:
-        return decode_bytes(raw, encodings, delimiters)
-    except (UnicodeError, LookupError, ValueError):
-        return raw.decode("latin-1")
 
 
 # -- Matching (PS3.4 C.2.2.2) --------------------------------------------------
