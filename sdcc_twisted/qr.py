@@ -318,7 +318,7 @@ class QueryOperation:
             log.warn("C-MOVE to {dest}: {why}", dest=destination.ae_title, why=exc)
             done = SubOperations()
             for a in instances:
-                done.add(a.get("SOPInstanceUID", ""), 0xA702)
+                done.add(a.get("SOPInstanceUID", ""), STATUS_QR_SUBOPS_OUT_OF_RESOURCES)
             counts = self._counts(0, done)
             del counts[NUMBER_OF_REMAINING]
             return Outcome(STATUS_QR_SUBOPS_OUT_OF_RESOURCES,
@@ -331,7 +331,7 @@ class QueryOperation:
             context_id = client.context_for(attributes.get("sop_class_uid", ""),
                                             attributes.get("transfer_syntax", ""))
             if context_id is None:
-                return 0xA702
+                return STATUS_QR_SUBOPS_OUT_OF_RESOURCES
             return await client.store(context_id, attributes["sop_class_uid"],
                                       attributes["SOPInstanceUID"], attributes["path"],
                                       originator, message_id)
@@ -357,7 +357,7 @@ class QueryOperation:
             context_id = channel.store_context(attributes.get("sop_class_uid", ""),
                                                attributes.get("transfer_syntax", ""))
             if context_id is None:
-                return 0xA702
+                return STATUS_QR_SUBOPS_OUT_OF_RESOURCES
             return await channel.send_store(context_id, attributes["sop_class_uid"],
                                             attributes["SOPInstanceUID"], attributes["path"])
         done = await self._send_all(instances, send)
@@ -385,7 +385,7 @@ class SubOperations:
         """Count one sub-operation by its C-STORE-RSP status."""
         if status == STATUS_SUCCESS:
             self.completed += 1
-        elif status & 0xF000 == 0xB000:
+        elif status & 0xF000 == STATUS_SUBOPS_WARNING:
             self.warning += 1
         else:
             self.failed += 1

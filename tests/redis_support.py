@@ -157,3 +157,14 @@ def sleep(seconds: float) -> defer.Deferred[None]:
     from twisted.internet import reactor
 
     return task.deferLater(reactor, seconds, lambda: None)
+
+
+async def wait_for(predicate: Any, timeout: float, what: str,
+                   interval: float = 0.02) -> float:
+    """Poll ``predicate`` on the reactor thread until true; seconds taken."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await sleep(interval)
+    return time.monotonic() - started

@@ -23,7 +23,6 @@ import threading
 import time
 from typing import Any
 
-from twisted.internet import reactor, task
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
@@ -52,6 +51,7 @@ from sdcc_twisted.pdu import (
 )
 
 from . import corpus
+from .redis_support import wait_for
 from .server_support import in_thread, start_server
 from .support import CT, associate_rq, dataset_bytes, echo_command, pdata, store_command
 from .test_interop_echo import pynetdicom_echo
@@ -70,18 +70,6 @@ IMPLICIT = c.IMPLICIT_VR_LITTLE_ENDIAN
 CONTEXTS = ((1, c.VERIFICATION_SOP_CLASS, (IMPLICIT,)), (3, CT, (EXPLICIT,)))
 
 
-def sleep(seconds: float) -> Any:
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
-async def wait_for(predicate: Any, timeout: float, what: str) -> float:
-    """Poll ``predicate`` on the reactor thread until true; seconds taken."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await sleep(0.02)
-    return time.monotonic() - started
 
 
 # -- a raw peer ---------------------------------------------------------------------

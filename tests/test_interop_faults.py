@@ -17,7 +17,6 @@ import time
 import warnings
 from typing import Any
 
-from twisted.internet import reactor, task
 from twisted.trial.unittest import SkipTest, TestCase
 
 from sdcc_twisted import conformance as c
@@ -25,7 +24,7 @@ from sdcc_twisted.pdu import A_ASSOCIATE_AC, AAbort, decode, encode
 from sdcc_twisted.storage import uid_path_part
 
 from . import corpus
-from .redis_support import start_redis
+from .redis_support import sleep, start_redis, wait_for
 from .server_support import TwistdServer, free_port, in_thread, ini_text, start_server
 from .support import associate_rq, in_ci, pdata, store_command
 from .test_interop_store import (
@@ -44,18 +43,6 @@ CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT = c.EXPLICIT_VR_LITTLE_ENDIAN
 
 
-def sleep(seconds: float) -> Any:
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
-async def wait_for(predicate: Any, timeout: float, what: str) -> float:
-    """Poll ``predicate`` (on the reactor thread) until true; seconds taken."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await sleep(0.05)
-    return time.monotonic() - started
 
 
 # -- a raw peer, for fault injection only ---------------------------------------
