@@ -95,48 +95,23 @@ class RedisConnectionService(service.Service):
 
 class StorageCleanupService(service.Service):
     """Before the listener starts: removes the temp files a crash left, and
-    moves the records a crash left in the index log to the journal.
+    moves the records a crash left in the index log to the journal."""
 
-    Temp files live in the series directories (see :mod:`.storage`), so
-    finding them means walking the tree: that runs in a thread, and only
-    removes files last written before this service started.
-    """
-
-    def __init__(self, store: FileStore, index_log: IndexLog, journal: PendingJournal,
-                 reactor: Any, run_blocking: Any) -> None:
+    def __init__(self, store: FileStore, index_log: IndexLog, journal: PendingJournal) -> None:
         self.store = store
         self.index_log = index_log
         self.journal = journal
-        self.reactor = reactor
-        self.run_blocking = run_blocking
-        #: Fires with the number of files the tree sweep removed.
-        self.swept: "defer.Deferred[int] | None" = None
 
     def startService(self) -> None:
         super().startService()
-        started = self.reactor.seconds()
-        removed = self.store.remove_stale_temp_files(older_than=started)
+        removed = self.store.remove_stale_temp_files()
         if removed:
             log.warn("removed {n} partial file(s) left by an earlier crash in {tmp}",
                      n=removed, tmp=self.store.tmp_dir)
-        self.swept = self.run_blocking(self.store.sweep_stale_temp_files, started)
-        self.swept.addCallback(self._swept)
-        self.swept.addErrback(self._sweep_failed)
         moved = self.index_log.recover(self.journal)
         if moved:
             log.warn("{n} stored instance(s) were on their way to the index at the "
                      "last stop; indexing them again from the journal", n=moved)
-
-    def _swept(self, removed: int) -> int:
-        if removed:
-            log.warn("removed {n} partial file(s) left by an earlier crash under {root}",
-                     n=removed, root=self.store.root)
-        return removed
-
-    def _sweep_failed(self, failure: Any) -> int:
-        log.failure("could not look for partial files under {root}", failure,
-                    root=self.store.root)
-        return 0
 
     def stopService(self) -> Any:
         super().stopService()
@@ -256,11 +231,7 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
     except OSError as exc:
         raise ConfigError(f"{settings.source}: [server] data_dir: cannot open the index "
                           f"log in {data_dir}: {exc.strerror}") from None
-    def run_blocking(fn: Any, *args: Any) -> "defer.Deferred[Any]":
-        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
-
-    cleanup = StorageCleanupService(store, index_log, journal, reactor, run_blocking)
-    cleanup.setServiceParent(top)
+    StorageCleanupService(store, index_log, journal).setServiceParent(top)
     JournalReplayer(journal, index, reactor).setServiceParent(top)
 
     lock_kind = settings.index.lock
@@ -274,6 +245,9 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
             InProcessAssociationLock(), _lock_fallback)
     else:
         lock = InProcessAssociationLock()
+
+    def run_blocking(fn: Any, *args: Any) -> "defer.Deferred[Any]":
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
 
     server = settings.server
     storage = StorageSCP(store, index, journal, run_blocking, reactor, index_log)
@@ -309,7 +283,6 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
     listener.setServiceParent(top)
     top.factory = factory  # type: ignore[attr-defined]
     top.store = store  # type: ignore[attr-defined]
-    top.cleanup = cleanup  # type: ignore[attr-defined]
     top.index = index  # type: ignore[attr-defined]
     top.journal = journal  # type: ignore[attr-defined]
     top.connection = connection  # type: ignore[attr-defined]

@@ -10,15 +10,6 @@ Class and Instance UIDs against the command's, fsyncs, and renames the file
 into ``{root}/{Study}/{Series}/{SOPInstance}.dcm``.  Nothing partial stays on
 disk: every failure removes the temp file.
 
-Where the temp file lives: in the instance's own series directory, as a
-hidden ``.{random}.part``, so that the commit is a rename inside one
-directory.  On ext4, creating a file in a staging directory and renaming it
-into another one costs 0.2-0.8 ms per file (measured; see bench/RESULTS.md),
-against 0.03-0.05 ms in place.  The first fragments are therefore held (as
-the received views, no copy) until the walker has read the Study and Series
-Instance UIDs, at most ``_WRITE_BUFFER`` bytes; a data set that has not
-named them by then is written in ``{root}/.tmp`` and moved at the end.
-
 Leaf module: no Twisted.  :meth:`Sink.finish` blocks (fsync); the caller runs
 it in a thread when fsync is on.
 """
@@ -207,38 +198,36 @@ class FileStore:
         self._real_root = os.path.realpath(self.root)
         self._verified: set[str] = set()
 
-    def remove_stale_temp_files(self, older_than: float | None = None) -> int:
-        """Delete the temp files a crash left in the temp directory; return
-        how many.  Call at startup, before any sink is open.
+    def remove_stale_temp_files(self) -> int:
+        """Delete the temp files a crash left behind; return how many.
 
-        Args:
-            older_than: only files last modified before this POSIX time.
-        """
-        return _remove_parts(self.tmp_dir, older_than)
-
-    def sweep_stale_temp_files(self, older_than: float) -> int:
-        """Delete the ``.part`` files a crash left anywhere under the root,
-        last modified before ``older_than`` (the start of this process, so
-        that files being written now are never touched); return how many.
-
-        Walks the whole tree, so it is meant for a thread at startup.
+        Call at startup, before any sink is open.
         """
         removed = 0
-        for directory, dirs, _files in os.walk(self.root):
-            dirs[:] = [d for d in dirs
-                       if not os.path.islink(os.path.join(directory, d))]
-            removed += _remove_parts(directory, older_than)
+        with os.scandir(self.tmp_dir) as entries:
+            for entry in entries:
+                if entry.name.endswith(_TEMP_SUFFIX) and entry.is_file(follow_symlinks=False):
+                    try:
+                        os.unlink(entry.path)
+                    except FileNotFoundError:
+                        continue
+                    removed += 1
         return removed
 
-    def directory_for(self, study_uid: str, series_uid: str) -> str:
-        """Return the series directory of an instance (not created).
+    def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
+        """Return where an instance is stored.
+
+        Each UID becomes a path part through :func:`uid_path_part`; an empty
+        Study or Series UID becomes :data:`MISSING_STUDY_DIR` or
+        :data:`MISSING_SERIES_DIR`.
 
         Raises:
-            StorageError: (0110) if it would resolve outside the root, for
-                instance through a symbolic link planted under it.
+            StorageError: (0110) if the path would resolve outside the root,
+                for instance through a symbolic link planted under it.
         """
         study = uid_path_part(study_uid) if study_uid else MISSING_STUDY_DIR
         series = uid_path_part(series_uid) if series_uid else MISSING_SERIES_DIR
+        name = uid_path_part(sop_instance_uid) + ".dcm"
         directory = os.path.join(self.root, study, series)
         if directory not in self._verified:
             real = os.path.realpath(directory)
@@ -250,24 +239,7 @@ class FileStore:
                 if len(self._verified) > 100_000:
                     self._verified.clear()
                 self._verified.add(directory)
-        return directory
-
-    def forget_directory(self, directory: str) -> None:
-        """A directory was removed: check it again if it comes back."""
-        self._verified.discard(directory)
-
-    def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
-        """Return where an instance is stored.
-
-        Each UID becomes a path part through :func:`uid_path_part`; an empty
-        Study or Series UID becomes :data:`MISSING_STUDY_DIR` or
-        :data:`MISSING_SERIES_DIR`.
-
-        Raises:
-            StorageError: (0110) if the path would resolve outside the root.
-        """
-        return os.path.join(self.directory_for(study_uid, series_uid),
-                            uid_path_part(sop_instance_uid) + ".dcm")
+        return os.path.join(directory, name)
 
     def open_sink(self, sop_class_uid: str, sop_instance_uid: str,
                   transfer_syntax: str, calling_ae: str) -> Sink:
@@ -333,16 +305,14 @@ class Sink:
     """One data set on its way to disk (see the module docstring).
 
     Attributes:
-        bytes_written: data set bytes received (written or held) so far.
-        temp_path: the temp file, once it exists (``None`` before).
+        bytes_written: data set bytes written to the temp file so far.
     """
 
     def __init__(self, store: FileStore, sop_class_uid: str, sop_instance_uid: str,
                  transfer_syntax: str, calling_ae: str) -> None:
-        """Prepare preamble and meta (use :meth:`FileStore.open_sink`); the
-        temp file is created once its directory is known."""
+        """Create the temp file and write preamble and meta (use
+        :meth:`FileStore.open_sink`)."""
         self.bytes_written = 0
-        self.temp_path: str | None = None
         self._store = store
         self._sop_class_uid = sop_class_uid
         self._sop_instance_uid = sop_instance_uid
@@ -351,11 +321,21 @@ class Sink:
         self._failure: StorageError | None = None
         self._closed = False
         self._file: _GatherWriter | None = None
-        self._created: list[str] = []     # directories this sink made, deepest first
         meta = file_meta_bytes(sop_class_uid, sop_instance_uid, transfer_syntax, calling_ae)
         self._meta_size = len(meta)
-        self._held: list[bytes | memoryview] | None = [meta]
-        self._held_size = 0
+        self.temp_path = os.path.join(store.tmp_dir, secrets.token_hex(16) + _TEMP_SUFFIX)
+        try:
+            fd = os.open(self.temp_path,
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                         0o644)
+        except OSError as exc:
+            raise _os_error(exc) from exc
+        self._file = _GatherWriter(fd)
+        try:
+            self._file.write(meta)
+        except OSError as exc:
+            self.abort()
+            raise _os_error(exc) from exc
 
     def write(self, data: bytes | memoryview) -> None:
         """Append a data set fragment verbatim and walk it.
@@ -370,29 +350,21 @@ class Sink:
         """
         if self._failure is not None or self._closed:
             return
-        walker = self._walker
         try:
-            walker.feed(data)
+            self._walker.feed(data)
         except DatasetError as exc:
             self._failure = StorageError(
                 STATUS_DATASET_UNPARSEABLE, f"Data set unparseable at {exc.offset}: {exc}")
             self._discard()
             return
-        self.bytes_written += len(data)
-        held = self._held
-        if held is not None:
-            held.append(data)
-            self._held_size += len(data)
-            values = walker.values
-            if not (walker.head_complete or self._held_size >= _WRITE_BUFFER
-                    or ("StudyInstanceUID" in values and "SeriesInstanceUID" in values)):
-                return
-            self._create()
-            return
+        assert self._file is not None
         try:
-            self._file.write(data)  # type: ignore[union-attr]
+            self._file.write(data)
         except OSError as exc:
-            self._fail(exc)
+            self._failure = _os_error(exc)
+            self._discard()
+            raise self._failure from exc
+        self.bytes_written += len(data)
 
     def finish(self) -> StoredFile:
         """Check, fsync and move the file into place.  Blocking.
@@ -422,52 +394,6 @@ class Sink:
             pass
 
     # -- internals -------------------------------------------------------------
-    def _fail(self, exc: OSError) -> None:
-        """A disk error: remember it, remove everything, raise it."""
-        self._failure = _os_error(exc)
-        self._discard()
-        raise self._failure from exc
-
-    def _create(self) -> None:
-        """Create the temp file and write what was held.
-
-        In the series directory when the walker has its UIDs (or knows the
-        data set has none), else in the temp directory.
-        """
-        store = self._store
-        walker = self._walker
-        values = walker.values
-        if walker.head_complete or ("StudyInstanceUID" in values
-                                    and "SeriesInstanceUID" in values):
-            try:
-                directory = store.directory_for(values.get("StudyInstanceUID", ""),
-                                                values.get("SeriesInstanceUID", ""))
-            except StorageError as exc:
-                self._failure = exc
-                self._discard()
-                raise
-        else:
-            directory = store.tmp_dir
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-        path = os.path.join(directory, "." + secrets.token_hex(8) + _TEMP_SUFFIX)
-        try:
-            try:
-                fd = os.open(path, flags, 0o644)
-            except FileNotFoundError:
-                # New series (or a directory another sink just removed again).
-                self._created = _makedirs(directory, store.root)
-                fd = os.open(path, flags, 0o644)
-        except OSError as exc:
-            self._fail(exc)
-        self.temp_path = path
-        self._file = _GatherWriter(fd)
-        held, self._held = self._held, None
-        try:
-            for piece in held or ():
-                self._file.write(piece)
-        except OSError as exc:
-            self._fail(exc)
-
     def _finish(self) -> StoredFile:
         """The body of :meth:`finish`; raises StorageError on failure."""
         if self._failure is not None:
@@ -493,10 +419,8 @@ class Sink:
         path = store.path_for(values.get("StudyInstanceUID", ""),
                               values.get("SeriesInstanceUID", ""),
                               self._sop_instance_uid)
-        if self._file is None:
-            self._create()
         file = self._file
-        assert file is not None and self.temp_path is not None
+        assert file is not None
         try:
             file.flush()
             if store.fsync:
@@ -504,9 +428,7 @@ class Sink:
             self._file = None
             file.close()
             directory = os.path.dirname(path)
-            created = self._created
-            if os.path.dirname(self.temp_path) != directory:
-                created = _makedirs(directory, store.root)
+            created = _makedirs(directory, store.root)
             os.replace(self.temp_path, path)
             self._closed = True
             if store.fsync:
@@ -525,9 +447,7 @@ class Sink:
         )
 
     def _discard(self) -> None:
-        """Close the temp file if open, delete it if not yet renamed, and
-        remove the directories made for it if they stayed empty."""
-        self._held = None
+        """Close the temp file if open and delete it if not yet renamed."""
         file, self._file = self._file, None
         if file is not None:
             file._pieces = []  # nothing more reaches a file we throw away
@@ -537,46 +457,10 @@ class Sink:
                 pass
         if not self._closed:
             self._closed = True
-            if self.temp_path is not None:
-                try:
-                    os.unlink(self.temp_path)
-                except OSError:
-                    pass
-            created, self._created = self._created, []
-            # _makedirs lists the parents whose entries changed; the new
-            # directories are the series directory and those parents below
-            # the root, deepest first.
-            if created and self.temp_path is not None:
-                for directory in [os.path.dirname(self.temp_path), *created[:-1]]:
-                    try:
-                        os.rmdir(directory)   # only if empty: never another's file
-                    except OSError:
-                        break
-                    self._store.forget_directory(directory)
-
-
-def _remove_parts(directory: str, older_than: float | None) -> int:
-    """Delete the ``.part`` files directly in ``directory``; return how many."""
-    removed = 0
-    try:
-        entries = os.scandir(directory)
-    except OSError:
-        return 0
-    with entries:
-        for entry in entries:
-            if not entry.name.endswith(_TEMP_SUFFIX):
-                continue
             try:
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                if older_than is not None and entry.stat(
-                        follow_symlinks=False).st_mtime >= older_than:
-                    continue
-                os.unlink(entry.path)
+                os.unlink(self.temp_path)
             except OSError:
-                continue
-            removed += 1
-    return removed
+                pass
 
 
 def _makedirs(directory: str, root: str) -> list[str]:

@@ -6,7 +6,7 @@ answers (every read has a timeout), and then checks that
 
 * the server still answers a C-ECHO from a real peer (pynetdicom or DCMTK
   echoscu), and
-* nothing partial is left: no ``.dcm`` under the root, no ``.part`` file and
+* nothing partial is left: no ``.dcm`` under the root, an empty ``.tmp`` and
   no instance in the Redis index (except where a test stores on purpose).
 
 Blocking socket work runs off the reactor thread (``in_thread`` or plain
@@ -216,7 +216,7 @@ class HostileTestCase(TestCase):
         srv = self.srv
         factory = srv.service.factory
         await wait_for(lambda: not factory.connections and not temp_files(srv.root), 10,
-                       "the connections to close and the .part files to go")
+                       "the connections to close and .tmp to empty")
         self.assertEqual(dcm_files(srv.root), [])
         self.assertEqual(temp_files(srv.root), [])
         self.assertEqual(instance_keys(srv.redis.client()), [])

@@ -68,12 +68,9 @@ def dcm_files(root: str) -> list[str]:
 
 
 def temp_files(root: str) -> list[str]:
-    """Every temp (``.part``) file under the storage root: in ``.tmp`` and
-    in the series directories, where data sets are written as they arrive."""
-    found = []
-    for directory, _dirs, files in os.walk(root):
-        found += [os.path.join(directory, f) for f in files if f.endswith(".part")]
-    return sorted(found)
+    """What is left in the storage root's temp directory."""
+    tmp = os.path.join(root, ".tmp")
+    return sorted(os.listdir(tmp)) if os.path.isdir(tmp) else []
 
 
 def check_stored(testcase: TestCase, root: str, client: Any, sample: corpus.Sample,
