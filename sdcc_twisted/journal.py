@@ -13,7 +13,6 @@ lists, reads and deletes small files, which it does on the reactor thread.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import os
@@ -55,7 +54,7 @@ class PendingJournal:
         os.makedirs(self.directory, exist_ok=True)
         name = (f"{time.time_ns():020d}-{os.getpid()}-"
                 f"{next(self._sequence):08d}{_SUFFIX}")
-        body = json.dumps({"format": _FORMAT, "record": dataclasses.asdict(rec)},
+        body = json.dumps({"format": _FORMAT, "record": rec.to_dict()},
                           sort_keys=True).encode("utf-8")
         tmp = os.path.join(self.directory, "." + name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -199,7 +198,7 @@ class IndexLog:
     def append(self, rec: InstanceRecord, segment: int) -> None:
         """Log ``rec`` in ``segment``; blocking (run it where the store's
         fsync runs)."""
-        line = json.dumps({"format": _FORMAT, "record": dataclasses.asdict(rec)},
+        line = json.dumps({"format": _FORMAT, "record": rec.to_dict()},
                           sort_keys=True).encode("utf-8") + b"\n"
         fd = self._fds[segment]
         os.write(fd, line)

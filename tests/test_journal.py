@@ -69,6 +69,16 @@ class PendingJournalTests(unittest.TestCase):
         self.assertEqual(self.journal.entries(), list(zip(names, recs)))
         self.assertEqual(sorted(os.listdir(self.dir)), names)
 
+    def test_record_dict_is_complete(self) -> None:
+        """InstanceRecord.to_dict, which the journal and the index log write,
+        holds every field of the record (as dataclasses.asdict would) and
+        rebuilds an equal record."""
+        import dataclasses
+
+        rec = make_record()
+        self.assertEqual(rec.to_dict(), dataclasses.asdict(rec))
+        self.assertEqual(InstanceRecord(**rec.to_dict()), rec)
+
     def test_attributes_survive(self) -> None:
         """Unicode attribute values and floats round-trip exactly."""
         rec = make_record(PatientName="Müller^Zoë", received_at=1712345678.123456)
