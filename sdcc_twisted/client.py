@@ -15,7 +15,6 @@ from typing import Any
 
 from twisted.internet import defer, endpoints
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 
 from .association import Association
 from .conformance import (
@@ -42,10 +41,11 @@ from .events import (
     StartARTIM,
     StopARTIM,
 )
+from .logs import get_logger
 from .pdu import AAssociateRQ, PresentationContextRQ, UserInformation
 from .sending import MessageSender
 
-log = Logger(namespace="sdcc.move")
+log = get_logger("sdcc.move")
 
 
 class SubAssociationError(Exception):

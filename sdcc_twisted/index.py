@@ -43,7 +43,6 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import txredisapi
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from .index_keys import (
@@ -58,11 +57,12 @@ from .index_keys import (
     plan_remove,
 )
 from .locks import IAssociationLock
+from .logs import get_logger
 from .records import InstanceRecord
 
 T = TypeVar("T")
 
-_log = Logger()
+_log = get_logger("sdcc.index")
 
 #: Safety cap on optimistic retries; the operation's deadline comes first.
 MAX_ATTEMPTS: Final = 200

@@ -22,12 +22,12 @@ from typing import Final
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from .index import IInstanceIndex, IndexUnavailable
+from .logs import get_logger
 from .records import InstanceRecord
 
-_log = Logger()
+_log = get_logger("sdcc.journal")
 
 #: The journal's directory under ``[server] data_dir``.
 PENDING_DIR: Final = "pending"

@@ -16,7 +16,6 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .association import Association
@@ -62,11 +61,12 @@ from .events import (
     StopARTIM,
 )
 from .locks import IAssociationLock
+from .logs import get_logger
 from .negotiation import AcceptorPolicy, Accepted, Rejected, negotiate, reject_pdu
 from .scp import Outcome, Reception, StorageSCP, VerificationSCP, describe_missing
 from .sending import MessageSender
 
-log = Logger(namespace="sdcc.association")
+log = get_logger("sdcc.association")
 
 #: Bytes taken off the socket per read: several PDUs per reactor turn
 #: (Twisted's default is 64 KiB).

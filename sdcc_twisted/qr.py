@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol as TypingProtocol
 
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from .catalog import RedisCatalog
 from .client import Destination, SubAssociationError, open_store_association
@@ -40,10 +39,11 @@ from .dimse import (
     Command,
 )
 from .index import IndexUnavailable
+from .logs import get_logger
 from .query import LEVELS, Query, QueryError, parse_identifier, response_identifier, retrieve_keys
 from .scp import Outcome, describe_missing
 
-log = Logger(namespace="sdcc.qr")
+log = get_logger("sdcc.qr")
 
 #: The largest identifier data set we buffer.
 MAX_IDENTIFIER_LENGTH = 1 << 20

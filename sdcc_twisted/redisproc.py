@@ -24,9 +24,10 @@ from typing import Any, Final
 from twisted.application import service
 from twisted.internet import defer, error, protocol
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
-from twisted.logger import Logger
 
-_log = Logger()
+from sdcc_twisted.logs import get_logger
+
+_log = get_logger("sdcc.redis")
 
 #: Longest unix socket path (bytes, without the NUL) the platform accepts.
 MAX_SOCKET_PATH: Final = 103 if sys.platform == "darwin" else 107

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 
 from .conformance import (
     C_ECHO_RSP,
@@ -29,10 +29,12 @@ from .conformance import (
 from .dimse import ELEMENT_NAMES, Command
 from .index import IInstanceIndex
 from .journal import IndexLog, PendingJournal
+from . import logs
+from .logs import get_logger
 from .records import InstanceRecord
 from .storage import FileStore, Sink, StorageError, StoredFile
 
-log = Logger(namespace="sdcc.storage")
+log = get_logger("sdcc.storage")
 
 #: ``run_blocking(fn, *args) -> Deferred``: how blocking work leaves the
 #: reactor thread (``deferToThreadPool`` in production).
@@ -283,13 +285,23 @@ class Reception:
         return Outcome(STATUS_PROCESSING_FAILURE, "Internal error while storing")
 
     def _log(self, outcome: Outcome) -> Outcome:
+        """A line per instance: a warning when it was refused, a debug line
+        when it was stored (the association's line counts them)."""
+        if outcome.success:
+            if not logs.enabled(LogLevel.debug):
+                return outcome
+            emit = log.debug
+            what = "stored"
+        else:
+            emit = log.warn
+            what = "not stored"
         elapsed_ms = (self.scp.clock.seconds() - self.started) * 1000.0
-        log.info("stored calling_ae={calling_ae} sop_class={sop_class!r} "
-                 "sop_instance={uid} bytes={size} ms={ms:.1f} status=0x{status:04X}"
-                 "{comment}",
-                 calling_ae=self.calling_ae,
-                 sop_class=sop_class_name(self.command.affected_sop_class_uid),
-                 uid=self.command.affected_sop_instance_uid, size=self.size,
-                 ms=elapsed_ms, status=outcome.status,
-                 comment=f" comment={outcome.comment!r}" if outcome.comment else "")
+        emit("{what} calling_ae={calling_ae} sop_class={sop_class!r} "
+             "sop_instance={uid} bytes={size} ms={ms:.1f} status=0x{status:04X}"
+             "{comment}", what=what,
+             calling_ae=self.calling_ae,
+             sop_class=sop_class_name(self.command.affected_sop_class_uid),
+             uid=self.command.affected_sop_instance_uid, size=self.size,
+             ms=elapsed_ms, status=outcome.status,
+             comment=f" comment={outcome.comment!r}" if outcome.comment else "")
         return outcome

@@ -30,6 +30,8 @@ from .config import ConfigError, Settings, settings_summary
 from .index import RedisAssociationLock, RedisIndex, connect_redis
 from .journal import IndexLog, JournalReplayer, PendingJournal
 from .locks import FallbackAssociationLock, IAssociationLock, InProcessAssociationLock
+from . import logs
+from .logs import get_logger
 from .negotiation import AcceptorPolicy
 from .protocol import DicomServerFactory, Timeouts
 from .qr import QueryRetrieveSCP
@@ -37,7 +39,7 @@ from .redisproc import EmbeddedRedis, RedisNotFound
 from .scp import StorageSCP
 from .storage import FileStore
 
-log = Logger(namespace="sdcc.service")
+log = get_logger("sdcc.service")
 
 
 class LateRedis:
@@ -197,6 +199,7 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
     """
     top = service.MultiService()
     top.setName("sdcc")
+    logs.set_level(settings.logging.level)
     if settings.logging.file:
         LogFileService(settings.logging.file, settings.logging.level).setServiceParent(top)
 

@@ -258,6 +258,71 @@ class StoreTests(ProtocolTestBase):
         with open(rec.path, "rb") as handle:
             self.assertTrue(handle.read().endswith(data))
 
+    def _captured(self, level: str) -> list[dict[str, Any]]:
+        """Events that reach the global log publisher with sdcc at ``level``."""
+        from twisted.logger import globalLogPublisher
+
+        from sdcc_twisted import logs
+
+        events: list[dict[str, Any]] = []
+        logs.set_level(level)
+        self.addCleanup(logs.set_level, "info")
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        return events
+
+    def _store_two(self) -> list[dict[str, Any]]:
+        """Store one good and one mismatched instance, then release."""
+        proto, transport = self.associate(calling="LOGGER")
+        self.sent(transport)
+        self.send_store(proto, transport, "1.2.3.21", dataset_bytes("1.2.3.21"))
+        self.send_store(proto, transport, "1.2.3.22", dataset_bytes("1.2.3.99"))
+        proto.dataReceived(encode(AReleaseRQ()))
+        self.close(proto, transport)
+
+    def test_instance_lines_at_info(self) -> None:
+        """At the default level a stored instance costs no log line of its
+        own; a refused one is a warning with its UID, status and Error
+        Comment; the association's line counts both."""
+        from twisted.logger import LogLevel, formatEvent
+
+        events = self._captured("info")
+        self._store_two()
+        texts = [formatEvent(e) for e in events]
+        self.assertFalse([t for t in texts if "1.2.3.21" in t], texts)
+        (refused,) = [e for e in events if "1.2.3.22" in formatEvent(e)]
+        self.assertEqual(refused["log_level"], LogLevel.warn)
+        self.assertIn("not stored", formatEvent(refused))
+        self.assertIn("status=0xA900", formatEvent(refused))
+        self.assertIn("differs from command", formatEvent(refused))
+        (summary,) = [t for t in texts if t.startswith("association peer=")]
+        self.assertIn("calling_ae=LOGGER", summary)
+        self.assertIn("stored=1 failed=1", summary)
+
+    def test_instance_lines_at_debug(self) -> None:
+        """With [logging] level = debug every stored instance has its line:
+        calling AE, SOP class name, UID, bytes and status."""
+        from twisted.logger import LogLevel, formatEvent
+
+        events = self._captured("debug")
+        self._store_two()
+        (stored,) = [e for e in events if "1.2.3.21" in formatEvent(e)]
+        self.assertEqual(stored["log_level"], LogLevel.debug)
+        text = formatEvent(stored)
+        self.assertTrue(text.startswith("stored calling_ae=LOGGER sop_class="), text)
+        self.assertIn("status=0x0000", text)
+
+    def test_warn_level_hides_info(self) -> None:
+        """[logging] level = warn keeps sdcc's info lines (the association
+        line) out of every log, and still lets the refusal through."""
+        from twisted.logger import formatEvent
+
+        events = self._captured("warn")
+        self._store_two()
+        texts = [formatEvent(e) for e in events]
+        self.assertFalse([t for t in texts if t.startswith("association ")], texts)
+        self.assertTrue([t for t in texts if "1.2.3.22" in t], texts)
+
     def test_mismatched_uid(self) -> None:
         """A data set whose SOP Instance UID differs from the command's gets
         0xA900 with an Error Comment, and nothing is stored."""
