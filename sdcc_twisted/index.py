@@ -180,9 +180,21 @@ class RedisIndex:
         return self._bounded.timeout
 
     def record(self, rec: InstanceRecord) -> "defer.Deferred[str | None]":
-        """Index ``rec`` (see :meth:`IInstanceIndex.record`)."""
-        return self._bounded.run(self._record(rec),
-                                 f"record {rec.sop_instance_uid}")
+        """Index ``rec`` (see :meth:`IInstanceIndex.record`).
+
+        The usual case is one EVAL, chained with plain callbacks (this runs
+        once per stored instance); a move takes the transaction.
+        """
+        keys, args = attach_script_args(self.layout, rec)
+        d = defer.maybeDeferred(self._redis.eval, ATTACH_SCRIPT, keys, args)
+        d.addCallback(self._attached, rec)
+        return self._bounded.run(d, f"record {rec.sop_instance_uid}")
+
+    def _attached(self, reply: Any, rec: InstanceRecord) -> Any:
+        outcome, old_path = reply
+        if outcome == "done":
+            return old_path if old_path and old_path != rec.path else None
+        return defer.Deferred.fromCoroutine(self._move(rec))
 
     def get(self, sop_instance_uid: str) -> "defer.Deferred[dict[str, str] | None]":
         """The instance hash, or ``None`` (see :meth:`IInstanceIndex.get`)."""
@@ -228,13 +240,6 @@ class RedisIndex:
         for cmd in commands:
             _quiet(conn.execute_command(*cmd))
         _check_replies(await conn.commit())
-
-    async def _record(self, rec: InstanceRecord) -> str | None:
-        keys, args = attach_script_args(self.layout, rec)
-        outcome, old_path = await self._redis.eval(ATTACH_SCRIPT, keys, args)
-        if outcome == "done":
-            return old_path if old_path and old_path != rec.path else None
-        return await self._move(rec)
 
     async def _move(self, rec: InstanceRecord) -> str | None:
         """The instance changes patient, study or series: detach it from the

@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from twisted.internet import defer
 from twisted.logger import LogLevel
+from twisted.python.failure import Failure
 
 from .conformance import (
     C_ECHO_RSP,
@@ -59,6 +60,9 @@ class Outcome:
     def success(self) -> bool:
         """True for status 0x0000."""
         return self.status == STATUS_SUCCESS
+
+
+_SUCCESS: Final = Outcome(STATUS_SUCCESS)
 
 
 def describe_missing(command: Command) -> str | None:
@@ -124,42 +128,52 @@ class StorageSCP:
                              Outcome(exc.status, exc.comment))
         return Reception(self, command, calling_ae, started, sink, None)
 
-    @defer.inlineCallbacks
-    def commit(self, reception: "Reception") -> Any:
+    def commit(self, reception: "Reception") -> "defer.Deferred[Outcome]":
         """Make the file durable and its index record safe; the Outcome.
 
         With the write-ahead log the record is logged before the answer and
         written to Redis behind it (see :meth:`settled`); without one, the
-        index write (or the journal) comes before the answer.
+        index write (or the journal) comes before the answer.  Plain
+        callbacks, not a coroutine: this runs once per instance.
         """
         sink = reception.sink
         assert sink is not None
         segment = self.index_log.reserve() if self.index_log is not None else None
+        if self.store.fsync:
+            d = self.run_blocking(self._finish_and_log, sink, reception.calling_ae, segment)
+            d.addCallbacks(self._committed, self._not_committed,
+                           callbackArgs=(reception, segment),
+                           errbackArgs=(reception, segment))
+            return d
         try:
-            if self.store.fsync:
-                record, logged = yield self.run_blocking(
-                    self._finish_and_log, sink, reception.calling_ae, segment)
-            else:
-                record, logged = self._finish_and_log(sink, reception.calling_ae, segment)
-        except StorageError as exc:
-            self._settle(None, segment)
-            reception.indexed.callback(None)
-            return Outcome(exc.status, exc.comment)
+            result = self._finish_and_log(sink, reception.calling_ae, segment)
         except BaseException:
-            self._settle(None, segment)
-            reception.indexed.callback(None)
-            raise
+            return defer.maybeDeferred(self._not_committed, Failure(), reception, segment)
+        return defer.maybeDeferred(self._committed, result, reception, segment)
+
+    def _committed(self, result: tuple[InstanceRecord, bool], reception: "Reception",
+                   segment: int | None) -> "Outcome | defer.Deferred[Outcome]":
+        record, logged = result
+        d = self.register(record)
+        d.addBoth(self._settle, segment)
         if logged:
-            d = self.register(record)
-            d.addBoth(self._settle, segment)
+            # answered now; the index write finishes behind the answer
             d.chainDeferred(reception.indexed)
-        else:
-            try:
-                yield self.register(record)
-            finally:
-                self._settle(None, segment)
-                reception.indexed.callback(None)
-        return Outcome(STATUS_SUCCESS)
+            return _SUCCESS
+
+        def indexed(_: Any) -> Outcome:
+            reception.indexed.callback(None)
+            return _SUCCESS
+        return d.addCallback(indexed)
+
+    def _not_committed(self, failure: Failure, reception: "Reception",
+                       segment: int | None) -> "Outcome | Failure":
+        self._settle(None, segment)
+        reception.indexed.callback(None)
+        if failure.check(StorageError):
+            exc = failure.value
+            return Outcome(exc.status, exc.comment)
+        return failure
 
     def _finish_and_log(self, sink: Sink, calling_ae: str,
                         segment: int | None) -> tuple[InstanceRecord, bool]:
@@ -199,23 +213,31 @@ class StorageSCP:
             attributes=dict(stored.attributes),
         )
 
-    @defer.inlineCallbacks
-    def register(self, record: InstanceRecord) -> Any:
+    def register(self, record: InstanceRecord) -> "defer.Deferred[None]":
         """Index ``record``; on any index failure, journal it (never fails)."""
-        try:
-            previous = yield self.index.record(record)
-        except Exception as exc:  # noqa: BLE001 - any index failure is journaled
-            log.warn("index unavailable ({error}); {uid} journaled for later indexing",
-                     error=exc, uid=record.sop_instance_uid)
-            try:
-                yield self.run_blocking(self.journal.append, record)
-            except Exception:  # noqa: BLE001
-                log.failure("could not journal {uid}; run 'sdcc-admin rebuild' "
-                            "to index it from the file", uid=record.sop_instance_uid)
-            return None
+        d = self.index.record(record)
+        d.addCallbacks(self._registered, self._not_registered,
+                       callbackArgs=(record,), errbackArgs=(record,))
+        return d
+
+    def _registered(self, previous: str | None,
+                    record: InstanceRecord) -> "defer.Deferred[None] | None":
         if previous and previous != record.path:
-            yield self.run_blocking(_remove_quietly, previous)
+            return self.run_blocking(_remove_quietly, previous)
         return None
+
+    def _not_registered(self, failure: Failure,
+                        record: InstanceRecord) -> "defer.Deferred[None]":
+        # any index failure is journaled
+        log.warn("index unavailable ({error}); {uid} journaled for later indexing",
+                 error=failure.value, uid=record.sop_instance_uid)
+        d = self.run_blocking(self.journal.append, record)
+
+        def not_journaled(failure: Failure) -> None:
+            log.failure("could not journal {uid}; run 'sdcc-admin rebuild' "
+                        "to index it from the file", failure, uid=record.sop_instance_uid)
+        d.addCallbacks(lambda _: None, not_journaled)
+        return d
 
 
 def _remove_quietly(path: str) -> None:
