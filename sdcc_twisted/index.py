@@ -186,7 +186,7 @@ class RedisIndex:
         once per stored instance); a move takes the transaction.
         """
         keys, args = attach_script_args(self.layout, rec)
-        d = defer.maybeDeferred(self._redis.eval, ATTACH_SCRIPT, keys, args)
+        d = defer.maybeDeferred(lambda: self._redis.eval(ATTACH_SCRIPT, keys, args))
         d.addCallback(self._attached, rec)
         return self._bounded.run(d, f"record {rec.sop_instance_uid}")
 
