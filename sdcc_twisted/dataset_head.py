@@ -44,8 +44,6 @@ from __future__ import annotations
 import struct
 from typing import Final, Mapping, NoReturn
 
-from pydicom.charset import convert_encodings, decode_bytes
-
 from sdcc_twisted.conformance import BIG_ENDIAN_SYNTAXES, IMPLICIT_VR_SYNTAXES
 from sdcc_twisted.errors import DatasetError
 from sdcc_twisted.records import HEAD_TAGS, SPECIFIC_CHARACTER_SET_TAG
@@ -98,6 +96,19 @@ _BINARY_VRS: Final[dict[str, str]] = {
 #: a JIS X 0208 character.
 _TEXT_DELIMITERS: Final = {0x0D, 0x0A, 0x09, 0x0C}
 _DEFAULT_ENCODINGS: Final = ["iso8859"]
+#: Specific Character Set defined terms without code extensions (PS3.3
+#: C.12.1.1.2, Tables C.12-2 and C.12-4) -> Python codec, as pydicom maps
+#: them.  A single such term is decoded here; code extensions (ISO 2022) and
+#: multi-valued terms go to pydicom, imported only then: it costs about
+#: 24 MB of memory that the receive path otherwise never needs.
+_SIMPLE_CHARSETS: Final[dict[str, str]] = {
+    "": "iso8859", "ISO_IR 6": "iso8859", "ISO_IR 13": "shift_jis",
+    "ISO_IR 100": "latin_1", "ISO_IR 101": "iso8859_2", "ISO_IR 109": "iso8859_3",
+    "ISO_IR 110": "iso8859_4", "ISO_IR 126": "iso_ir_126", "ISO_IR 127": "iso_ir_127",
+    "ISO_IR 138": "iso_ir_138", "ISO_IR 144": "iso_ir_144", "ISO_IR 148": "iso_ir_148",
+    "ISO_IR 166": "iso_ir_166", "ISO_IR 192": "UTF8", "GB18030": "GB18030", "GBK": "GBK",
+}
+_ESC: Final = 0x1B
 
 # -- Level kinds --------------------------------------------------------------
 _ELEMENTS: Final = 0   # a data set or an item: data elements
@@ -147,11 +158,35 @@ def _encoding_for(transfer_syntax: str) -> _Encoding:
 
 
 def _decode_with(raw: bytes, encodings: list[str], delimiters: set[int]) -> str:
-    """Decode text with the Specific Character Set, never raising."""
+    """Decode text with the Specific Character Set, never raising; as
+    pydicom does (undecodable bytes become U+FFFD)."""
+    if len(encodings) == 1 and _ESC not in raw:
+        try:
+            return raw.decode(encodings[0])
+        except UnicodeError:
+            return raw.decode(encodings[0], errors="replace")
+        except LookupError:
+            return raw.decode("latin-1")
+    from pydicom.charset import decode_bytes
+
     try:
         return decode_bytes(raw, encodings, delimiters)
     except (UnicodeError, LookupError, ValueError):
         return raw.decode("latin-1")
+
+
+def _encodings_for(terms: list[str]) -> list[str]:
+    """Python codecs for the values of Specific Character Set (PS3.5 6.1)."""
+    if len(terms) <= 1:
+        codec = _SIMPLE_CHARSETS.get(terms[0] if terms else "")
+        if codec is not None:
+            return [codec]
+    from pydicom.charset import convert_encodings
+
+    try:
+        return convert_encodings(terms) or _DEFAULT_ENCODINGS
+    except (LookupError, ValueError):
+        return _DEFAULT_ENCODINGS
 
 
 def decode_value(raw: bytes, vr: str, little: bool, encodings: list[str]) -> str:
@@ -487,10 +522,7 @@ class DatasetWalker:
         self.values[self._wanted[tag]] = text
         if tag == SPECIFIC_CHARACTER_SET_TAG:
             terms = [t.strip() for t in raw.decode("latin-1").rstrip("\x00 ").split("\\")]
-            try:
-                self._encodings = convert_encodings(terms) or _DEFAULT_ENCODINGS
-            except (LookupError, ValueError):
-                self._encodings = _DEFAULT_ENCODINGS
+            self._encodings = _encodings_for(terms)
 
     def _close_levels(self) -> None:
         """Pop every defined-length item or sequence that ends here."""

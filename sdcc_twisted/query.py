@@ -94,17 +94,13 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from pydicom import config
-from pydicom.charset import convert_encodings
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
-from pydicom.sequence import Sequence
+# pydicom (its data dictionary above all) costs about 24 MB of memory, which
+# a receiver that is never queried should not pay: it is imported by the
+# functions below on the first query, not with this module.
+if TYPE_CHECKING:
+    from pydicom.dataelem import DataElement
 
 from .conformance import (
     BIG_ENDIAN_SYNTAXES,
@@ -298,6 +294,8 @@ def retrieve_keys(data: bytes, transfer_syntax: str, model: str) -> Query:
 
 def _require(query: Query, keyword: str, single: bool) -> None:
     """Raise 0xA900 unless ``keyword`` holds one value (or a list of them)."""
+    from pydicom.datadict import tag_for_keyword
+
     tag = tag_for_keyword(keyword) or 0
     where = f"{keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
     value = query.keys.get(keyword)
@@ -312,6 +310,11 @@ def _require(query: Query, keyword: str, single: bool) -> None:
 
 def _decode(data: bytes, transfer_syntax: str, model: str) -> Query:
     """Decode an identifier into a :class:`Query`, checking only its level."""
+    from pydicom.charset import convert_encodings
+    from pydicom.datadict import keyword_for_tag
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+
     if model not in MODEL_LEVELS:
         raise ValueError(f"unknown information model {model!r}")
     implicit = transfer_syntax in IMPLICIT_VR_SYNTAXES
@@ -379,6 +382,8 @@ def _decode(data: bytes, transfer_syntax: str, model: str) -> Query:
 
 def _vr_of(tag: int, explicit: str | None) -> str:
     """The VR of ``tag``: the dictionary's, the explicit one for ambiguities."""
+    from pydicom.datadict import dictionary_VR
+
     try:
         vr = dictionary_VR(tag)
     except KeyError:
@@ -635,6 +640,13 @@ def response_identifier(query: Query, level: str, attributes: Mapping[str, str],
         transfer_syntax: the presentation context's transfer syntax UID.
         extra: keyword -> computed values; they win over ``attributes``.
     """
+    from pydicom import config
+    from pydicom.dataelem import DataElement
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
     if level not in MODEL_LEVELS[query.model]:
         raise ValueError(f"level {level!r} is not in the {query.model} model")
     values: dict[str, str] = {}
@@ -679,6 +691,10 @@ def _element(tag: int, vr: str, text: str) -> DataElement:
     Values are not validated (an index value is returned as stored); one that
     cannot be represented in its VR at all is returned zero-length.
     """
+    from pydicom import config
+    from pydicom.dataelem import DataElement
+    from pydicom.sequence import Sequence
+
     value: Any = None
     parts = [p.strip() for p in text.split("\\") if p.strip()]
     try:
@@ -705,6 +721,8 @@ def _element(tag: int, vr: str, text: str) -> DataElement:
 
 def _dictionary_vr(keyword: str) -> str:
     """The dictionary VR of a keyword (first choice if ambiguous), or "UN"."""
+    from pydicom.datadict import tag_for_keyword
+
     tag = tag_for_keyword(keyword)
     if tag is None:
         return "UN"
