@@ -130,6 +130,11 @@ class _Encoding:
         self.u32 = struct.Struct(order + "L")
 
 
+#: Tag, VR and short length of a little endian element header (the VR and
+#: short length are the 32-bit length's bytes in Implicit VR).
+_LE_HEADER: Final = struct.Struct("<HH2sH")
+_LE_U32: Final = struct.Struct("<L")
+
 _IMPLICIT_LE: Final = _Encoding(False, True)
 _EXPLICIT_LE: Final = _Encoding(True, True)
 _EXPLICIT_BE: Final = _Encoding(True, False)
@@ -318,6 +323,11 @@ class DatasetWalker:
                     self._carry = b""
                     i += used - carried
                 else:
+                    if len(self._stack) == 1 and self._stack[0].enc.little:
+                        j = self._top_level_run(buf, i, n)
+                        if j != i:
+                            i = j
+                            continue
                     used = self._header(buf, i, n)
                     if not used:
                         self._carry = bytes(buf[i:n])
@@ -424,6 +434,69 @@ class DatasetWalker:
             self._close_levels()
             return 8
         self._fail(f"({group:04X},{elem:04X}) where an item was expected", pos)
+
+    def _top_level_run(self, buf: memoryview, i: int, n: int) -> int:
+        """The common case, fast: consecutive top-level little endian
+        elements of defined length, in order and of even length, each
+        header whole in ``buf``.  Walks as many as it can and returns the
+        new offset; anything else (sequences, undefined lengths, items,
+        irregular or broken elements, a header cut by the end of ``buf``)
+        is left to :meth:`_header`, which has the checks and the messages.
+        """
+        level = self._stack[0]
+        explicit = level.enc.explicit
+        pos = self._pos
+        last = level.last_tag
+        wanted = self._wanted
+        head_complete = self.head_complete
+        last_wanted = self._last_wanted
+        max_head = self._max_head_bytes
+        unpack = _LE_HEADER.unpack_from
+        u32 = _LE_U32.unpack_from
+        while n - i >= 8:
+            group, elem, vr, short = unpack(buf, i)
+            tag = group << 16 | elem
+            if tag < last or group == _ITEM_GROUP:
+                break
+            if explicit:
+                if vr not in _VRS or vr == b"SQ":
+                    break
+                if vr in LONG_VRS:
+                    if n - i < 12:
+                        break
+                    length = u32(buf, i + 8)[0]
+                    hlen = 12
+                else:
+                    length = short
+                    hlen = 8
+            else:
+                length = u32(buf, i + 4)[0]
+                hlen = 8
+            if length == _UNDEFINED or length & 1:
+                break
+            if not head_complete and (tag >= _PIXEL_DATA or tag > last_wanted
+                                      or pos >= max_head):
+                head_complete = self.head_complete = True
+            start = i + hlen
+            end = start + length
+            if not head_complete and tag in wanted and length <= self.MAX_VALUE_BYTES:
+                if end > n:
+                    break                  # a wanted value cut by the end: general path
+                self._capture_tag = tag
+                self._capture_vr = vr.decode("ascii") if explicit else ""
+                self._capture_little = True
+                self._record(bytes(buf[start:end]))
+            last = tag
+            pos += hlen + length
+            if end > n:
+                self._skip = end - n       # the value goes on in the next piece
+                pos -= end - n
+                i = n
+                break
+            i = end
+        level.last_tag = last
+        self._pos = pos
+        return i
 
     def _element(self, buf: bytes | memoryview, i: int, n: int, level: _Level,
                  tag: int, pos: int) -> int:
