@@ -43,6 +43,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import txredisapi
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from .index_keys import (
@@ -64,6 +65,8 @@ T = TypeVar("T")
 
 _log = get_logger("sdcc.index")
 
+#: Most records indexed by one EVAL (see :meth:`RedisIndex.record`).
+MAX_BATCH: Final = 64
 #: Safety cap on optimistic retries; the operation's deadline comes first.
 MAX_ATTEMPTS: Final = 200
 #: First back-off (seconds) after a failed EXEC; doubles up to 32 times it,
@@ -174,6 +177,8 @@ class RedisIndex:
         self._clock = clock
         self._bounded = _Bounded(clock, timeout)
         self.layout = KeyLayout(key_prefix)
+        self._queue: list[tuple[InstanceRecord, defer.Deferred[str | None]]] = []
+        self._busy = False
 
     @property
     def timeout(self) -> float:
@@ -182,19 +187,56 @@ class RedisIndex:
     def record(self, rec: InstanceRecord) -> "defer.Deferred[str | None]":
         """Index ``rec`` (see :meth:`IInstanceIndex.record`).
 
-        The usual case is one EVAL, chained with plain callbacks (this runs
-        once per stored instance); a move takes the transaction.
+        The usual case costs a share of one EVAL: while one batch is on its
+        way to Redis, the records that come meanwhile wait and go together
+        in the next (at most :data:`MAX_BATCH`), so that the round trip, the
+        client's encoding and the reply parsing are paid per batch, not per
+        instance, exactly when instances arrive faster than Redis answers.
+        An instance that moves takes the transaction path.
         """
-        keys, args = attach_script_args(self.layout, rec)
-        d = defer.maybeDeferred(lambda: self._redis.eval(ATTACH_SCRIPT, keys, args))
-        d.addCallback(self._attached, rec)
+        d: defer.Deferred[str | None] = defer.Deferred()
+        self._queue.append((rec, d))
+        if not self._busy:
+            self._send_batch()
         return self._bounded.run(d, f"record {rec.sop_instance_uid}")
 
-    def _attached(self, reply: Any, rec: InstanceRecord) -> Any:
-        outcome, old_path = reply
-        if outcome == "done":
-            return old_path if old_path and old_path != rec.path else None
-        return defer.Deferred.fromCoroutine(self._move(rec))
+    def _send_batch(self) -> None:
+        """Send the waiting records (whose callers have not given up)."""
+        queue = self._queue
+        batch = [(rec, d) for rec, d in queue[:MAX_BATCH] if not d.called]
+        del queue[:MAX_BATCH]
+        if not batch:
+            if queue:
+                self._send_batch()
+            return
+        self._busy = True
+        keys, args = attach_script_args(self.layout, [rec for rec, _ in batch])
+        sent = defer.maybeDeferred(lambda: self._redis.eval(ATTACH_SCRIPT, keys, args))
+        self._bounded.run(sent, f"record {len(batch)} instance(s)").addBoth(
+            self._batch_done, batch)
+
+    def _batch_done(self, reply: Any, batch: list[tuple[InstanceRecord, Any]]) -> None:
+        self._busy = False
+        if isinstance(reply, Failure):
+            for _, d in batch:
+                if not d.called:
+                    d.errback(reply)
+        elif not isinstance(reply, list) or len(reply) != 2 * len(batch):
+            wrong = IndexUnavailable(f"unexpected reply to the attach script: {reply!r}"[:200])
+            for _, d in batch:
+                if not d.called:
+                    d.errback(wrong)
+        else:
+            for k, (rec, d) in enumerate(batch):
+                outcome, old_path = reply[2 * k], reply[2 * k + 1]
+                if d.called:
+                    continue
+                if outcome == "done":
+                    d.callback(old_path if old_path and old_path != rec.path else None)
+                else:
+                    defer.Deferred.fromCoroutine(self._move(rec)).chainDeferred(d)
+        if self._queue:
+            self._send_batch()
 
     def get(self, sop_instance_uid: str) -> "defer.Deferred[dict[str, str] | None]":
         """The instance hash, or ``None`` (see :meth:`IInstanceIndex.get`)."""
@@ -332,6 +374,8 @@ class RedisAssociationLock:
         self._clock = clock
         self._bounded = _Bounded(clock, timeout)
         self.layout = KeyLayout(key_prefix)
+        self._queue: list[tuple[InstanceRecord, defer.Deferred[str | None]]] = []
+        self._busy = False
         self.ttl = ttl
         self.refresh = refresh
         self._held: dict[str, tuple[str, task.LoopingCall]] = {}

@@ -198,35 +198,49 @@ def record_commands(layout: KeyLayout, rec: InstanceRecord) -> list[Command]:
     ]
 
 
-#: One round trip for the usual record: an instance that is new, or that
-#: stays where it was.  The script compares the stored placement with the
-#: new one and, if nothing moves, runs the attach commands of
-#: :func:`record_commands` atomically; otherwise it writes nothing and
-#: answers ``moved``, and the caller takes the transaction path of
-#: :func:`plan_record`.  KEYS[1]: the instance hash.  ARGV: NO_ID, the new
-#: patient, study and series key ids, then the commands as one JSON array of
-#: arrays (few arguments keep the client's encoding cheap).
+#: One round trip for the usual records: instances that are new, or that
+#: stay where they were, one or many at once.  For each instance i the
+#: script compares the stored placement with the new one and, if nothing
+#: moves, runs the attach commands of :func:`record_commands` (atomically,
+#: as a script does); otherwise it writes nothing for it and answers
+#: ``moved``, and the caller takes the transaction path of
+#: :func:`plan_record`.  KEYS[i]: the instance hashes.  ARGV[1]: NO_ID; then
+#: four per instance: the new patient, study and series key ids and the
+#: commands as one JSON array of arrays (few arguments keep the client's
+#: encoding cheap).  Answers ``outcome, old path`` per instance, flat.
 ATTACH_SCRIPT: Final = """
-local old = redis.call('HMGET', KEYS[1], 'path', 'patient_id', 'study_uid', 'series_uid')
-if old[1] then
-  local function kid(v) if (not v) or v == '' then return ARGV[1] end return v end
-  if kid(old[2]) ~= ARGV[2] or kid(old[3]) ~= ARGV[3] or kid(old[4]) ~= ARGV[4] then
-    return {'moved', ''}
+local function kid(v) if (not v) or v == '' then return ARGV[1] end return v end
+local answer = {}
+for i, key in ipairs(KEYS) do
+  local a = 2 + (i - 1) * 4
+  local old = redis.call('HMGET', key, 'path', 'patient_id', 'study_uid', 'series_uid')
+  if old[1] and (kid(old[2]) ~= ARGV[a] or kid(old[3]) ~= ARGV[a + 1]
+                 or kid(old[4]) ~= ARGV[a + 2]) then
+    answer[#answer + 1] = 'moved'
+    answer[#answer + 1] = ''
+  else
+    for _, command in ipairs(cjson.decode(ARGV[a + 3])) do
+      redis.call(unpack(command))
+    end
+    answer[#answer + 1] = 'done'
+    answer[#answer + 1] = old[1] or ''
   end
 end
-for _, command in ipairs(cjson.decode(ARGV[5])) do
-  redis.call(unpack(command))
-end
-return {'done', old[1] or ''}
+return answer
 """
 
 
-def attach_script_args(layout: KeyLayout, rec: InstanceRecord) -> tuple[list[str], list[str]]:
-    """KEYS and ARGV of :data:`ATTACH_SCRIPT` for ``rec``."""
-    at = Placement.of_record(rec)
-    commands = json.dumps(record_commands(layout, rec), ensure_ascii=False)
-    return ([layout.instance(rec.sop_instance_uid)],
-            [NO_ID, at.patient, at.study, at.series, commands])
+def attach_script_args(layout: KeyLayout,
+                       records: Sequence[InstanceRecord]) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV of :data:`ATTACH_SCRIPT` for ``records``."""
+    keys: list[str] = []
+    args = [NO_ID]
+    for rec in records:
+        at = Placement.of_record(rec)
+        keys.append(layout.instance(rec.sop_instance_uid))
+        args += [at.patient, at.study, at.series,
+                 json.dumps(record_commands(layout, rec), ensure_ascii=False)]
+    return keys, args
 
 
 def detach_probes(layout: KeyLayout, sop_uid: str, old: Placement,

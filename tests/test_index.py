@@ -257,6 +257,32 @@ class RedisIndexTests(unittest.TestCase):
         self.assertEqual(self.client.hgetall("t:patient:P1")["PatientName"],
                          "Doe^Jane")
 
+    def _script_calls(self) -> int:
+        """EVAL and EVALSHA calls the server has run so far."""
+        stats = self.client.info("commandstats")
+        return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0)
+                   for name in ("eval", "evalsha"))
+
+    async def test_records_arriving_together_share_one_script_call(self) -> None:
+        """Records that come while one is on its way go to Redis together:
+        twenty records cost two script calls, each record's Deferred gets its
+        own answer (the old path of an overwritten instance), and an
+        instance that moves in the same batch still moves."""
+        await self.index.record(make_record(sop="9", series="1.2.3", path="/old/9.dcm"))
+        await self.index.record(make_record(sop="8", series="1.2.3"))
+        before = self._script_calls()
+        records = [make_record(sop=f"5.{k}") for k in range(18)]
+        records.append(make_record(sop="9", series="1.2.3", path="/new/9.dcm"))
+        records.append(make_record(sop="8", series="1.2.7"))     # moves
+        answers = await defer.gatherResults([self.index.record(r) for r in records])
+        self.assertEqual(self._script_calls() - before, 2)
+        self.assertEqual(answers[:18], [None] * 18)
+        self.assertEqual(answers[18:], ["/old/9.dcm", "/store/1.2/1.2.3/8.dcm"])
+        self.assertEqual(self.client.smembers("t:series_instances:1.2.3"),
+                         {f"5.{k}" for k in range(18)} | {"9"})
+        self.assertEqual(self.client.smembers("t:series_instances:1.2.7"), {"8"})
+        self.assertEqual((await self.index.get("9"))["path"], "/new/9.dcm")
+
     async def test_non_ascii_values(self) -> None:
         """Non-ASCII names and ids round-trip through the one-trip record
         script unchanged."""
