@@ -796,8 +796,8 @@ def main(argv: list[str] | None = None) -> int:
     if "orthanc" in opts.receiver_list and not (shutil.which("Orthanc") or
                                                 os.path.exists("/usr/sbin/Orthanc")):
         raise SystemExit("receiver orthanc needs Orthanc (apt-get install orthanc)")
-    own_tmp = opts.tmp is None
     opts.tmp = tempfile.mkdtemp(prefix="sdcc-bench-", dir=opts.tmp)
+    own_tmp = True     # the folder made here, also inside a given --tmp
     opts.sdcc_code = "live tree"
     if any(r.startswith("sdcc") for r in opts.receiver_list):
         if opts.sdcc_path is None:

@@ -51,6 +51,7 @@ from .index_keys import (
     Command,
     KeyLayout,
     Placement,
+    attach_script_answers,
     attach_script_args,
     detach_probes,
     others_from_counts,
@@ -216,27 +217,32 @@ class RedisIndex:
             self._batch_done, batch)
 
     def _batch_done(self, reply: Any, batch: list[tuple[InstanceRecord, Any]]) -> None:
+        """Give each record of a batch its answer, then send the next."""
         self._busy = False
-        if isinstance(reply, Failure):
-            for _, d in batch:
-                if not d.called:
-                    d.errback(reply)
-        elif not isinstance(reply, list) or len(reply) != 2 * len(batch):
-            wrong = IndexUnavailable(f"unexpected reply to the attach script: {reply!r}"[:200])
-            for _, d in batch:
-                if not d.called:
-                    d.errback(wrong)
-        else:
+        answers: list[tuple[str, str]] = []
+        failure = reply if isinstance(reply, Failure) else None
+        if failure is None:
+            try:
+                answers = attach_script_answers(reply)
+                if len(answers) != len(batch):
+                    raise ValueError(f"{len(answers)} answers for {len(batch)} records")
+            except (TypeError, ValueError) as exc:
+                failure = Failure(IndexUnavailable(
+                    f"unexpected reply to the attach script ({exc})"))
+        try:
             for k, (rec, d) in enumerate(batch):
-                outcome, old_path = reply[2 * k], reply[2 * k + 1]
                 if d.called:
-                    continue
-                if outcome == "done":
+                    continue                  # its caller gave up (deadline)
+                if failure is not None:
+                    d.errback(failure)
+                elif answers[k][0] == "done":
+                    old_path = answers[k][1]
                     d.callback(old_path if old_path and old_path != rec.path else None)
                 else:
                     defer.Deferred.fromCoroutine(self._move(rec)).chainDeferred(d)
-        if self._queue:
-            self._send_batch()
+        finally:
+            if self._queue:
+                self._send_batch()
 
     def get(self, sop_instance_uid: str) -> "defer.Deferred[dict[str, str] | None]":
         """The instance hash, or ``None`` (see :meth:`IInstanceIndex.get`)."""

@@ -204,29 +204,29 @@ def record_commands(layout: KeyLayout, rec: InstanceRecord) -> list[Command]:
 #: moves, runs the attach commands of :func:`record_commands` (atomically,
 #: as a script does); otherwise it writes nothing for it and answers
 #: ``moved``, and the caller takes the transaction path of
-#: :func:`plan_record`.  KEYS[i]: the instance hashes.  ARGV[1]: NO_ID; then
-#: four per instance: the new patient, study and series key ids and the
-#: commands as one JSON array of arrays (few arguments keep the client's
-#: encoding cheap).  Answers ``outcome, old path`` per instance, flat.
+#: :func:`plan_record`.  KEYS[i]: the instance hashes.  ARGV[1]: NO_ID;
+#: ARGV[2]: one JSON array with, per instance, the new patient, study and
+#: series key ids and the commands.  The answer is one JSON array of
+#: ``[outcome, old path]`` pairs.  Two arguments and one reply string keep
+#: the client's encoding and parsing to a few calls per batch.
 ATTACH_SCRIPT: Final = """
 local function kid(v) if (not v) or v == '' then return ARGV[1] end return v end
+local batch = cjson.decode(ARGV[2])
 local answer = {}
 for i, key in ipairs(KEYS) do
-  local a = 2 + (i - 1) * 4
+  local new = batch[i]
   local old = redis.call('HMGET', key, 'path', 'patient_id', 'study_uid', 'series_uid')
-  if old[1] and (kid(old[2]) ~= ARGV[a] or kid(old[3]) ~= ARGV[a + 1]
-                 or kid(old[4]) ~= ARGV[a + 2]) then
-    answer[#answer + 1] = 'moved'
-    answer[#answer + 1] = ''
+  if old[1] and (kid(old[2]) ~= new[1] or kid(old[3]) ~= new[2]
+                 or kid(old[4]) ~= new[3]) then
+    answer[i] = {'moved', ''}
   else
-    for _, command in ipairs(cjson.decode(ARGV[a + 3])) do
+    for _, command in ipairs(new[4]) do
       redis.call(unpack(command))
     end
-    answer[#answer + 1] = 'done'
-    answer[#answer + 1] = old[1] or ''
+    answer[i] = {'done', old[1] or ''}
   end
 end
-return answer
+return cjson.encode(answer)
 """
 
 
@@ -234,13 +234,17 @@ def attach_script_args(layout: KeyLayout,
                        records: Sequence[InstanceRecord]) -> tuple[list[str], list[str]]:
     """KEYS and ARGV of :data:`ATTACH_SCRIPT` for ``records``."""
     keys: list[str] = []
-    args = [NO_ID]
+    batch: list[list[object]] = []
     for rec in records:
         at = Placement.of_record(rec)
         keys.append(layout.instance(rec.sop_instance_uid))
-        args += [at.patient, at.study, at.series,
-                 json.dumps(record_commands(layout, rec), ensure_ascii=False)]
-    return keys, args
+        batch.append([at.patient, at.study, at.series, record_commands(layout, rec)])
+    return keys, [NO_ID, json.dumps(batch, ensure_ascii=False)]
+
+
+def attach_script_answers(reply: str | bytes) -> list[tuple[str, str]]:
+    """The ``(outcome, old path)`` pairs of an :data:`ATTACH_SCRIPT` reply."""
+    return [(str(outcome), str(old)) for outcome, old in json.loads(reply)]
 
 
 def detach_probes(layout: KeyLayout, sop_uid: str, old: Placement,

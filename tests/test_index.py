@@ -219,6 +219,36 @@ class TimeoutTests(unittest.TestCase):
         self.assertIsNone(self.successResultOf(lock.release("AE", "token")))
         self.flushLoggedErrors()
 
+    def test_batch_waits_and_bad_reply(self) -> None:
+        """Records that come while a script call is on its way wait for it
+        and go together in the next call; a reply that is not one answer per
+        record fails those records with IndexUnavailable, and the records
+        after them are still sent."""
+        clock = task.Clock()
+        calls: list[tuple[list[str], defer.Deferred[Any]]] = []
+
+        class Handler:
+            def eval(self, script: str, keys: list[str], args: list[str]) -> Any:
+                d: defer.Deferred[Any] = defer.Deferred()
+                calls.append((keys, d))
+                return d
+
+        idx = RedisIndex(Handler(), clock, key_prefix="t:")
+        first = idx.record(make_record(sop="1"))
+        waiting = [idx.record(make_record(sop=s)) for s in ("2", "3")]
+        self.assertEqual([keys for keys, _ in calls], [["t:instance:1"]])
+        calls[0][1].callback('[["done", ""]]')
+        self.assertIsNone(self.successResultOf(first))
+        self.assertEqual(calls[1][0], ["t:instance:2", "t:instance:3"])
+        later = idx.record(make_record(sop="4"))
+        calls[1][1].callback('[["done", ""]]')      # one answer for two records
+        for d in waiting:
+            failure = self.failureResultOf(d, IndexUnavailable)
+            self.assertIn("1 answers for 2 records", str(failure.value))
+        self.assertEqual(calls[2][0], ["t:instance:4"])
+        calls[2][1].callback('[["done", "/store/old.dcm"]]')
+        self.assertEqual(self.successResultOf(later), "/store/old.dcm")
+
     def test_bad_lock_parameters(self) -> None:
         """The refresh period must be shorter than the ttl."""
         self.assertRaises(ValueError, RedisAssociationLock, _Never(),
