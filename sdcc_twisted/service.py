@@ -216,7 +216,8 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
     if settings.index.redis == "embedded":
         try:
             embedded = EmbeddedRedis(data_dir, reactor,
-                                     executable=settings.index.redis_server or None)
+                                     executable=settings.index.redis_server or None,
+                                     fsync=settings.storage.fsync)
         except RedisNotFound as exc:
             raise ConfigError(f"{settings.source}: [index] redis = embedded: {exc}") from None
         embedded.setServiceParent(top)

@@ -132,6 +132,21 @@ class EmbeddedRedisTests(unittest.TestCase):
         await again.ready
         self.assertEqual(self.client(again).get("k"), "v")
 
+    async def test_append_fsync_follows_storage_fsync(self) -> None:
+        """The append-only file is fsynced every second by default, and left
+        to the kernel's write-back when [storage] fsync is off (fsync=False),
+        as the stored files are."""
+        durable = self.service()
+        await durable.ready
+        self.assertEqual(self.client(durable).config_get("appendfsync")["appendfsync"],
+                         "everysec")
+        await durable.stopService()
+        lazy = self.service(fsync=False)
+        await lazy.ready
+        c = self.client(lazy)
+        self.assertEqual(c.config_get("appendfsync")["appendfsync"], "no")
+        self.assertEqual(c.config_get("appendonly")["appendonly"], "yes")
+
     async def test_restarted_after_it_dies(self) -> None:
         """A redis-server that dies while sdcc runs is started again on the
         same socket, with the data of its append-only file."""
