@@ -68,11 +68,6 @@ _log = get_logger("sdcc.index")
 
 #: Most records indexed by one EVAL (see :meth:`RedisIndex.record`).
 MAX_BATCH: Final = 64
-#: How long the server lets a record wait for others (``linger``): 2 ms is
-#: past the C-STORE response, and a few instances' worth at the rates a
-#: single association reaches; the release of an association waits for its
-#: records, so nobody sees a stale index after the release.
-SERVER_LINGER: Final = 0.002
 #: Safety cap on optimistic retries; the operation's deadline comes first.
 MAX_ATTEMPTS: Final = 200
 #: First back-off (seconds) after a failed EXEC; doubles up to 32 times it,
@@ -175,16 +170,11 @@ class RedisIndex:
         clock: the reactor's ``IReactorTime`` (``task.Clock`` in tests).
         key_prefix: prepended to every key.
         timeout: seconds allowed for each operation.
-        linger: seconds a record may wait for others to share its script
-            call (see :meth:`record`); 0 sends at once when Redis is idle.
     """
 
     def __init__(self, redis: Any, clock: IReactorTime,
-                 key_prefix: str = "sdcc:", timeout: float = 2.0,
-                 linger: float = 0.0) -> None:
+                 key_prefix: str = "sdcc:", timeout: float = 2.0) -> None:
         self._redis = redis
-        self.linger = linger
-        self._linger_call: Any = None
         self._clock = clock
         self._bounded = _Bounded(clock, timeout)
         self.layout = KeyLayout(key_prefix)
@@ -203,26 +193,16 @@ class RedisIndex:
         in the next (at most :data:`MAX_BATCH`), so that the round trip, the
         client's encoding and the reply parsing are paid per batch, not per
         instance, exactly when instances arrive faster than Redis answers.
-        With ``linger``, the first record of a batch also waits that long
-        before it is sent: the script call then leaves after the C-STORE
-        response, while the peer prepares its next instance, and more records
-        share it.  An instance that moves takes the transaction path.
+        An instance that moves takes the transaction path.
         """
         d: defer.Deferred[str | None] = defer.Deferred()
         self._queue.append((rec, d))
         if not self._busy:
-            if not self.linger or len(self._queue) >= MAX_BATCH:
-                self._send_batch()
-            elif self._linger_call is None:
-                self._linger_call = self._clock.callLater(self.linger, self._send_batch)
+            self._send_batch()
         return self._bounded.run(d, f"record {rec.sop_instance_uid}")
 
     def _send_batch(self) -> None:
         """Send the waiting records (whose callers have not given up)."""
-        if self._linger_call is not None:
-            if self._linger_call.active():
-                self._linger_call.cancel()
-            self._linger_call = None
         queue = self._queue
         batch = [(rec, d) for rec, d in queue[:MAX_BATCH] if not d.called]
         del queue[:MAX_BATCH]

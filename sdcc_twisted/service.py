@@ -27,7 +27,7 @@ from twisted.logger import (
 from .catalog import RedisCatalog
 from .client import Destination
 from .config import ConfigError, Settings, settings_summary
-from .index import SERVER_LINGER, RedisAssociationLock, RedisIndex, connect_redis
+from .index import RedisAssociationLock, RedisIndex, connect_redis
 from .journal import IndexLog, JournalReplayer, PendingJournal
 from .locks import FallbackAssociationLock, IAssociationLock, InProcessAssociationLock
 from . import logs
@@ -227,8 +227,7 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
         connection = RedisConnectionService(late, reactor, url=settings.index.redis)
     connection.setServiceParent(top)
 
-    index = RedisIndex(late, reactor, linger=SERVER_LINGER,
-                       key_prefix=settings.index.key_prefix,
+    index = RedisIndex(late, reactor, key_prefix=settings.index.key_prefix,
                        timeout=settings.index.timeout)
     journal = PendingJournal.in_data_dir(data_dir)
     try:

@@ -249,38 +249,6 @@ class TimeoutTests(unittest.TestCase):
         calls[2][1].callback('[["done", "/store/old.dcm"]]')
         self.assertEqual(self.successResultOf(later), "/store/old.dcm")
 
-    def test_linger_gathers_records(self) -> None:
-        """With a linger, the first record waits that long for company: the
-        records that come meanwhile share its script call; a full batch
-        (MAX_BATCH records) goes at once."""
-        from sdcc_twisted.index import MAX_BATCH
-
-        clock = task.Clock()
-        calls: list[tuple[list[str], defer.Deferred[Any]]] = []
-
-        class Handler:
-            def eval(self, script: str, keys: list[str], args: list[str]) -> Any:
-                d: defer.Deferred[Any] = defer.Deferred()
-                calls.append((keys, d))
-                return d
-
-        idx = RedisIndex(Handler(), clock, key_prefix="t:", linger=0.002)
-        ds = [idx.record(make_record(sop=s)) for s in ("1", "2")]
-        clock.advance(0.0019)
-        self.assertEqual(calls, [])
-        ds.append(idx.record(make_record(sop="3")))
-        clock.advance(0.0001)
-        self.assertEqual([keys for keys, _ in calls],
-                         [["t:instance:1", "t:instance:2", "t:instance:3"]])
-        calls[0][1].callback('[["done", ""], ["done", ""], ["done", ""]]')
-        self.assertEqual([self.successResultOf(d) for d in ds], [None] * 3)
-        full = [idx.record(make_record(sop=f"9.{k}")) for k in range(MAX_BATCH)]
-        self.assertEqual(len(calls), 2)
-        self.assertEqual(len(calls[1][0]), MAX_BATCH)
-        calls[1][1].callback("[" + ", ".join(['["done", ""]'] * MAX_BATCH) + "]")
-        self.assertEqual({self.successResultOf(d) for d in full}, {None})
-        self.assertEqual(clock.getDelayedCalls(), [])
-
     def test_bad_lock_parameters(self) -> None:
         """The refresh period must be shorter than the ttl."""
         self.assertRaises(ValueError, RedisAssociationLock, _Never(),
