@@ -69,6 +69,11 @@ _VRS: Final = frozenset(
 LONG_VRS: Final = frozenset(
     vr.encode("ascii") for vr in "OB OD OF OL OV OW SQ UC UN UR UT SV UV".split())
 
+#: Explicit VR -> 1 for a 32-bit length, 0 for a 16-bit one; SQ is left out
+#: (the fast path leaves sequences to the general one).
+_HEADER_KINDS: Final[dict[bytes, int]] = {
+    vr: int(vr in LONG_VRS) for vr in _VRS if vr != b"SQ"}
+
 #: VRs of the index attributes, to decode them when the VR is implicit or UN.
 _KNOWN_VRS: Final[dict[int, str]] = {
     0x00080005: "CS", 0x00080016: "UI", 0x00080018: "UI", 0x00080020: "DA",
@@ -216,6 +221,8 @@ def decode_value(raw: bytes, vr: str, little: bool, encodings: list[str]) -> str
         text = raw.decode("latin-1")
     if vr in _SINGLE_VALUE_VRS:
         return text.rstrip("\x00 ")
+    if "\\" not in text and vr != "PN":    # one value: the common case
+        return text.strip("\x00 ") if vr in _STRIP_BOTH_VRS else text.rstrip("\x00 ")
     parts = text.rstrip("\x00 ").split("\\")
     if vr in _STRIP_BOTH_VRS:
         parts = [p.strip("\x00 ") for p in parts]
@@ -453,15 +460,17 @@ class DatasetWalker:
         max_head = self._max_head_bytes
         unpack = _LE_HEADER.unpack_from
         u32 = _LE_U32.unpack_from
+        header_kinds = _HEADER_KINDS
         while n - i >= 8:
             group, elem, vr, short = unpack(buf, i)
             tag = group << 16 | elem
             if tag < last or group == _ITEM_GROUP:
                 break
             if explicit:
-                if vr not in _VRS or vr == b"SQ":
+                kind = header_kinds.get(vr)
+                if kind is None:          # an invalid VR, or SQ
                     break
-                if vr in LONG_VRS:
+                if kind:
                     if n - i < 12:
                         break
                     length = u32(buf, i + 8)[0]
