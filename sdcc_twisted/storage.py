@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import re
 import secrets
@@ -197,6 +198,14 @@ class FileStore:
         os.makedirs(self.tmp_dir, exist_ok=True)
         self._real_root = os.path.realpath(self.root)
         self._verified: set[str] = set()
+        # temp names: a random prefix per store, then a counter (no
+        # getrandom call per file); O_EXCL still guards against clashes
+        self._temp_prefix = secrets.token_hex(8)
+        self._temp_count = itertools.count()
+
+    def temp_name(self) -> str:
+        """A fresh name for a temp file in the temp directory."""
+        return f"{self._temp_prefix}-{next(self._temp_count)}{_TEMP_SUFFIX}"
 
     def remove_stale_temp_files(self) -> int:
         """Delete the temp files a crash left behind; return how many.
@@ -213,6 +222,11 @@ class FileStore:
                         continue
                     removed += 1
         return removed
+
+    def known_directory(self, directory: str) -> bool:
+        """True if ``directory`` was seen to exist (and checked to be inside
+        the root) before: the commit then renames into it at once."""
+        return directory in self._verified
 
     def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
         """Return where an instance is stored.
@@ -323,7 +337,7 @@ class Sink:
         self._file: _GatherWriter | None = None
         meta = file_meta_bytes(sop_class_uid, sop_instance_uid, transfer_syntax, calling_ae)
         self._meta_size = len(meta)
-        self.temp_path = os.path.join(store.tmp_dir, secrets.token_hex(16) + _TEMP_SUFFIX)
+        self.temp_path = os.path.join(store.tmp_dir, store.temp_name())
         try:
             fd = os.open(self.temp_path,
                          os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
@@ -428,8 +442,18 @@ class Sink:
             self._file = None
             file.close()
             directory = os.path.dirname(path)
-            created = _makedirs(directory, store.root)
-            os.replace(self.temp_path, path)
+            created: list[str] = []
+            if store.known_directory(directory):
+                try:
+                    os.replace(self.temp_path, path)
+                except FileNotFoundError:
+                    # removed behind our back (not the temp file: it is open
+                    # only to us): make it again
+                    created = _makedirs(directory, store.root)
+                    os.replace(self.temp_path, path)
+            else:
+                created = _makedirs(directory, store.root)
+                os.replace(self.temp_path, path)
             self._closed = True
             if store.fsync:
                 for each in [directory, *created]:

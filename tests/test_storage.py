@@ -389,6 +389,26 @@ class PathTests(StoreTestCase):
         self.assertEqual(os.listdir(self.store.tmp_dir), [])
 
 
+class KnownDirectoryTests(StoreTestCase):
+    """The commit renames straight into a series directory it has seen."""
+
+    def test_series_directory_removed_behind_its_back(self) -> None:
+        """A series directory that was removed after earlier instances were
+        stored in it is made again, and the next instance lands there."""
+        import shutil
+
+        first = self.store_bytes(encode(make_dataset(instance="1.2.3.1")), instance="1.2.3.1")
+        second = self.store_bytes(encode(make_dataset(instance="1.2.3.2")), instance="1.2.3.2")
+        series_dir = os.path.dirname(first.path)
+        self.assertTrue(self.store.known_directory(series_dir))
+        shutil.rmtree(os.path.join(self.root, STUDY))
+        third = self.store_bytes(encode(make_dataset(instance="1.2.3.3")), instance="1.2.3.3")
+        self.assertEqual(os.path.dirname(third.path), series_dir)
+        self.assertEqual(all_files(self.root),
+                         [os.path.relpath(third.path, self.root)])
+        self.assertFalse(os.path.exists(second.path))
+
+
 class FailureTests(StoreTestCase):
     """Every failure answers a status and leaves nothing on disk."""
 
