@@ -46,10 +46,12 @@ from .pdu import (
     AAssociateRQ,
     AReleaseRP,
     AReleaseRQ,
+    P_DATA_TF,
     decode,
     encode,
     encode_pdv_header,
     pdata_header,
+    split_pdvs,
 )
 
 #: PDU type -> the Table 9-10 event for receiving it (PS3.8 9.3.1, 9.2.1).
@@ -63,6 +65,10 @@ RECEIVE_EVENTS: Final[dict[int, str]] = {
 DEFAULT_MAX_OTHER_PDU_LENGTH: Final = 1 << 20
 
 _PASS_THROUGH = (StartARTIM, StopARTIM, CloseTransport, OpenTransport)
+
+#: The fast path of :meth:`Association.receive_data` applies DT-2 itself;
+#: it is taken only while the table says that is what Evt10 in Sta6 does.
+_PDATA_IN_STA6_IS_DT2: Final = fsm.TRANSITION_TABLE.get(("Evt10", "Sta6")) == "DT-2"
 
 
 class Association:
@@ -142,7 +148,22 @@ class Association:
             framing_error = exc
             frames = getattr(exc, "frames", [])  # FramingError keeps what came before
         events: list[Event] = []
+        machine = self.machine
         for pdu_type, body in frames:
+            if pdu_type == P_DATA_TF and machine.state == "Sta6" and _PDATA_IN_STA6_IS_DT2:
+                # Table 9-10 (Evt10, Sta6) is DT-2: stay in Sta6 and hand the
+                # PDVs to the service user.  Done here without building the
+                # PDU, effect and context objects: it runs for every PDU.
+                try:
+                    for context_id, control, data in split_pdvs(body):
+                        event = self._assembler.feed_pdv(context_id, control, data)
+                        if event is not None:
+                            events.append(event)
+                except RemoteProtocolError as exc:   # a bad PDV or DIMSE order
+                    self._failed = True
+                    events.extend(self._run("Evt19", abort_reason=exc.reason, detail=str(exc)))
+                    break
+                continue
             try:
                 pdu = decode(pdu_type, body)
             except RemoteProtocolError as exc:

@@ -322,29 +322,34 @@ class MessageAssembler:
         """
         out: list[CommandReceived | DataFragment] = []
         for pdv in pdata.pdvs:
-            out.extend(self._feed_pdv(pdv))
-        return out
+            out.append(self.feed_pdv(pdv.context_id, pdv.control, pdv.data))
+        return [event for event in out if event is not None]
 
-    def _feed_pdv(self, pdv: PDV) -> list[CommandReceived | DataFragment]:
-        control = pdv.control
+    def feed_pdv(self, context_id: int, control: int,
+                 data: bytes | memoryview) -> CommandReceived | DataFragment | None:
+        """Consume one PDV; the event it completes, if any.
+
+        Raises:
+            DIMSEError: as :meth:`feed`.
+        """
         if self._context_id is None:
-            self._context_id = pdv.context_id
-        elif pdv.context_id != self._context_id:
+            self._context_id = context_id
+        elif context_id != self._context_id:
             raise DIMSEError(
                 f"presentation context changed from {self._context_id} to "
-                f"{pdv.context_id} inside a message", ABORT_UNEXPECTED_PDU_PARAMETER)
+                f"{context_id} inside a message", ABORT_UNEXPECTED_PDU_PARAMETER)
         last = bool(control & PDV_LAST)
         if control & PDV_COMMAND:
             if self._expect_data:
                 raise DIMSEError("command fragment where data set was expected",
                                  ABORT_UNEXPECTED_PDU_PARAMETER)
-            self._command += pdv.data
+            self._command += data
             if len(self._command) > self.max_command_length:
                 raise DIMSEError(
                     f"command set longer than {self.max_command_length} bytes",
                     ABORT_INVALID_PDU_PARAMETER_VALUE)
             if not last:
-                return []
+                return None
             command = decode_command(self._command)
             self._command = bytearray()
             context_id = self._context_id
@@ -352,7 +357,7 @@ class MessageAssembler:
                 self._expect_data = True
             else:
                 self._context_id = None
-            return [CommandReceived(context_id, command)]
+            return CommandReceived(context_id, command)
         if not self._expect_data:
             raise DIMSEError("data set fragment without a command that announced one",
                              ABORT_UNEXPECTED_PDU_PARAMETER)
@@ -360,4 +365,4 @@ class MessageAssembler:
         if last:
             self._expect_data = False
             self._context_id = None
-        return [DataFragment(context_id, pdv.data, last)]
+        return DataFragment(context_id, data, last)

@@ -597,6 +597,19 @@ def _decode_associate(body: bytes | memoryview, pdu_type: int) -> AAssociateRQ |
 
 def _decode_pdata(body: bytes | memoryview) -> PDataTF:
     """Decode a P-DATA-TF body into PDVs whose data are views of *body* (PS3.8 9.3.5)."""
+    return PDataTF(tuple(PDV(context_id, control, data)
+                         for context_id, control, data in split_pdvs(body)))
+
+
+def split_pdvs(body: bytes | memoryview) -> list[tuple[int, int, memoryview]]:
+    """The PDV items of a P-DATA-TF body as ``(context id, control byte,
+    data view)``, checked as :func:`decode` checks them (PS3.8 9.3.5.1):
+    at least one item, each at least 2 bytes long, inside the PDU, with an
+    odd presentation context ID.
+
+    Raises:
+        PDUDecodeError: on the first bad item.
+    """
     view = body if type(body) is memoryview else memoryview(body)
     size = len(view)
     if not size:
@@ -611,9 +624,9 @@ def _decode_pdata(body: bytes | memoryview) -> PDataTF:
         end = offset + 4 + length
         if length < 2 or end > size or not context_id & 1:
             _bad_pdv(length, context_id, offset, size)
-        append(PDV(context_id, control, view[offset + 6:end]))
+        append((context_id, control, view[offset + 6:end]))
         offset = end
-    return PDataTF(tuple(pdvs))
+    return pdvs
 
 
 def _bad_pdv_tail(view: memoryview, offset: int, size: int) -> None:
