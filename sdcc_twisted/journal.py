@@ -23,6 +23,7 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
+from .durable import GroupSync
 from .index import IInstanceIndex, IndexUnavailable
 from .logs import get_logger
 from .records import InstanceRecord
@@ -159,6 +160,7 @@ class IndexLog:
         self._open: dict[int, int] = {}      # segment -> records not yet settled
         self._current = max(self._segments(), default=0) + 1
         self._in_current = 0
+        self._syncs = GroupSync()
         self._start(self._current)
 
     @classmethod
@@ -203,7 +205,8 @@ class IndexLog:
         fd = self._fds[segment]
         os.write(fd, line)
         if self.fsync:
-            os.fdatasync(fd)
+            # one fdatasync for every line appended before it began
+            self._syncs.sync(segment, lambda: os.fdatasync(fd))
 
     def settle(self, segment: int) -> None:
         """One record of ``segment`` reached the index or the journal, or
