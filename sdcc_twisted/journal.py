@@ -23,7 +23,6 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
-from .durable import GroupSync
 from .index import IInstanceIndex, IndexUnavailable
 from .logs import get_logger
 from .records import InstanceRecord
@@ -160,7 +159,6 @@ class IndexLog:
         self._open: dict[int, int] = {}      # segment -> records not yet settled
         self._current = max(self._segments(), default=0) + 1
         self._in_current = 0
-        self._syncs = GroupSync()
         self._start(self._current)
 
     @classmethod
@@ -205,8 +203,7 @@ class IndexLog:
         fd = self._fds[segment]
         os.write(fd, line)
         if self.fsync:
-            # one fdatasync for every line appended before it began
-            self._syncs.sync(segment, lambda: os.fdatasync(fd))
+            os.fdatasync(fd)
 
     def settle(self, segment: int) -> None:
         """One record of ``segment`` reached the index or the journal, or

@@ -37,7 +37,6 @@ from sdcc_twisted.conformance import (
     STATUS_PROCESSING_FAILURE,
 )
 from sdcc_twisted.dataset_head import DatasetWalker
-from sdcc_twisted.durable import GroupSync, fsync_directory
 from sdcc_twisted.errors import DatasetError
 
 __all__ = [
@@ -199,8 +198,6 @@ class FileStore:
         os.makedirs(self.tmp_dir, exist_ok=True)
         self._real_root = os.path.realpath(self.root)
         self._verified: set[str] = set()
-        #: directory fsyncs, shared between concurrent commits
-        self.syncs = GroupSync()
         # temp names: a random prefix per store, then a counter (no
         # getrandom call per file); O_EXCL still guards against clashes
         self._temp_prefix = secrets.token_hex(8)
@@ -460,8 +457,7 @@ class Sink:
             self._closed = True
             if store.fsync:
                 for each in [directory, *created]:
-                    # shared with the renames of concurrent associations
-                    store.syncs.sync(each, lambda path=each: fsync_directory(path))
+                    _fsync_directory(each)
         except OSError as exc:
             raise _os_error(exc) from exc
         return StoredFile(
@@ -504,3 +500,12 @@ def _makedirs(directory: str, root: str) -> list[str]:
     if changed:
         os.makedirs(directory, exist_ok=True)
     return changed
+
+
+def _fsync_directory(path: str) -> None:
+    """fsync a directory so that a rename or new entry in it is durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
