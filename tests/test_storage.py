@@ -389,6 +389,39 @@ class PathTests(StoreTestCase):
         self.assertEqual(os.listdir(self.store.tmp_dir), [])
 
 
+class EarlyWritebackTests(StoreTestCase):
+    """With fsync on, data on its way to disk is flushed in batches early."""
+
+    def _store_large(self, fsync: bool) -> list[tuple[int, int, int]]:
+        calls: list[tuple[int, int, int]] = []
+        self.patch(storage, "_start_writeback", lambda fd, off, n: calls.append((fd, off, n)))
+        store = FileStore(self.root, fsync=fsync)
+        ds = make_dataset()
+        ds.PixelData = b"\x00\x01" * 400_000        # 800 KB
+        data = encode(ds)
+        sink = store.open_sink(SC, INSTANCE, EXPLICIT_VR_LITTLE_ENDIAN, "AE")
+        for piece in chunks(data, 16_000):
+            sink.write(piece)
+        stored = sink.finish()
+        self.assertEqual(after_meta(stored.path), data)
+        return calls
+
+    def test_ranges_follow_the_file(self) -> None:
+        """Each batch written asks the kernel to start writing exactly that
+        range; the ranges are contiguous from offset 0."""
+        calls = self._store_large(fsync=True)
+        self.assertGreaterEqual(len(calls), 2)    # 800 KB: two full batches, then the tail
+        offset = 0
+        for _fd, start, count in calls:
+            self.assertEqual(start, offset)
+            self.assertGreaterEqual(count, 256 * 1024)
+            offset += count
+
+    def test_not_without_fsync(self) -> None:
+        """With fsync off nothing is pushed to the disk early."""
+        self.assertEqual(self._store_large(fsync=False), [])
+
+
 class KnownDirectoryTests(StoreTestCase):
     """The commit renames straight into a series directory it has seen."""
 
