@@ -238,6 +238,62 @@ class TimeoutAndAbortTests(ProtocolTestBase):
         self.assertIsInstance(self.sent(transport)[-1], AAbort)
 
 
+class _WritableTransport(StringTransport):
+    """A StringTransport that, like a TCP transport, has doWrite."""
+
+    producerPaused = False     # as abstract.FileDescriptor has them
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.do_writes: list[bytes] = []
+
+    @property
+    def streamingProducer(self) -> bool:
+        return bool(self.streaming)
+
+    def doWrite(self) -> None:
+        self.do_writes.append(self.value())
+
+
+class SendNowTests(ProtocolTestBase):
+    """Responses are handed to the socket at once on plain TCP."""
+
+    def _echo(self, transport: StringTransport, calling: str = "NOW") -> Any:
+        proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        proto.makeConnection(transport)
+        proto.dataReceived(encode(associate_rq(calling=calling)))
+        transport.clear()
+        proto.dataReceived(message_pdus(1, echo_command(7)))
+        return proto
+
+    def test_response_written_through_do_write(self) -> None:
+        """The C-ECHO-RSP is pushed with the transport's doWrite in the same
+        turn, after it was written to the transport."""
+        transport = _WritableTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        self._echo(transport)
+        self.assertEqual(len(transport.do_writes), 2)     # the A-ASSOCIATE-AC, the response
+        (rsp,) = parse(transport.do_writes[1])     # written after the AC was cleared
+        self.assertEqual(decode_command(bytes(rsp.pdvs[0].data)).get(STATUS), 0)
+
+    def test_not_while_closing_or_with_a_paused_producer(self) -> None:
+        """While the transport closes, or while its producer (the message
+        sender, paused because the peer reads slowly) waits to be resumed,
+        writing is left to the reactor."""
+        closing = _WritableTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        proto = self._echo(closing)
+        closing.disconnecting = True
+        closing.do_writes.clear()
+        proto.dataReceived(message_pdus(1, echo_command(8)))
+        self.assertEqual(closing.do_writes, [])
+        producing = _WritableTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40001))
+        proto = self._echo(producing, calling="LATER")
+        producing.do_writes.clear()
+        producing.producerPaused = True
+        proto.dataReceived(message_pdus(1, echo_command(9)))
+        self.assertEqual(producing.do_writes, [])
+        self.assertTrue(producing.value())     # still written, for the reactor
+
+
 class StoreTests(ProtocolTestBase):
     """C-STORE through the adapter into the file store."""
 
