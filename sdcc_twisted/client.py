@@ -17,6 +17,7 @@ from twisted.internet import defer, endpoints
 from twisted.internet.protocol import Factory, Protocol
 
 from .association import Association
+from .config import DEFAULT_ARTIM_TIMEOUT
 from .conformance import (
     APPLICATION_CONTEXT_NAME,
     C_STORE_RSP,
@@ -215,7 +216,7 @@ class StoreClient(Protocol):
 
 async def open_store_association(reactor: Any, destination: Destination,
                                  calling_ae: str, contexts: list[tuple[str, str]],
-                                 timeout: float = 30.0) -> StoreClient:
+                                 timeout: float = DEFAULT_ARTIM_TIMEOUT) -> StoreClient:
     """Connect to ``destination`` and negotiate one context per
     (SOP class, transfer syntax) in ``contexts`` (at most 128, PS3.8 9.3.2.2).
 

@@ -26,6 +26,13 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message names section and key."""
 
 
+#: Seconds of the ARTIM timer (PS3.8 9.1.5): waiting for the A-ASSOCIATE-RQ,
+#: for the peer to close, and for each step of a C-MOVE sub-association.
+DEFAULT_ARTIM_TIMEOUT: Final = 30.0
+#: Seconds an established association may stay silent.
+DEFAULT_IDLE_TIMEOUT: Final = 300.0
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """``[server]``: the listening AE and its association limits."""
@@ -37,8 +44,8 @@ class ServerSettings:
     max_associations: int = 64
     require_called_ae_title: bool = False
     allowed_calling_ae_titles: frozenset[str] | None = None
-    artim_timeout: float = 30.0
-    idle_timeout: float = 300.0
+    artim_timeout: float = DEFAULT_ARTIM_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_command_length: int = 64 * 1024
     max_connections_per_address: int = 32
 
@@ -256,8 +263,8 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
             "server", "allowed_calling_ae_titles", None, ae_list,
             "a comma-separated list of AE titles, each optionally AE@address "
             "(empty: any)"),
-        artim_timeout=r.seconds("server", "artim_timeout", 30.0),
-        idle_timeout=r.seconds("server", "idle_timeout", 300.0),
+        artim_timeout=r.seconds("server", "artim_timeout", DEFAULT_ARTIM_TIMEOUT),
+        idle_timeout=r.seconds("server", "idle_timeout", DEFAULT_IDLE_TIMEOUT),
         max_command_length=r.integer("server", "max_command_length", 64 * 1024,
                                      1024, 16 * 1024 * 1024),
         max_connections_per_address=r.integer("server", "max_connections_per_address",

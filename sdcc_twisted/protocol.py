@@ -19,6 +19,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from .association import Association
+from .config import DEFAULT_ARTIM_TIMEOUT, DEFAULT_IDLE_TIMEOUT
 from .conformance import (
     ABORT_INVALID_PDU_PARAMETER_VALUE,
     ABORT_REASON_NOT_SPECIFIED,
@@ -77,8 +78,8 @@ READ_SIZE = 256 * 1024
 class Timeouts:
     """ARTIM (PS3.8 9.1.5) and the idle-association timeout, in seconds."""
 
-    artim: float = 30.0
-    idle: float = 300.0
+    artim: float = DEFAULT_ARTIM_TIMEOUT
+    idle: float = DEFAULT_IDLE_TIMEOUT
 
 
 class DicomProtocol(Protocol):

@@ -16,6 +16,7 @@ from twisted.internet import defer
 
 from .catalog import RedisCatalog
 from .client import Destination, SubAssociationError, open_store_association
+from .config import DEFAULT_ARTIM_TIMEOUT
 from .conformance import (
     C_FIND_RSP,
     C_GET_RSP,
@@ -82,7 +83,8 @@ class QueryRetrieveSCP:
     """
 
     def __init__(self, catalog: RedisCatalog, destinations: dict[str, Destination],
-                 reactor: Any, ae_title: str, timeout: float = 30.0) -> None:
+                 reactor: Any, ae_title: str,
+                 timeout: float = DEFAULT_ARTIM_TIMEOUT) -> None:
         self.catalog = catalog
         self.destinations = destinations
         self.reactor = reactor

@@ -259,7 +259,8 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
                            timeout=settings.index.timeout)
     destinations = {title: Destination(d.ae_title, d.host, d.port, d.tls)
                     for title, d in settings.move_destinations.items()}
-    query_retrieve = QueryRetrieveSCP(catalog, destinations, reactor, server.ae_title)
+    query_retrieve = QueryRetrieveSCP(catalog, destinations, reactor, server.ae_title,
+                                      timeout=server.artim_timeout)
     policy = AcceptorPolicy(
         ae_title=server.ae_title,
         require_called_ae=server.require_called_ae_title,

@@ -131,6 +131,18 @@ class TapTests(SynchronousTestCase):
         finally:
             top.stopService()
 
+    def test_timeouts_reach_the_server(self) -> None:
+        """[server] artim_timeout and idle_timeout govern the associations,
+        and artim_timeout also each step of a C-MOVE sub-association."""
+        settings = parse_settings(
+            f"[server]\nlisten = tcp:0:interface=127.0.0.1\ndata_dir = {self.mktemp()}\n"
+            "artim_timeout = 7\nidle_timeout = 70\n"
+            "[index]\nredis = redis://127.0.0.1:1/0\n", "x.ini")
+        top = build_service(settings, MemoryReactorClock())
+        factory = top.factory
+        self.assertEqual((factory.timeouts.artim, factory.timeouts.idle), (7.0, 70.0))
+        self.assertEqual(factory.query_retrieve.timeout, 7.0)
+
     def test_bad_endpoint(self) -> None:
         """An endpoint string Twisted cannot parse is a ConfigError naming
         [server] listen."""
