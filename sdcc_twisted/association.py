@@ -154,11 +154,15 @@ class Association:
                 # Table 9-10 (Evt10, Sta6) is DT-2: stay in Sta6 and hand the
                 # PDVs to the service user.  Done here without building the
                 # PDU, effect and context objects: it runs for every PDU.
+                # As with the general path, a PDU with a bad PDV delivers
+                # nothing of itself, only the abort.
+                indicated: list[Event] = []
                 try:
                     for context_id, control, data in split_pdvs(body):
                         event = self._assembler.feed_pdv(context_id, control, data)
                         if event is not None:
-                            events.append(event)
+                            indicated.append(event)
+                    events.extend(indicated)
                 except RemoteProtocolError as exc:   # a bad PDV or DIMSE order
                     self._failed = True
                     events.extend(self._run("Evt19", abort_reason=exc.reason, detail=str(exc)))

@@ -152,6 +152,15 @@ def _quiet(d: "defer.Deferred[Any]") -> "defer.Deferred[Any]":
     return d
 
 
+def _pass_on(result: Any, d: "defer.Deferred[Any]") -> None:
+    """Fire ``d`` with ``result`` unless its caller gave up on it already."""
+    if not d.called:
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(result)
+
+
 def _check_replies(replies: Any) -> None:
     if not isinstance(replies, list):
         raise txredisapi.ResponseError(f"unexpected EXEC reply {replies!r}")
@@ -211,14 +220,16 @@ class RedisIndex:
                 self._send_batch()
             return
         self._busy = True
-        keys, args = attach_script_args(self.layout, [rec for rec, _ in batch])
-        sent = defer.maybeDeferred(lambda: self._redis.eval(ATTACH_SCRIPT, keys, args))
+        try:
+            keys, args = attach_script_args(self.layout, [rec for rec, _ in batch])
+            sent = defer.maybeDeferred(self._redis.eval, ATTACH_SCRIPT, keys, args)
+        except Exception:  # noqa: BLE001 - the batch fails, the queue goes on
+            sent = defer.fail()
         self._bounded.run(sent, f"record {len(batch)} instance(s)").addBoth(
             self._batch_done, batch)
 
     def _batch_done(self, reply: Any, batch: list[tuple[InstanceRecord, Any]]) -> None:
         """Give each record of a batch its answer, then send the next."""
-        self._busy = False
         answers: list[tuple[str, str]] = []
         failure = reply if isinstance(reply, Failure) else None
         if failure is None:
@@ -239,8 +250,13 @@ class RedisIndex:
                     old_path = answers[k][1]
                     d.callback(old_path if old_path and old_path != rec.path else None)
                 else:
-                    defer.Deferred.fromCoroutine(self._move(rec)).chainDeferred(d)
+                    # bounded on its own: cancelling ``d`` does not reach it
+                    move = self._bounded.run(self._move(rec), f"record {rec.sop_instance_uid}")
+                    move.addBoth(_pass_on, d)
         finally:
+            # records that callbacks above added wait for this: one batch in
+            # flight at a time keeps the order of records per instance
+            self._busy = False
             if self._queue:
                 self._send_batch()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -594,14 +594,17 @@ def _send_now(transport: Any) -> None:
     what the socket does not take, and any error, stay with the reactor,
     which goes on watching the socket as before.
     """
-    do_write = getattr(transport, "doWrite", None)
-    if do_write is None or getattr(transport, "disconnecting", True):
+    # Only the TCP connection itself: a TLS wrapper forwards doWrite to the
+    # connection under it, whose state (closing after close_notify) the
+    # wrapper does not show.
+    if not isinstance(transport, tcp.Connection) or transport.disconnecting:
         return
-    if getattr(transport, "producer", None) is not None and (
-            not getattr(transport, "streamingProducer", False)
-            or getattr(transport, "producerPaused", True)):
+    if transport.producer is not None and (
+            not transport.streamingProducer or transport.producerPaused):
         return    # doWrite would resume the producer from inside this call
-    do_write()
+    if transport.doWrite() is not None:
+        # The connection is done for: let the reactor see it as it would have.
+        transport.startWriting()
 
 
 class DicomServerFactory(Factory):

@@ -161,10 +161,10 @@ class StorageSCP:
             d.chainDeferred(reception.indexed)
             return _SUCCESS
 
-        def indexed(_: Any) -> Outcome:
-            reception.indexed.callback(None)
-            return _SUCCESS
-        return d.addCallback(indexed)
+        def indexed(result: Any) -> Any:
+            reception.indexed.callback(None)    # the release must not wait forever
+            return _SUCCESS if not isinstance(result, Failure) else result
+        return d.addBoth(indexed)
 
     def _not_committed(self, failure: Failure, reception: "Reception",
                        segment: int | None) -> "Outcome | Failure":

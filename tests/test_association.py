@@ -170,6 +170,21 @@ class MalformedInputTests(SynchronousTestCase):
                                     + pdata(1, 0x02, b"ab"))
         self.assert_aborted(assoc, events, c.ABORT_UNEXPECTED_PDU_PARAMETER)
 
+    def test_bad_pdv_after_last_fragment_delivers_nothing(self) -> None:
+        """A P-DATA-TF whose first PDV ends a data set and whose second is
+        on another context aborts without delivering that last fragment, so
+        the instance is never completed (the whole PDU is refused)."""
+        from sdcc_twisted.pdu import PDV, PDataTF as PData
+
+        assoc = self.established()
+        events = assoc.receive_data(pdata(3, 0x03, store_command("1.2"))
+                                    + pdata(3, 0x00, b"\x08\x00"))
+        self.assertEqual(len([e for e in events if isinstance(e, DataFragment)]), 1)
+        pdu = encode(PData((PDV(3, 0x02, b"\x10\x00"), PDV(1, 0x00, b"xy"))))
+        events = assoc.receive_data(pdu)
+        self.assertEqual([e for e in events if isinstance(e, DataFragment)], [])
+        self.assert_aborted(assoc, events, c.ABORT_UNEXPECTED_PDU_PARAMETER)
+
     def test_nothing_after_failure(self) -> None:
         """After a framing failure further bytes are ignored, not parsed."""
         assoc = self.established()

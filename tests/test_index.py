@@ -249,6 +249,77 @@ class TimeoutTests(unittest.TestCase):
         calls[2][1].callback('[["done", "/store/old.dcm"]]')
         self.assertEqual(self.successResultOf(later), "/store/old.dcm")
 
+    def test_deadline_while_the_batch_is_on_its_way(self) -> None:
+        """A record whose deadline passes while its script call is on its
+        way fails with IndexUnavailable; the late reply is ignored for it,
+        and the records queued behind go out next."""
+        clock = task.Clock()
+        calls: list[tuple[list[str], defer.Deferred[Any]]] = []
+
+        class Handler:
+            def eval(self, script: str, keys: list[str], args: list[str]) -> Any:
+                d: defer.Deferred[Any] = defer.Deferred()
+                calls.append((keys, d))
+                return d
+
+        idx = RedisIndex(Handler(), clock, key_prefix="t:", timeout=2.0)
+        first = idx.record(make_record(sop="1"))
+        clock.advance(1.5)
+        second = idx.record(make_record(sop="2"))
+        clock.advance(0.6)
+        self.failureResultOf(first, IndexUnavailable)
+        self.assertNoResult(second)
+        # the call itself is bounded too: it failed with its record, so the
+        # queued one goes out now
+        self.assertEqual([keys for keys, _ in calls], [["t:instance:1"], ["t:instance:2"]])
+        calls[0][1].callback('[["done", ""]]')            # too late: ignored
+        calls[1][1].callback('[["done", ""]]')
+        self.assertIsNone(self.successResultOf(second))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_batch_that_cannot_be_built(self) -> None:
+        """If the script call cannot even be made, that batch fails and the
+        index keeps sending the next ones."""
+        clock = task.Clock()
+        sent: list[list[str]] = []
+
+        class Handler:
+            broken = True
+
+            def eval(self, script: str, keys: list[str], args: list[str]) -> Any:
+                if Handler.broken:
+                    Handler.broken = False
+                    raise RuntimeError("client bug")
+                sent.append(keys)
+                return defer.succeed('[["done", ""]]')
+
+        idx = RedisIndex(Handler(), clock, key_prefix="t:")
+        self.failureResultOf(idx.record(make_record(sop="1")), RuntimeError)
+        self.assertIsNone(self.successResultOf(idx.record(make_record(sop="2"))))
+        self.assertEqual(sent, [["t:instance:2"]])
+
+    def test_move_is_bounded(self) -> None:
+        """An instance that moves takes the transaction path under its own
+        deadline: with no connection to be had, the record fails at the
+        deadline and the move gives up too, leaving no timer behind."""
+        clock = task.Clock()
+
+        given_up: list[str] = []
+
+        class Handler(_Never):
+            def eval(self, script: str, keys: list[str], args: list[str]) -> Any:
+                return defer.succeed('[["moved", ""]]')
+
+            def getConnection(self, peek: bool = False) -> defer.Deferred[Any]:
+                return defer.Deferred(lambda _: given_up.append("connection"))
+
+        idx = RedisIndex(Handler(), clock, key_prefix="t:", timeout=1.0)
+        d = idx.record(make_record(sop="1"))
+        clock.advance(1.0)
+        self.failureResultOf(d, IndexUnavailable)
+        self.assertEqual(given_up, ["connection"])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
     def test_bad_lock_parameters(self) -> None:
         """The refresh period must be shorter than the ttl."""
         self.assertRaises(ValueError, RedisAssociationLock, _Never(),
@@ -295,7 +366,9 @@ class RedisIndexTests(unittest.TestCase):
 
     async def test_records_arriving_together_share_one_script_call(self) -> None:
         """Records that come while one is on its way go to Redis together:
-        twenty records cost two script calls, each record's Deferred gets its
+        twenty records cost at most two script calls (one, when they come
+        while the previous record's answer is being handed out), each
+        record's Deferred gets its
         own answer (the old path of an overwritten instance), and an
         instance that moves in the same batch still moves."""
         await self.index.record(make_record(sop="9", series="1.2.3", path="/old/9.dcm"))
@@ -305,7 +378,7 @@ class RedisIndexTests(unittest.TestCase):
         records.append(make_record(sop="9", series="1.2.3", path="/new/9.dcm"))
         records.append(make_record(sop="8", series="1.2.7"))     # moves
         answers = await defer.gatherResults([self.index.record(r) for r in records])
-        self.assertEqual(self._script_calls() - before, 2)
+        self.assertIn(self._script_calls() - before, (1, 2))
         self.assertEqual(answers[:18], [None] * 18)
         self.assertEqual(answers[18:], ["/old/9.dcm", "/store/1.2/1.2.3/8.dcm"])
         self.assertEqual(self.client.smembers("t:series_instances:1.2.3"),

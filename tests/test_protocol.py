@@ -238,60 +238,89 @@ class TimeoutAndAbortTests(ProtocolTestBase):
         self.assertIsInstance(self.sent(transport)[-1], AAbort)
 
 
-class _WritableTransport(StringTransport):
-    """A StringTransport that, like a TCP transport, has doWrite."""
-
-    producerPaused = False     # as abstract.FileDescriptor has them
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.do_writes: list[bytes] = []
-
-    @property
-    def streamingProducer(self) -> bool:
-        return bool(self.streaming)
-
-    def doWrite(self) -> None:
-        self.do_writes.append(self.value())
-
-
 class SendNowTests(ProtocolTestBase):
-    """Responses are handed to the socket at once on plain TCP."""
+    """Responses are handed to a TCP socket in the turn that made them."""
 
-    def _echo(self, transport: StringTransport, calling: str = "NOW") -> Any:
-        proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-        proto.makeConnection(transport)
-        proto.dataReceived(encode(associate_rq(calling=calling)))
-        transport.clear()
-        proto.dataReceived(message_pdus(1, echo_command(7)))
-        return proto
+    async def test_response_written_inside_data_received(self) -> None:
+        """Over a real loopback TCP connection the C-ECHO-RSP leaves through
+        the connection's doWrite while the request is still being handled,
+        not on the reactor's next turn, and the peer receives it whole."""
+        from twisted.internet import protocol as tx_protocol
+        from twisted.internet import reactor
 
-    def test_response_written_through_do_write(self) -> None:
-        """The C-ECHO-RSP is pushed with the transport's doWrite in the same
-        turn, after it was written to the transport."""
-        transport = _WritableTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
-        self._echo(transport)
-        self.assertEqual(len(transport.do_writes), 2)     # the A-ASSOCIATE-AC, the response
-        (rsp,) = parse(transport.do_writes[1])     # written after the AC was cleared
+        servers: list[Any] = []
+        build = self.factory.buildProtocol
+
+        def capture(addr: Any) -> Any:
+            proto = build(addr)
+            servers.append(proto)
+            return proto
+
+        self.factory.buildProtocol = capture   # type: ignore[method-assign]
+        port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+
+        received = bytearray()
+        answered: defer.Deferred[None] = defer.Deferred()
+
+        class Peer(tx_protocol.Protocol):
+            def connectionMade(self) -> None:
+                self.transport.write(encode(associate_rq(calling="NOWPEER")))
+
+            def dataReceived(self, data: bytes) -> None:
+                received.extend(data)
+                pdus = parse(bytes(received))
+                if len(pdus) == 1 and isinstance(pdus[0], AAssociateAC):
+                    received.clear()
+                    self.transport.write(message_pdus(1, echo_command(5)))
+                elif pdus and isinstance(pdus[0], PDataTF) and not answered.called:
+                    answered.callback(None)
+
+        client = await tx_protocol.ClientCreator(reactor, Peer).connectTCP(
+            "127.0.0.1", port.getHost().port)
+        (server,) = servers
+        inside = [False]
+        during: list[bool] = []
+        original_receive = server.dataReceived
+        original_write = server.transport.doWrite
+
+        def receive(data: bytes) -> None:
+            inside[0] = True
+            try:
+                original_receive(data)
+            finally:
+                inside[0] = False
+
+        def do_write() -> Any:
+            during.append(inside[0])
+            return original_write()
+
+        server.dataReceived = receive
+        server.transport.doWrite = do_write
+        await answered
+        (rsp,) = parse(bytes(received))
         self.assertEqual(decode_command(bytes(rsp.pdvs[0].data)).get(STATUS), 0)
+        self.assertTrue(during and during[0], during)
+        client.transport.loseConnection()
+        await task.deferLater(reactor, 0.05, lambda: None)
 
-    def test_not_while_closing_or_with_a_paused_producer(self) -> None:
-        """While the transport closes, or while its producer (the message
-        sender, paused because the peer reads slowly) waits to be resumed,
-        writing is left to the reactor."""
-        closing = _WritableTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
-        proto = self._echo(closing)
-        closing.disconnecting = True
-        closing.do_writes.clear()
-        proto.dataReceived(message_pdus(1, echo_command(8)))
-        self.assertEqual(closing.do_writes, [])
-        producing = _WritableTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40001))
-        proto = self._echo(producing, calling="LATER")
-        producing.do_writes.clear()
-        producing.producerPaused = True
-        proto.dataReceived(message_pdus(1, echo_command(9)))
-        self.assertEqual(producing.do_writes, [])
-        self.assertTrue(producing.value())     # still written, for the reactor
+    def test_not_through_a_wrapper(self) -> None:
+        """A transport that is not the TCP connection itself (a TLS wrapper
+        forwards doWrite to the connection under it) is left to the
+        reactor."""
+        from sdcc_twisted.protocol import _send_now
+
+        calls: list[str] = []
+
+        class Wrapper:
+            disconnecting = False
+            producer = None
+
+            def doWrite(self) -> None:
+                calls.append("doWrite")
+
+        _send_now(Wrapper())
+        self.assertEqual(calls, [])
 
 
 class StoreTests(ProtocolTestBase):
@@ -378,6 +407,34 @@ class StoreTests(ProtocolTestBase):
         texts = [formatEvent(e) for e in events]
         self.assertFalse([t for t in texts if t.startswith("association ")], texts)
         self.assertTrue([t for t in texts if "1.2.3.22" in t], texts)
+
+    def test_release_not_stuck_when_old_copy_cannot_be_removed(self) -> None:
+        """An instance that moved to another series is stored and indexed;
+        if removing its old copy fails (the thread pool refuses the work),
+        the answer is a failure with an Error Comment, and the release that
+        follows still gets its A-RELEASE-RP."""
+        refuse = [False]
+
+        def run_blocking(fn: Any, *args: Any) -> Any:
+            if refuse[0]:
+                return defer.fail(RuntimeError("thread pool stopped"))
+            return defer.maybeDeferred(fn, *args)
+
+        self.storage.run_blocking = run_blocking
+        proto, transport = self.associate()
+        self.sent(transport)
+        first = self.send_store(proto, transport, "1.2.3.31",
+                                dataset_bytes("1.2.3.31", series="1.2.3.77"))
+        self.assertEqual(first.get(STATUS), 0)
+        refuse[0] = True
+        moved = self.send_store(proto, transport, "1.2.3.31",
+                                dataset_bytes("1.2.3.31", series="1.2.3.78"))
+        self.assertEqual(moved.get(STATUS), c.STATUS_PROCESSING_FAILURE)
+        self.assertTrue(moved.get(ERROR_COMMENT))
+        self.assertIn("1.2.3.78", self.index.records["1.2.3.31"].path)
+        proto.dataReceived(encode(AReleaseRQ()))
+        self.assertIsInstance(self.sent(transport)[-1], AReleaseRP)
+        self.flushLoggedErrors(RuntimeError)
 
     def test_mismatched_uid(self) -> None:
         """A data set whose SOP Instance UID differs from the command's gets

@@ -417,6 +417,21 @@ class EarlyWritebackTests(StoreTestCase):
             self.assertGreaterEqual(count, 256 * 1024)
             offset += count
 
+    def test_real_binding(self) -> None:
+        """On Linux the C library's sync_file_range is bound and accepts a
+        range of a real file (0 = started); elsewhere there is none."""
+        import sys
+
+        if not sys.platform.startswith("linux"):
+            self.assertIsNone(storage._start_writeback)
+            return
+        assert storage._start_writeback is not None
+        path = os.path.join(self.root, "range.bin")
+        with open(path, "wb") as handle:
+            handle.write(b"\x00" * 300_000)
+            handle.flush()
+            self.assertEqual(storage._start_writeback(handle.fileno(), 0, 300_000), 0)
+
     def test_not_without_fsync(self) -> None:
         """With fsync off nothing is pushed to the disk early."""
         self.assertEqual(self._store_large(fsync=False), [])
