@@ -206,6 +206,13 @@ class DicomProtocol(Protocol):
         """Close after what is queued has left; a peer that stops reading
         must not keep the connection (and its per-AE slot): after a grace
         period the connection is dropped."""
+        if self._sender is not None and not self._closed:
+            # The message sender stays registered as the transport's producer
+            # for the whole connection; a TLS transport does not send its
+            # close_notify and close while one is (tls.TLSMemoryBIOProtocol).
+            self._sender.stopProducing()
+            self.transport.unregisterProducer()
+            self._sender = None
         self.transport.loseConnection()
         if not self._closed and self._force is None:
             self._force = self.factory.clock.callLater(self.factory.timeouts.artim,
@@ -515,12 +522,13 @@ class DicomProtocol(Protocol):
     def send_store(self, context_id: int, sop_class_uid: str, sop_instance_uid: str,
                    path: str) -> "defer.Deferred[int]":
         """C-GET: send one C-STORE-RQ on this association from ``path``."""
+        if self._sender is None:
+            return defer.fail(ConnectionError("association closed before the C-STORE-RQ"))
         message_id = self._next_message_id
         self._next_message_id = (message_id % 0xFFFF) + 1
         command = store_request(message_id, sop_class_uid, sop_instance_uid)
         answer: defer.Deferred[int] = defer.Deferred()
         self._store_responses[message_id] = answer
-        assert self._sender is not None
         sending = defer.Deferred.fromCoroutine(self._sender.send_file(context_id, command, path))
 
         def not_sent(failure: Failure) -> Failure:

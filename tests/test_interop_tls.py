@@ -8,7 +8,7 @@ import os
 
 from twisted.trial.unittest import TestCase
 
-from .server_support import dcmtk, start_server
+from .server_support import dcmtk, in_thread, start_server
 
 
 def make_pki(directory: str) -> dict[str, str]:
@@ -92,6 +92,56 @@ class TLSTests(TestCase):
         out, code = await dcmtk(self, "echoscu", "-to", "5", "-ta", "5",
                                 "-aet", "PLAIN", "-aec", "SDCC", "127.0.0.1", port)
         self.assertNotEqual(code, 0, out)
+
+    async def test_server_closes_with_close_notify(self) -> None:
+        """When the server ends a TLS connection itself (here: the peer stays
+        after the A-RELEASE-RP, and ARTIM runs out), it sends a TLS
+        close_notify and closes at ARTIM, instead of being cut off a whole
+        ARTIM period later without one."""
+        import socket
+        import ssl
+        import time
+
+        from sdcc_twisted.pdu import AAssociateAC, AReleaseRP, AReleaseRQ, decode, encode
+        from sdcc_twisted.framing import PDUFramer
+
+        from .support import associate_rq
+
+        pki = make_pki(self._pki_dir())
+        listen = (f"ssl:0:interface=127.0.0.1:privateKey={pki['server.key']}"
+                  f":certKey={pki['server.crt']}")
+        server = await start_server(self, server={"listen": listen, "artim_timeout": "1"})
+
+        def peer() -> tuple[list[type], float, bytes | str]:
+            context = ssl.create_default_context(cafile=pki["ca.crt"])
+            context.check_hostname = False
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+                with context.wrap_socket(raw, suppress_ragged_eofs=False) as tls:
+                    framer = PDUFramer(1 << 20)
+                    seen: list[type] = []
+
+                    def read_pdu() -> None:
+                        while True:
+                            frames = framer.feed(tls.recv(65536))
+                            if frames:
+                                seen.extend(type(decode(t, b)) for t, b in frames)
+                                return
+
+                    tls.sendall(encode(associate_rq(calling="TLSQUIET")))
+                    read_pdu()
+                    tls.sendall(encode(AReleaseRQ()))
+                    read_pdu()
+                    released = time.monotonic()
+                    try:
+                        end: bytes | str = tls.recv(65536)      # b"" after close_notify
+                    except (ssl.SSLError, OSError) as exc:
+                        end = type(exc).__name__
+                    return seen, time.monotonic() - released, end
+
+        seen, waited, end = await in_thread(peer)
+        self.assertEqual(seen, [AAssociateAC, AReleaseRP])
+        self.assertEqual(end, b"", "no TLS close_notify: the connection was cut")
+        self.assertLess(waited, 1.8)
 
     def _pki_dir(self) -> str:
         path = os.path.abspath(self.mktemp())
