@@ -60,6 +60,19 @@ class _Never:
         return call
 
 
+class _HeldScripts:
+    """A txredisapi stand-in whose script calls wait until the test answers
+    them: ``calls`` holds (KEYS, Deferred) of each."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], defer.Deferred[Any]]] = []
+
+    def eval(self, script: str, keys: list[str], args: list[str]) -> Any:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.calls.append((keys, d))
+        return d
+
+
 class _NotConnected:
     """Like service.LateRedis before the connection exists: every attribute
     raises txredisapi.ConnectionError at once."""
@@ -225,15 +238,10 @@ class TimeoutTests(unittest.TestCase):
         record fails those records with IndexUnavailable, and the records
         after them are still sent."""
         clock = task.Clock()
-        calls: list[tuple[list[str], defer.Deferred[Any]]] = []
+        handler = _HeldScripts()
+        calls = handler.calls
 
-        class Handler:
-            def eval(self, script: str, keys: list[str], args: list[str]) -> Any:
-                d: defer.Deferred[Any] = defer.Deferred()
-                calls.append((keys, d))
-                return d
-
-        idx = RedisIndex(Handler(), clock, key_prefix="t:")
+        idx = RedisIndex(handler, clock, key_prefix="t:")
         first = idx.record(make_record(sop="1"))
         waiting = [idx.record(make_record(sop=s)) for s in ("2", "3")]
         self.assertEqual([keys for keys, _ in calls], [["t:instance:1"]])
@@ -254,15 +262,10 @@ class TimeoutTests(unittest.TestCase):
         way fails with IndexUnavailable; the late reply is ignored for it,
         and the records queued behind go out next."""
         clock = task.Clock()
-        calls: list[tuple[list[str], defer.Deferred[Any]]] = []
+        handler = _HeldScripts()
+        calls = handler.calls
 
-        class Handler:
-            def eval(self, script: str, keys: list[str], args: list[str]) -> Any:
-                d: defer.Deferred[Any] = defer.Deferred()
-                calls.append((keys, d))
-                return d
-
-        idx = RedisIndex(Handler(), clock, key_prefix="t:", timeout=2.0)
+        idx = RedisIndex(handler, clock, key_prefix="t:", timeout=2.0)
         first = idx.record(make_record(sop="1"))
         clock.advance(1.5)
         second = idx.record(make_record(sop="2"))
