@@ -26,7 +26,7 @@ from .conformance import (
 )
 from .errors import DIMSEError
 from .events import CommandReceived, DataFragment
-from .pdu import PDV, PDataTF, encode_pdv_header, pdata_header
+from .pdu import PDataTF, encode_pdv_header, pdata_header
 
 # Command set elements (PS3.7 Table E.1-1): element number -> VR.
 COMMAND_GROUP_LENGTH: Final = 0x0000

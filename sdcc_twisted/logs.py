@@ -1,7 +1,8 @@
 """sdcc's loggers and the one level that filters them (``[logging] level``).
 
 Every sdcc module logs through :func:`get_logger`.  Its events pass a level
-gate before they reach ``globalLogPublisher`` (and so twistd's log and any
+gate (Twisted's ``FilteringLogObserver`` with a ``LogLevelFilterPredicate``
+on the ``sdcc`` namespace) before they reach ``globalLogPublisher`` (and so twistd's log and any
 observer of the embedding application): an event below the configured
 level costs one comparison, not a formatted and written line.  That matters
 on the receive path, where a formatted line per stored instance cost about
@@ -12,41 +13,34 @@ instance is therefore a ``debug`` event, and the per-association line at
 
 from __future__ import annotations
 
-from typing import Any
-
-from twisted.logger import ILogObserver, LogLevel, Logger, globalLogPublisher
-from zope.interface import implementer
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    Logger,
+    globalLogPublisher,
+)
 
 __all__ = ["enabled", "get_logger", "set_level"]
 
-
-@implementer(ILogObserver)
-class _LevelGate:
-    """Forwards events at or above ``threshold`` to the global publisher."""
-
-    def __init__(self) -> None:
-        self.threshold = LogLevel.info
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        level = event.get("log_level", LogLevel.info)
-        if level >= self.threshold:
-            globalLogPublisher(event)
-
-
-_gate = _LevelGate()
+_NAMESPACE = "sdcc"
+_levels = LogLevelFilterPredicate()
+_gate = FilteringLogObserver(globalLogPublisher, [_levels])
 
 
 def set_level(name: str) -> None:
     """Log sdcc events at ``name`` (debug, info, warn, error, critical) and up."""
-    _gate.threshold = LogLevel.levelWithName(name)
+    _levels.setLogLevelForNamespace(_NAMESPACE, LogLevel.levelWithName(name))
 
 
 def enabled(level: LogLevel) -> bool:
     """Whether an event at ``level`` would be logged (check before building
     an expensive one)."""
-    return level >= _gate.threshold
+    return level >= _levels.logLevelForNamespace(_NAMESPACE)
 
 
 def get_logger(namespace: str) -> Logger:
-    """A logger whose events pass the level gate."""
+    """A logger for ``sdcc.*`` whose events pass the level gate."""
+    if namespace != _NAMESPACE and not namespace.startswith(_NAMESPACE + "."):
+        raise ValueError(f"sdcc loggers live under {_NAMESPACE!r}, not {namespace!r}")
     return Logger(namespace=namespace, observer=_gate)

@@ -19,7 +19,6 @@ from twisted.logger import (
     FilteringLogObserver,
     LogLevel,
     LogLevelFilterPredicate,
-    Logger,
     globalLogPublisher,
     textFileLogObserver,
 )

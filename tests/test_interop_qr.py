@@ -335,17 +335,24 @@ def _pynetdicom_qr(port: int, study: str) -> dict[str, Any]:
     return out
 
 
-def _move_to_down(port: int, study: str) -> dict[str, Any]:
+def _study_move(port: int, study: str) -> tuple[Any, Any]:
+    """A pynetdicom association for Study Root C-MOVE (and C-ECHO), and the
+    identifier that moves ``study``."""
     from pydicom.dataset import Dataset
     from sdcc_twisted.conformance import VERIFICATION_SOP_CLASS
 
     ae = _qr_ae(STUDY_ROOT_MOVE, VERIFICATION_SOP_CLASS)
     assoc = ae.associate("127.0.0.1", port, ae_title="SDCC")
     assert assoc.is_established
+    move = Dataset()
+    move.QueryRetrieveLevel = "STUDY"
+    move.StudyInstanceUID = study
+    return assoc, move
+
+
+def _move_to_down(port: int, study: str) -> dict[str, Any]:
+    assoc, move = _study_move(port, study)
     try:
-        move = Dataset()
-        move.QueryRetrieveLevel = "STUDY"
-        move.StudyInstanceUID = study
         last = [s for s, _ in assoc.send_c_move(move, "DOWN", STUDY_ROOT_MOVE)][-1]
         return {"final": last.Status,
                 "failed": int(last.get("NumberOfFailedSuboperations", -1)),
@@ -356,16 +363,8 @@ def _move_to_down(port: int, study: str) -> dict[str, Any]:
 
 
 def _move_and_cancel(port: int, study: str) -> dict[str, Any]:
-    from pydicom.dataset import Dataset
-    from sdcc_twisted.conformance import VERIFICATION_SOP_CLASS
-
-    ae = _qr_ae(STUDY_ROOT_MOVE, VERIFICATION_SOP_CLASS)
-    assoc = ae.associate("127.0.0.1", port, ae_title="SDCC")
-    assert assoc.is_established
+    assoc, move = _study_move(port, study)
     try:
-        move = Dataset()
-        move.QueryRetrieveLevel = "STUDY"
-        move.StudyInstanceUID = study
         context_id = next(c.context_id for c in assoc.accepted_contexts
                           if c.abstract_syntax == STUDY_ROOT_MOVE)
         statuses = []
