@@ -71,12 +71,12 @@ def _import_core(instrument: bool) -> None:
         import contextlib
         ctx = contextlib.nullcontext()
     with ctx:
-        from sdcc_twisted import conformance as c
-        from sdcc_twisted.association import Association
-        from sdcc_twisted.dataset_head import DatasetWalker
-        from sdcc_twisted.dimse import response
-        from sdcc_twisted.errors import DatasetError
-        from sdcc_twisted.events import (
+        from sdcc_twisted.core import conformance as c
+        from sdcc_twisted.core.association import Association
+        from sdcc_twisted.core.dataset_head import DatasetWalker
+        from sdcc_twisted.core.dimse import response
+        from sdcc_twisted.core.errors import DatasetError
+        from sdcc_twisted.core.events import (
             Aborted,
             AssociationRequested,
             CloseTransport,
@@ -84,9 +84,9 @@ def _import_core(instrument: bool) -> None:
             DataFragment,
             ReleaseRequested,
         )
-        from sdcc_twisted.framing import PDUFramer
-        from sdcc_twisted.negotiation import AcceptorPolicy, Accepted, negotiate
-        from sdcc_twisted.pdu import AAbort, AAssociateRQ, decode, encode
+        from sdcc_twisted.core.framing import PDUFramer
+        from sdcc_twisted.core.negotiation import AcceptorPolicy, Accepted, negotiate
+        from sdcc_twisted.core.pdu import AAbort, AAssociateRQ, decode, encode
 
 
 class Finding(AssertionError):
@@ -276,7 +276,7 @@ def seeds() -> list[bytes]:
         pdata,
         store_command,
     )
-    from sdcc_twisted.pdu import AReleaseRQ, PDataTF, PDV, RoleSelection, UserInformation
+    from sdcc_twisted.core.pdu import AReleaseRQ, PDataTF, PDV, RoleSelection, UserInformation
 
     CT = "1.2.840.10008.5.1.4.1.1.2"
     out: list[bytes] = []

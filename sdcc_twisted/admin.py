@@ -6,7 +6,7 @@
 
 ``rebuild`` reads every ``*.dcm`` under the storage root (header only) and
 writes the index anew with the same mapping as the server
-(:mod:`sdcc_twisted.index_keys`), after deleting every key under the prefix
+(:mod:`sdcc_twisted.core.index_keys`), after deleting every key under the prefix
 except the association locks.  Stores that arrive while it runs may be lost
 from the index (not from disk); run it when the server is idle.
 
@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from .index_keys import (
+from sdcc_twisted.core.index_keys import (
     NO_ID,
     KeyLayout,
     Placement,
@@ -37,7 +37,7 @@ from .index_keys import (
     plan_record,
     record_commands,
 )
-from .records import INDEX_ATTRIBUTES, InstanceRecord
+from sdcc_twisted.core.records import INDEX_ATTRIBUTES, InstanceRecord
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
-from .conformance import DEFAULT_MAX_PDU_LENGTH
+from sdcc_twisted.core.conformance import DEFAULT_MAX_PDU_LENGTH
 
 T = TypeVar("T")
 

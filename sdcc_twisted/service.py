@@ -23,20 +23,20 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
-from .catalog import RedisCatalog
-from .client import Destination
-from .config import ConfigError, Settings, settings_summary
-from .index import RedisAssociationLock, RedisIndex, connect_redis
-from .journal import IndexLog, JournalReplayer, PendingJournal
-from .locks import FallbackAssociationLock, IAssociationLock, InProcessAssociationLock
-from . import logs
-from .logs import get_logger
-from .negotiation import AcceptorPolicy
-from .protocol import DicomServerFactory, Timeouts
-from .qr import QueryRetrieveSCP
-from .redisproc import EmbeddedRedis, RedisNotFound
-from .scp import StorageSCP
-from .storage import FileStore
+from sdcc_twisted.storage.catalog import RedisCatalog
+from sdcc_twisted.runtime.client import Destination
+from sdcc_twisted.config import ConfigError, Settings, settings_summary
+from sdcc_twisted.storage.index import RedisAssociationLock, RedisIndex, connect_redis
+from sdcc_twisted.storage.journal import IndexLog, JournalReplayer, PendingJournal
+from sdcc_twisted.storage.locks import FallbackAssociationLock, IAssociationLock, InProcessAssociationLock
+from sdcc_twisted import logs
+from sdcc_twisted.logs import get_logger
+from sdcc_twisted.core.negotiation import AcceptorPolicy
+from sdcc_twisted.runtime.protocol import DicomServerFactory, Timeouts
+from sdcc_twisted.services.qr import QueryRetrieveSCP
+from sdcc_twisted.storage.redisproc import EmbeddedRedis, RedisNotFound
+from sdcc_twisted.services.scp import StorageSCP
+from sdcc_twisted.storage.files import FileStore
 
 log = get_logger("sdcc.service")
 

@@ -7,7 +7,7 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
-from .config import ConfigError, Settings, load_settings
+from sdcc_twisted.config import ConfigError, Settings, load_settings
 
 
 class Options(usage.Options):
@@ -34,6 +34,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor as global_reactor
         reactor = global_reactor
-    from .service import build_service
+    from sdcc_twisted.service import build_service
     settings: Settings = options["settings"]
     return build_service(settings, reactor)

@@ -1,9 +1,9 @@
 """Test objects for the interop tests, built at test time (nothing committed).
 
 * :func:`sop_class_corpus`: one small, valid instance of every storage SOP
-  class of :data:`sdcc_twisted.conformance.STORAGE_SOP_CLASSES`.
+  class of :data:`sdcc_twisted.core.conformance.STORAGE_SOP_CLASSES`.
 * :func:`transfer_syntax_corpus`: for each of the nine transfer syntaxes of
-  :data:`sdcc_twisted.conformance.TRANSFER_SYNTAXES` an instance with real
+  :data:`sdcc_twisted.core.conformance.TRANSFER_SYNTAXES` an instance with real
   encoded pixel data: one of pydicom's bundled test files, re-stamped with
   fresh Study/Series/SOP Instance UIDs and written again in its own transfer
   syntax (the pixel data bytes are kept as they are), in the encoding DCMTK
@@ -27,7 +27,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Final
 
-from sdcc_twisted import conformance as c
+from sdcc_twisted.core import conformance as c
 
 #: Our implementation, as written into every stored file's meta.
 OUR_IMPLEMENTATION_CLASS_UID: Final = c.IMPLEMENTATION_CLASS_UID

@@ -126,7 +126,7 @@ def connect(testcase: unittest.TestCase, server: RedisServer,
     """A txredisapi pool on ``server`` that reconnects fast; closed in cleanup."""
     from twisted.internet import reactor
 
-    from sdcc_twisted.index import connect_redis
+    from sdcc_twisted.storage.index import connect_redis
 
     handler = connect_redis(server.url, reactor, poolsize=poolsize,
                             connect_timeout=1.0, max_retry_delay=0.1)

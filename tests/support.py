@@ -8,8 +8,8 @@ import shutil
 import subprocess
 from typing import Any
 
-from sdcc_twisted import conformance as c
-from sdcc_twisted.dimse import (
+from sdcc_twisted.core import conformance as c
+from sdcc_twisted.core.dimse import (
     AFFECTED_SOP_CLASS_UID,
     AFFECTED_SOP_INSTANCE_UID,
     COMMAND_DATA_SET_TYPE,
@@ -18,7 +18,7 @@ from sdcc_twisted.dimse import (
     PRIORITY,
     encode_command,
 )
-from sdcc_twisted.pdu import (
+from sdcc_twisted.core.pdu import (
     PDV,
     AAssociateRQ,
     PDataTF,

@@ -12,8 +12,8 @@ from twisted.internet import reactor
 from twisted.trial import unittest
 
 from sdcc_twisted import admin
-from sdcc_twisted.index import RedisIndex
-from sdcc_twisted.index_keys import KeyLayout
+from sdcc_twisted.storage.index import RedisIndex
+from sdcc_twisted.core.index_keys import KeyLayout
 
 from .redis_support import connect, start_redis
 

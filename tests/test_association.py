@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sdcc_twisted import conformance as c
-from sdcc_twisted.association import Association
-from sdcc_twisted.dimse import STATUS, decode_command, response
-from sdcc_twisted.events import (
+from sdcc_twisted.core import conformance as c
+from sdcc_twisted.core.association import Association
+from sdcc_twisted.core.dimse import STATUS, decode_command, response
+from sdcc_twisted.core.events import (
     Aborted,
     AssociationRequested,
     CloseTransport,
@@ -17,9 +17,9 @@ from sdcc_twisted.events import (
     StartARTIM,
     StopARTIM,
 )
-from sdcc_twisted.framing import PDUFramer
-from sdcc_twisted.negotiation import AcceptorPolicy, negotiate
-from sdcc_twisted.pdu import AAbort, AAssociateAC, AAssociateRJ, AReleaseRP, AReleaseRQ, PDataTF, decode, encode
+from sdcc_twisted.core.framing import PDUFramer
+from sdcc_twisted.core.negotiation import AcceptorPolicy, negotiate
+from sdcc_twisted.core.pdu import AAbort, AAssociateAC, AAssociateRJ, AReleaseRP, AReleaseRQ, PDataTF, decode, encode
 
 from .support import associate_rq, echo_command, message_pdus, pdata, store_command
 
@@ -174,7 +174,7 @@ class MalformedInputTests(SynchronousTestCase):
         """A P-DATA-TF whose first PDV ends a data set and whose second is
         on another context aborts without delivering that last fragment, so
         the instance is never completed (the whole PDU is refused)."""
-        from sdcc_twisted.pdu import PDV, PDataTF as PData
+        from sdcc_twisted.core.pdu import PDV, PDataTF as PData
 
         assoc = self.established()
         events = assoc.receive_data(pdata(3, 0x03, store_command("1.2"))

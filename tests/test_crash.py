@@ -22,7 +22,7 @@ import time
 from twisted.python import log
 from twisted.trial.unittest import TestCase
 
-from sdcc_twisted import conformance as c
+from sdcc_twisted.core import conformance as c
 
 from . import corpus
 from .redis_support import start_redis

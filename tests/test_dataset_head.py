@@ -1,4 +1,4 @@
-"""Tests for :mod:`sdcc_twisted.dataset_head`, the streaming data set walker."""
+"""Tests for :mod:`sdcc_twisted.core.dataset_head`, the streaming data set walker."""
 
 from __future__ import annotations
 
@@ -19,15 +19,15 @@ from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.filewriter import dcmwrite
 from twisted.trial.unittest import SynchronousTestCase
 
-from sdcc_twisted.conformance import (
+from sdcc_twisted.core.conformance import (
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
     JPEG_BASELINE,
 )
-from sdcc_twisted.dataset_head import DatasetWalker
-from sdcc_twisted.errors import DatasetError
-from sdcc_twisted.records import HEAD_TAGS
+from sdcc_twisted.core.dataset_head import DatasetWalker
+from sdcc_twisted.core.errors import DatasetError
+from sdcc_twisted.core.records import HEAD_TAGS
 
 #: (transfer syntax, implicit VR, little endian) for the three base encodings.
 ENCODINGS = (

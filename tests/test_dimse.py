@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sdcc_twisted import conformance as c
-from sdcc_twisted.dimse import (
+from sdcc_twisted.core import conformance as c
+from sdcc_twisted.core.dimse import (
     AFFECTED_SOP_INSTANCE_UID,
     ERROR_COMMENT,
     MESSAGE_ID,
@@ -16,10 +16,10 @@ from sdcc_twisted.dimse import (
     fragment_message,
     response,
 )
-from sdcc_twisted.errors import DIMSEError
-from sdcc_twisted.events import CommandReceived, DataFragment
-from sdcc_twisted.framing import PDUFramer
-from sdcc_twisted.pdu import PDV, PDataTF, decode
+from sdcc_twisted.core.errors import DIMSEError
+from sdcc_twisted.core.events import CommandReceived, DataFragment
+from sdcc_twisted.core.framing import PDUFramer
+from sdcc_twisted.core.pdu import PDV, PDataTF, decode
 
 from .support import echo_command, store_command
 

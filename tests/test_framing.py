@@ -1,4 +1,4 @@
-"""Tests for sdcc_twisted.framing.PDUFramer (PS3.8 9.3.1, D.1)."""
+"""Tests for sdcc_twisted.core.framing.PDUFramer (PS3.8 9.3.1, D.1)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from sdcc_twisted.conformance import (
+from sdcc_twisted.core.conformance import (
     ABORT_INVALID_PDU_PARAMETER_VALUE,
     ABORT_UNRECOGNIZED_PDU,
 )
-from sdcc_twisted.errors import FramingError
-from sdcc_twisted.framing import PDUFramer
+from sdcc_twisted.core.errors import FramingError
+from sdcc_twisted.core.framing import PDUFramer
 
 
 def _pdu(pdu_type: int, body: bytes) -> bytes:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sdcc_twisted import fsm
-from sdcc_twisted.errors import LocalProtocolError
-from sdcc_twisted.events import (
+from sdcc_twisted.core import fsm
+from sdcc_twisted.core.errors import LocalProtocolError
+from sdcc_twisted.core.events import (
     CloseTransport,
     Indication,
     OpenTransport,
@@ -14,7 +14,7 @@ from sdcc_twisted.events import (
     StartARTIM,
     StopARTIM,
 )
-from sdcc_twisted.pdu import AAbort, AAssociateRJ
+from sdcc_twisted.core.pdu import AAbort, AAssociateRJ
 
 # PS3.8 Table 9-10 as the standard prints it: one row per event, one column
 # per state Sta1..Sta13; "." is an empty cell.  Transcribed separately from

@@ -26,8 +26,8 @@ from typing import Any
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from sdcc_twisted import conformance as c
-from sdcc_twisted.dimse import (
+from sdcc_twisted.core import conformance as c
+from sdcc_twisted.core.dimse import (
     AFFECTED_SOP_CLASS_UID,
     AFFECTED_SOP_INSTANCE_UID,
     COMMAND_DATA_SET_TYPE,
@@ -40,7 +40,7 @@ from sdcc_twisted.dimse import (
     decode_command,
     encode_command,
 )
-from sdcc_twisted.pdu import (
+from sdcc_twisted.core.pdu import (
     A_ABORT,
     A_ASSOCIATE_AC,
     A_RELEASE_RP,

@@ -1,4 +1,4 @@
-"""Tests for sdcc_twisted.index and sdcc_twisted.index_keys (real redis-server)."""
+"""Tests for sdcc_twisted.storage.index and sdcc_twisted.core.index_keys (real redis-server)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,17 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from sdcc_twisted import index_keys
-from sdcc_twisted.index import (
+from sdcc_twisted.core import index_keys
+from sdcc_twisted.storage.index import (
     IInstanceIndex,
     IndexUnavailable,
     RedisAssociationLock,
     RedisIndex,
     connect_redis,
 )
-from sdcc_twisted.index_keys import NO_ID, KeyLayout, Placement
-from sdcc_twisted.locks import IAssociationLock
-from sdcc_twisted.records import InstanceRecord
+from sdcc_twisted.core.index_keys import NO_ID, KeyLayout, Placement
+from sdcc_twisted.storage.locks import IAssociationLock
+from sdcc_twisted.core.records import InstanceRecord
 
 from .redis_support import connect, sleep, start_redis, wait_connected
 

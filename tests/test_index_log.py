@@ -8,9 +8,9 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
-from sdcc_twisted.dimse import STATUS, decode_command
-from sdcc_twisted.journal import IndexLog, PendingJournal
-from sdcc_twisted.pdu import AReleaseRP, AReleaseRQ, PDataTF, encode
+from sdcc_twisted.core.dimse import STATUS, decode_command
+from sdcc_twisted.storage.journal import IndexLog, PendingJournal
+from sdcc_twisted.core.pdu import AReleaseRP, AReleaseRQ, PDataTF, encode
 
 from .support import dataset_bytes, message_pdus, store_command
 from .test_protocol import ProtocolTestBase

@@ -19,9 +19,9 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-from sdcc_twisted import conformance as c
-from sdcc_twisted.pdu import A_ASSOCIATE_AC, AAbort, decode, encode
-from sdcc_twisted.storage import uid_path_part
+from sdcc_twisted.core import conformance as c
+from sdcc_twisted.core.pdu import A_ASSOCIATE_AC, AAbort, decode, encode
+from sdcc_twisted.storage.files import uid_path_part
 
 from . import corpus
 from .redis_support import sleep, start_redis, wait_for

@@ -62,7 +62,7 @@ def write_study(directory: str, patient: str, name: str, study: str, series_coun
 
 def data_set_bytes(path: str) -> bytes:
     """The data set bytes of a Part 10 file (after its File Meta)."""
-    from sdcc_twisted.sending import data_set_offset
+    from sdcc_twisted.runtime.sending import data_set_offset
 
     with open(path, "rb") as handle:
         handle.seek(data_set_offset(handle))
@@ -339,7 +339,7 @@ def _study_move(port: int, study: str) -> tuple[Any, Any]:
     """A pynetdicom association for Study Root C-MOVE (and C-ECHO), and the
     identifier that moves ``study``."""
     from pydicom.dataset import Dataset
-    from sdcc_twisted.conformance import VERIFICATION_SOP_CLASS
+    from sdcc_twisted.core.conformance import VERIFICATION_SOP_CLASS
 
     ae = _qr_ae(STUDY_ROOT_MOVE, VERIFICATION_SOP_CLASS)
     assoc = ae.associate("127.0.0.1", port, ae_title="SDCC")

@@ -19,7 +19,7 @@ from typing import Any
 from twisted.internet import reactor, task, utils
 from twisted.trial.unittest import TestCase
 
-from sdcc_twisted import conformance as c
+from sdcc_twisted.core import conformance as c
 
 from . import corpus
 from .redis_support import start_redis

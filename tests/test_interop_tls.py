@@ -102,8 +102,8 @@ class TLSTests(TestCase):
         import ssl
         import time
 
-        from sdcc_twisted.pdu import AAssociateAC, AReleaseRP, AReleaseRQ, decode, encode
-        from sdcc_twisted.framing import PDUFramer
+        from sdcc_twisted.core.pdu import AAssociateAC, AReleaseRP, AReleaseRQ, decode, encode
+        from sdcc_twisted.core.framing import PDUFramer
 
         from .support import associate_rq
 

@@ -1,4 +1,4 @@
-"""Tests for sdcc_twisted.journal: the pending journal and its replay."""
+"""Tests for sdcc_twisted.storage.journal: the pending journal and its replay."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from twisted.trial import unittest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from sdcc_twisted import index_keys
-from sdcc_twisted.index import IInstanceIndex, IndexUnavailable, RedisIndex
-from sdcc_twisted.journal import JournalReplayer, PendingJournal
-from sdcc_twisted.records import InstanceRecord
+from sdcc_twisted.core import index_keys
+from sdcc_twisted.storage.index import IInstanceIndex, IndexUnavailable, RedisIndex
+from sdcc_twisted.storage.journal import JournalReplayer, PendingJournal
+from sdcc_twisted.core.records import InstanceRecord
 
 from .redis_support import connect, sleep, start_redis, wait_connected
 from .test_index import make_record

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from sdcc_twisted import conformance as c
-from sdcc_twisted.negotiation import AcceptorPolicy, Accepted, Rejected, negotiate
+from sdcc_twisted.core import conformance as c
+from sdcc_twisted.core.negotiation import AcceptorPolicy, Accepted, Rejected, negotiate
 
 from .support import CT, associate_rq
 

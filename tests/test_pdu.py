@@ -1,4 +1,4 @@
-"""Tests for sdcc_twisted.pdu, the PDU codec (PS3.8 9.3, PS3.7 Annex D)."""
+"""Tests for sdcc_twisted.core.pdu, the PDU codec (PS3.8 9.3, PS3.7 Annex D)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from sdcc_twisted import pdu
-from sdcc_twisted.conformance import (
+from sdcc_twisted.core import pdu
+from sdcc_twisted.core.conformance import (
     ABORT_INVALID_PDU_PARAMETER_VALUE,
     ABORT_UNEXPECTED_PDU_PARAMETER,
     ABORT_UNRECOGNIZED_PDU,
     ABORT_UNRECOGNIZED_PDU_PARAMETER,
     APPLICATION_CONTEXT_NAME,
 )
-from sdcc_twisted.errors import LocalProtocolError, PDUDecodeError
-from sdcc_twisted.framing import PDUFramer
-from sdcc_twisted.pdu import (
+from sdcc_twisted.core.errors import LocalProtocolError, PDUDecodeError
+from sdcc_twisted.core.framing import PDUFramer
+from sdcc_twisted.core.pdu import (
     PDV,
     AAbort,
     AAssociateAC,

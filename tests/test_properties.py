@@ -3,11 +3,11 @@
 These complement the codec, framer and walker properties of test_pdu.py,
 test_framing.py and test_dataset_head.py:
 
-* the :class:`~sdcc_twisted.association.Association` facade, acceptor side,
+* the :class:`~sdcc_twisted.core.association.Association` facade, acceptor side,
   fed arbitrary and damaged byte streams in arbitrary splits, in Sta2 and
   once established (Sta6), driven the way the protocol adapter drives it;
 * negotiation of generated, valid A-ASSOCIATE-RQs;
-* the DIMSE :class:`~sdcc_twisted.dimse.MessageAssembler` on random PDV
+* the DIMSE :class:`~sdcc_twisted.core.dimse.MessageAssembler` on random PDV
   sequences and on valid messages cut at random;
 * round trips: PDU streams through the framer in random splits, and command
   sets through encode_command / decode_command and through pydicom.
@@ -25,9 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from sdcc_twisted import conformance as c
-from sdcc_twisted.association import Association
-from sdcc_twisted.dimse import (
+from sdcc_twisted.core import conformance as c
+from sdcc_twisted.core.association import Association
+from sdcc_twisted.core.dimse import (
     COMMAND_DATA_SET_TYPE,
     COMMAND_FIELD,
     ERROR_COMMENT,
@@ -41,8 +41,8 @@ from sdcc_twisted.dimse import (
     encode_command,
     response,
 )
-from sdcc_twisted.errors import DIMSEError
-from sdcc_twisted.events import (
+from sdcc_twisted.core.errors import DIMSEError
+from sdcc_twisted.core.events import (
     Aborted,
     AssociationRequested,
     CloseTransport,
@@ -50,9 +50,9 @@ from sdcc_twisted.events import (
     DataFragment,
     ReleaseRequested,
 )
-from sdcc_twisted.framing import PDUFramer
-from sdcc_twisted.negotiation import AcceptorPolicy, Accepted, Rejected, negotiate
-from sdcc_twisted.pdu import (
+from sdcc_twisted.core.framing import PDUFramer
+from sdcc_twisted.core.negotiation import AcceptorPolicy, Accepted, Rejected, negotiate
+from sdcc_twisted.core.pdu import (
     PDV,
     AAbort,
     AAssociateAC,

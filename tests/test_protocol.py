@@ -11,18 +11,18 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from sdcc_twisted import conformance as c
-from sdcc_twisted.dimse import ERROR_COMMENT, STATUS, decode_command
-from sdcc_twisted.framing import PDUFramer
-from sdcc_twisted.index import IInstanceIndex
-from sdcc_twisted.journal import PendingJournal
-from sdcc_twisted.locks import IAssociationLock, InProcessAssociationLock
-from sdcc_twisted.negotiation import AcceptorPolicy
-from sdcc_twisted.pdu import AAbort, AAssociateAC, AAssociateRJ, AReleaseRP, AReleaseRQ, PDataTF, decode, encode
-from sdcc_twisted.protocol import DicomServerFactory, Timeouts
-from sdcc_twisted.records import InstanceRecord
-from sdcc_twisted.scp import StorageSCP
-from sdcc_twisted.storage import FileStore
+from sdcc_twisted.core import conformance as c
+from sdcc_twisted.core.dimse import ERROR_COMMENT, STATUS, decode_command
+from sdcc_twisted.core.framing import PDUFramer
+from sdcc_twisted.storage.index import IInstanceIndex
+from sdcc_twisted.storage.journal import PendingJournal
+from sdcc_twisted.storage.locks import IAssociationLock, InProcessAssociationLock
+from sdcc_twisted.core.negotiation import AcceptorPolicy
+from sdcc_twisted.core.pdu import AAbort, AAssociateAC, AAssociateRJ, AReleaseRP, AReleaseRQ, PDataTF, decode, encode
+from sdcc_twisted.runtime.protocol import DicomServerFactory, Timeouts
+from sdcc_twisted.core.records import InstanceRecord
+from sdcc_twisted.services.scp import StorageSCP
+from sdcc_twisted.storage.files import FileStore
 
 from .support import associate_rq, dataset_bytes, echo_command, message_pdus, store_command
 
@@ -308,7 +308,7 @@ class SendNowTests(ProtocolTestBase):
         """A transport that is not the TCP connection itself (a TLS wrapper
         forwards doWrite to the connection under it) is left to the
         reactor."""
-        from sdcc_twisted.protocol import _send_now
+        from sdcc_twisted.runtime.protocol import _send_now
 
         calls: list[str] = []
 

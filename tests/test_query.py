@@ -1,4 +1,4 @@
-"""Tests for :mod:`sdcc_twisted.query`, the sans-I/O C-FIND/C-MOVE/C-GET core."""
+"""Tests for :mod:`sdcc_twisted.core.query`, the sans-I/O C-FIND/C-MOVE/C-GET core."""
 
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 from twisted.trial.unittest import SynchronousTestCase
 
-from sdcc_twisted import query as q
-from sdcc_twisted.conformance import (
+from sdcc_twisted.core import query as q
+from sdcc_twisted.core.conformance import (
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
 )
-from sdcc_twisted.query import (
+from sdcc_twisted.core.query import (
     LEVELS,
     PATIENT_ROOT,
     STUDY_ROOT,
@@ -39,7 +39,7 @@ from sdcc_twisted.query import (
     response_identifier,
     retrieve_keys,
 )
-from sdcc_twisted.records import INDEX_ATTRIBUTES
+from sdcc_twisted.core.records import INDEX_ATTRIBUTES
 
 #: (transfer syntax, implicit VR, little endian) of the three base encodings.
 ENCODINGS = (
@@ -997,7 +997,7 @@ class ModuleTests(SynchronousTestCase):
         self.assertEqual(STUDY_ROOT, "STUDY")
         self.assertEqual(LEVELS, ("PATIENT", "STUDY", "SERIES", "IMAGE"))
         self.assertEqual(UNIQUE_KEYS["SERIES"], "SeriesInstanceUID")
-        from sdcc_twisted.conformance import QUERY_RETRIEVE_MODELS, STUDY_ROOT_FIND
+        from sdcc_twisted.core.conformance import QUERY_RETRIEVE_MODELS, STUDY_ROOT_FIND
         self.assertEqual(QUERY_RETRIEVE_MODELS[STUDY_ROOT_FIND], (STUDY_ROOT, "FIND"))
 
     def test_query_error(self) -> None:
@@ -1010,8 +1010,8 @@ class ModuleTests(SynchronousTestCase):
         """The module imports no Twisted, Redis or zope (sans-I/O core)."""
         import os
         import subprocess
-        root = os.path.dirname(os.path.dirname(os.path.abspath(q.__file__)))
-        code = ("import sys, sdcc_twisted.query; "
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(q.__file__))))
+        code = ("import sys, sdcc_twisted.core.query; "
                 "bad = [m for m in sys.modules if m.split('.')[0] in "
                 "('twisted', 'txredisapi', 'redis', 'zope')]; "
                 "assert not bad, bad")

@@ -1,4 +1,4 @@
-"""Tests for sdcc_twisted.redisproc: the embedded redis-server."""
+"""Tests for sdcc_twisted.storage.redisproc: the embedded redis-server."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import time
 from twisted.internet import reactor, task
 from twisted.trial import unittest
 
-from sdcc_twisted import redisproc
-from sdcc_twisted.redisproc import EmbeddedRedis, RedisNotFound, RedisStartError
+from sdcc_twisted.storage import redisproc
+from sdcc_twisted.storage.redisproc import EmbeddedRedis, RedisNotFound, RedisStartError
 
 from .redis_support import ping, require_redis_server
 

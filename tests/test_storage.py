@@ -1,4 +1,4 @@
-"""Tests for :mod:`sdcc_twisted.storage`, the streaming Part 10 writer."""
+"""Tests for :mod:`sdcc_twisted.storage.files`, the streaming Part 10 writer."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.filewriter import dcmwrite
 from twisted.trial.unittest import SynchronousTestCase
 
-from sdcc_twisted import storage
-from sdcc_twisted.conformance import (
+from sdcc_twisted.storage import files as storage
+from sdcc_twisted.core.conformance import (
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLEMENTATION_CLASS_UID,
@@ -31,7 +31,7 @@ from sdcc_twisted.conformance import (
     STATUS_OUT_OF_RESOURCES,
     STATUS_PROCESSING_FAILURE,
 )
-from sdcc_twisted.storage import (
+from sdcc_twisted.storage.files import (
     MISSING_SERIES_DIR,
     MISSING_STUDY_DIR,
     FileStore,

@@ -2,13 +2,13 @@
 
 :func:`encode` turns a PDU object into the bytes of a whole PDU, 6-byte
 header included.  :func:`decode` turns a PDU body (the bytes after the
-header, as :class:`sdcc_twisted.framing.PDUFramer` hands them out) into a PDU
+header, as :class:`sdcc_twisted.core.framing.PDUFramer` hands them out) into a PDU
 object.  Every field is big-endian (PS3.8 9.3.1).
 
 Malformed input never raises anything but
-:class:`~sdcc_twisted.errors.PDUDecodeError`, whose ``reason`` is the A-ABORT
+:class:`~sdcc_twisted.core.errors.PDUDecodeError`, whose ``reason`` is the A-ABORT
 Reason/Diag to send (PS3.8 Table 9-26).  Asking :func:`encode` for something
-that cannot be encoded raises :class:`~sdcc_twisted.errors.LocalProtocolError`.
+that cannot be encoded raises :class:`~sdcc_twisted.core.errors.LocalProtocolError`.
 
 P-DATA-TF decoding is the hot path: the PDV fragments are memoryview slices
 of the body, never copies.
@@ -20,13 +20,13 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Iterator, Union
 
-from sdcc_twisted.conformance import (
+from sdcc_twisted.core.conformance import (
     ABORT_INVALID_PDU_PARAMETER_VALUE,
     ABORT_UNEXPECTED_PDU_PARAMETER,
     ABORT_UNRECOGNIZED_PDU,
     ABORT_UNRECOGNIZED_PDU_PARAMETER,
 )
-from sdcc_twisted.errors import LocalProtocolError, PDUDecodeError
+from sdcc_twisted.core.errors import LocalProtocolError, PDUDecodeError
 
 __all__ = [
     "AAbort",

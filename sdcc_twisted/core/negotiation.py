@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from .conformance import (
+from sdcc_twisted.core.conformance import (
     APPLICATION_CONTEXT_NAME,
     DEFAULT_MAX_PDU_LENGTH,
     IMPLEMENTATION_CLASS_UID,
@@ -27,7 +27,7 @@ from .conformance import (
     SUPPORTED_CONTEXTS,
     RejectReason,
 )
-from .pdu import (
+from sdcc_twisted.core.pdu import (
     AAssociateAC,
     AAssociateRJ,
     AAssociateRQ,

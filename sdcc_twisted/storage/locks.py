@@ -3,7 +3,7 @@
 The statement ("Number of Associations") allows one association at a time per
 remote AE.  The lock is keyed on the calling AE title.  This module holds the
 interface and the in-process implementation; the Redis-backed one, shared by
-several sdcc processes, lives in :mod:`sdcc_twisted.index`.
+several sdcc processes, lives in :mod:`sdcc_twisted.storage.index`.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any, Final
 
-from .conformance import (
+from sdcc_twisted.core.conformance import (
     ABORT_INVALID_PDU_PARAMETER_VALUE,
     ABORT_UNEXPECTED_PDU_PARAMETER,
     C_ECHO_RQ,
@@ -24,9 +24,9 @@ from .conformance import (
     PDV_COMMAND,
     PDV_LAST,
 )
-from .errors import DIMSEError
-from .events import CommandReceived, DataFragment
-from .pdu import PDataTF, encode_pdv_header, pdata_header
+from sdcc_twisted.core.errors import DIMSEError
+from sdcc_twisted.core.events import CommandReceived, DataFragment
+from sdcc_twisted.core.pdu import PDataTF, encode_pdv_header, pdata_header
 
 # Command set elements (PS3.7 Table E.1-1): element number -> VR.
 COMMAND_GROUP_LENGTH: Final = 0x0000

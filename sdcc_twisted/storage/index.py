@@ -1,7 +1,7 @@
 """The instance index and the fleet-wide association lock, on Redis.
 
 Key layout (``{p}`` = ``[index] key_prefix``, default ``sdcc:``; the mapping
-itself lives in :mod:`sdcc_twisted.index_keys`, shared with ``sdcc-admin``)::
+itself lives in :mod:`sdcc_twisted.core.index_keys`, shared with ``sdcc-admin``)::
 
     {p}instance:{sop_uid}             hash  path, sop_class_uid, transfer_syntax,
                                             size, received_at, calling_ae,
@@ -46,7 +46,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from .index_keys import (
+from sdcc_twisted.core.index_keys import (
     ATTACH_SCRIPT,
     Command,
     KeyLayout,
@@ -58,9 +58,9 @@ from .index_keys import (
     plan_record,
     plan_remove,
 )
-from .locks import IAssociationLock
-from .logs import get_logger
-from .records import InstanceRecord
+from sdcc_twisted.storage.locks import IAssociationLock
+from sdcc_twisted.logs import get_logger
+from sdcc_twisted.core.records import InstanceRecord
 
 T = TypeVar("T")
 

@@ -4,7 +4,7 @@ A received C-STORE data set is never decoded to be stored.  :class:`Sink`
 writes the 128-byte preamble, ``DICM`` and the File Meta Information
 (PS3.10 7.1, group 0002 in Explicit VR Little Endian) into a temp file, then
 every data set fragment verbatim as it arrives, while a
-:class:`~sdcc_twisted.dataset_head.DatasetWalker` checks the structure and
+:class:`~sdcc_twisted.core.dataset_head.DatasetWalker` checks the structure and
 collects the index attributes.  :meth:`Sink.finish` checks the data set's SOP
 Class and Instance UIDs against the command's, fsyncs, and renames the file
 into ``{root}/{Study}/{Series}/{SOPInstance}.dcm``.  Nothing partial stays on
@@ -27,7 +27,7 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Final
 
-from sdcc_twisted.conformance import (
+from sdcc_twisted.core.conformance import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
     STATUS_CANNOT_UNDERSTAND,
@@ -37,8 +37,8 @@ from sdcc_twisted.conformance import (
     STATUS_OUT_OF_RESOURCES,
     STATUS_PROCESSING_FAILURE,
 )
-from sdcc_twisted.dataset_head import DatasetWalker
-from sdcc_twisted.errors import DatasetError
+from sdcc_twisted.core.dataset_head import DatasetWalker
+from sdcc_twisted.core.errors import DatasetError
 
 __all__ = [
     "FileStore",
@@ -162,7 +162,7 @@ class StoredFile:
             set's own.
         transfer_syntax: the presentation context's, as in (0002,0010).
         attributes: keyword -> value of the index attributes found in the
-            data set (see :data:`sdcc_twisted.records.HEAD_TAGS`).
+            data set (see :data:`sdcc_twisted.core.records.HEAD_TAGS`).
         warnings: irregularities of the data set that were stored as they
             came (odd element lengths, tags out of order).
     """

@@ -6,7 +6,7 @@ a frozen dataclass costs a ``object.__setattr__`` per field.
 
 Effects are what the Upper Layer state machine asks its environment to do
 (PS3.8 9.2.2 actions: send a PDU, start or stop ARTIM, open or close the
-transport).  Events are what the :class:`~sdcc_twisted.association.Association`
+transport).  Events are what the :class:`~sdcc_twisted.core.association.Association`
 facade tells the service above it (PS3.8 primitives and DIMSE messages).
 """
 
@@ -51,7 +51,7 @@ class Indication:
 
     Attributes:
         primitive: one of the ``*_INDICATION`` / ``*_CONFIRMATION`` names of
-            :mod:`sdcc_twisted.fsm`.
+            :mod:`sdcc_twisted.core.fsm`.
         pdu: the PDU that caused it, when there is one.
     """
 
@@ -92,7 +92,7 @@ class CommandReceived:
 
     Attributes:
         context_id: presentation context the message travels on.
-        command: the decoded :class:`~sdcc_twisted.dimse.Command`.
+        command: the decoded :class:`~sdcc_twisted.core.dimse.Command`.
     """
 
     context_id: int

@@ -16,9 +16,9 @@ from typing import Any
 from twisted.internet import defer, endpoints
 from twisted.internet.protocol import Factory, Protocol
 
-from .association import Association
-from .config import DEFAULT_ARTIM_TIMEOUT
-from .conformance import (
+from sdcc_twisted.core.association import Association
+from sdcc_twisted.config import DEFAULT_ARTIM_TIMEOUT
+from sdcc_twisted.core.conformance import (
     APPLICATION_CONTEXT_NAME,
     C_STORE_RSP,
     DEFAULT_MAX_PDU_LENGTH,
@@ -26,12 +26,12 @@ from .conformance import (
     IMPLEMENTATION_VERSION_NAME,
     PC_ACCEPTANCE,
 )
-from .dimse import (
+from sdcc_twisted.core.dimse import (
     MESSAGE_ID_BEING_RESPONDED_TO,
     STATUS,
     store_request,
 )
-from .events import (
+from sdcc_twisted.core.events import (
     Aborted,
     AssociationAccepted,
     AssociationRejected,
@@ -42,9 +42,9 @@ from .events import (
     StartARTIM,
     StopARTIM,
 )
-from .logs import get_logger
-from .pdu import AAssociateRQ, PresentationContextRQ, UserInformation
-from .sending import MessageSender
+from sdcc_twisted.logs import get_logger
+from sdcc_twisted.core.pdu import AAssociateRQ, PresentationContextRQ, UserInformation
+from sdcc_twisted.runtime.sending import MessageSender
 
 log = get_logger("sdcc.move")
 

@@ -16,10 +16,10 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from .association import Association
-from .conformance import PDV_LAST
-from .dataset_head import LONG_VRS
-from .events import Event
+from sdcc_twisted.core.association import Association
+from sdcc_twisted.core.conformance import PDV_LAST
+from sdcc_twisted.core.dataset_head import LONG_VRS
+from sdcc_twisted.core.events import Event
 
 #: Bytes read from a file at a time when the peer allows big PDUs.
 MAX_READ = 256 * 1024

@@ -1,10 +1,10 @@
 """Read side of the Redis index, for Query/Retrieve (PS3.4 Annex C).
 
-Every look-up follows the relation sets of :mod:`sdcc_twisted.index_keys`
+Every look-up follows the relation sets of :mod:`sdcc_twisted.core.index_keys`
 level by level (patients -> studies -> series -> instances) or goes straight
 to a hash by its unique key; nothing scans the key space.  Each call is
 bounded by the index timeout and fails with
-:class:`~sdcc_twisted.index.IndexUnavailable`.
+:class:`~sdcc_twisted.storage.index.IndexUnavailable`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
-from .index import _Bounded
-from .index_keys import KeyLayout, key_id
+from sdcc_twisted.storage.index import _Bounded
+from sdcc_twisted.core.index_keys import KeyLayout, key_id
 
 
 class RedisCatalog:

@@ -18,14 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Final
 
-from .conformance import (
+from sdcc_twisted.core.conformance import (
     ABORT_REASON_NOT_SPECIFIED,
     ABORT_SOURCE_PROVIDER,
     ABORT_SOURCE_USER,
     ABORT_UNEXPECTED_PDU,
 )
-from .errors import LocalProtocolError
-from .events import (
+from sdcc_twisted.core.errors import LocalProtocolError
+from sdcc_twisted.core.events import (
     CloseTransport,
     Effect,
     Indication,
@@ -34,7 +34,7 @@ from .events import (
     StartARTIM,
     StopARTIM,
 )
-from .pdu import AAbort
+from sdcc_twisted.core.pdu import AAbort
 
 #: PS3.8 Table 9-1.
 STATES: Final[dict[str, str]] = {

@@ -2,7 +2,7 @@
 
 These classes sit beside the protocol adapter: the protocol hands them a
 decoded request and the data set fragments; they answer with a status.  The
-Storage SCP streams the data set into a :class:`~sdcc_twisted.storage.Sink`,
+Storage SCP streams the data set into a :class:`~sdcc_twisted.storage.files.Sink`,
 commits it off the reactor thread when it has to fsync, indexes it, and only
 then reports success.
 """
@@ -18,7 +18,7 @@ from twisted.internet import defer
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from .conformance import (
+from sdcc_twisted.core.conformance import (
     C_ECHO_RSP,
     C_STORE_RSP,
     STATUS_PROCESSING_FAILURE,
@@ -27,13 +27,13 @@ from .conformance import (
     STORAGE_SOP_CLASSES,
     sop_class_name,
 )
-from .dimse import ELEMENT_NAMES, Command
-from .index import IInstanceIndex
-from .journal import IndexLog, PendingJournal
-from . import logs
-from .logs import get_logger
-from .records import InstanceRecord
-from .storage import FileStore, Sink, StorageError, StoredFile
+from sdcc_twisted.core.dimse import ELEMENT_NAMES, Command
+from sdcc_twisted.storage.index import IInstanceIndex
+from sdcc_twisted.storage.journal import IndexLog, PendingJournal
+from sdcc_twisted import logs
+from sdcc_twisted.logs import get_logger
+from sdcc_twisted.core.records import InstanceRecord
+from sdcc_twisted.storage.files import FileStore, Sink, StorageError, StoredFile
 
 log = get_logger("sdcc.storage")
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import struct
 
-from sdcc_twisted.conformance import (
+from sdcc_twisted.core.conformance import (
     ABORT_INVALID_PDU_PARAMETER_VALUE,
     ABORT_UNRECOGNIZED_PDU,
 )
-from sdcc_twisted.errors import FramingError
+from sdcc_twisted.core.errors import FramingError
 
 __all__ = ["PDUFramer"]
 

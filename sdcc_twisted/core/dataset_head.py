@@ -4,7 +4,7 @@ Sans-I/O: no Twisted, no files, no clocks.  :class:`DatasetWalker` is fed the
 data set of a C-STORE piece by piece.  It checks the structure of the whole
 data set (PS3.5 7.1 data elements, 7.5 nesting of sequences and items, A.4
 encapsulated pixel data) and collects the decoded values of a few wanted
-top-level elements (the index keys of :data:`sdcc_twisted.records.HEAD_TAGS`)
+top-level elements (the index keys of :data:`sdcc_twisted.core.records.HEAD_TAGS`)
 while they stream past.  Values are skipped by arithmetic: the only bytes it
 keeps are a carry-over of at most 11 bytes for a header split across two
 pieces, and the value of each wanted element (capped at
@@ -44,9 +44,9 @@ from __future__ import annotations
 import struct
 from typing import Final, Mapping, NoReturn
 
-from sdcc_twisted.conformance import BIG_ENDIAN_SYNTAXES, IMPLICIT_VR_SYNTAXES
-from sdcc_twisted.errors import DatasetError
-from sdcc_twisted.records import HEAD_TAGS, SPECIFIC_CHARACTER_SET_TAG
+from sdcc_twisted.core.conformance import BIG_ENDIAN_SYNTAXES, IMPLICIT_VR_SYNTAXES
+from sdcc_twisted.core.errors import DatasetError
+from sdcc_twisted.core.records import HEAD_TAGS, SPECIFIC_CHARACTER_SET_TAG
 
 __all__ = ["DatasetWalker"]
 

@@ -1,12 +1,12 @@
 """C-FIND matching and Q/R identifiers: the sans-I/O core of Query/Retrieve.
 
 No Twisted, no Redis, no files: only the standard library, pydicom and the
-sans-I/O core modules (:mod:`~sdcc_twisted.conformance`,
-:mod:`~sdcc_twisted.records`, :mod:`~sdcc_twisted.dataset_head`).  This module
+sans-I/O core modules (:mod:`~sdcc_twisted.core.conformance`,
+:mod:`~sdcc_twisted.core.records`, :mod:`~sdcc_twisted.core.dataset_head`).  This module
 implements the SCP side of the Query/Retrieve Service Class (PS3.4 Annex C)
 for the Patient Root and Study Root information models (PS3.4 C.6.1, C.6.2),
 levels PATIENT, STUDY, SERIES and IMAGE, over the attribute dicts the index
-holds (:data:`sdcc_twisted.records.INDEX_ATTRIBUTES`: keyword -> decoded
+holds (:data:`sdcc_twisted.core.records.INDEX_ATTRIBUTES`: keyword -> decoded
 string, multiple values joined by backslash).
 
 * :func:`parse_identifier` decodes a C-FIND request identifier into a
@@ -66,7 +66,7 @@ them (``extra``).  Keys of levels below the query level are tolerated: not
 matched, returned with what ``attributes`` holds (normally zero-length).
 Sequence keys (SQ), private and unknown tags, group lengths and groups 0000
 and 0002 are ignored.  The identifier's encoding is checked by
-:class:`~sdcc_twisted.dataset_head.DatasetWalker` first, which is strict
+:class:`~sdcc_twisted.core.dataset_head.DatasetWalker` first, which is strict
 (ascending tags, even lengths, PS3.5 7.1): a malformed one gives 0xC000.
 
 Not supported: relational queries (C.4.1.2.2.1; the hierarchical model is
@@ -102,15 +102,15 @@ from typing import TYPE_CHECKING, Any, Final
 if TYPE_CHECKING:
     from pydicom.dataelem import DataElement
 
-from .conformance import (
+from sdcc_twisted.core.conformance import (
     BIG_ENDIAN_SYNTAXES,
     IMPLICIT_VR_SYNTAXES,
     STATUS_IDENTIFIER_MISMATCH,
     STATUS_UNABLE_TO_PROCESS,
 )
-from .dataset_head import DatasetWalker, decode_value
-from .errors import DatasetError
-from .records import INDEX_ATTRIBUTES
+from sdcc_twisted.core.dataset_head import DatasetWalker, decode_value
+from sdcc_twisted.core.errors import DatasetError
+from sdcc_twisted.core.records import INDEX_ATTRIBUTES
 
 __all__ = [
     "LEVELS",

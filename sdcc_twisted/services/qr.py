@@ -4,7 +4,7 @@ The identifier arrives as the request's data set (small, bounded); the
 operation then walks the index level by level (:class:`RedisCatalog`), sends
 a pending response per match or per sub-operation as it goes, honours
 C-CANCEL between them, and ends with the final status.  Matching rules live
-in the sans-I/O :mod:`sdcc_twisted.query`.
+in the sans-I/O :mod:`sdcc_twisted.core.query`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any, Protocol as TypingProtocol
 
 from twisted.internet import defer
 
-from .catalog import RedisCatalog
-from .client import Destination, SubAssociationError, open_store_association
-from .config import DEFAULT_ARTIM_TIMEOUT
-from .conformance import (
+from sdcc_twisted.storage.catalog import RedisCatalog
+from sdcc_twisted.runtime.client import Destination, SubAssociationError, open_store_association
+from sdcc_twisted.config import DEFAULT_ARTIM_TIMEOUT
+from sdcc_twisted.core.conformance import (
     C_FIND_RSP,
     C_GET_RSP,
     C_MOVE_RSP,
@@ -31,7 +31,7 @@ from .conformance import (
     STATUS_SUCCESS,
     STATUS_UNABLE_TO_PROCESS,
 )
-from .dimse import (
+from sdcc_twisted.core.dimse import (
     MOVE_DESTINATION,
     NUMBER_OF_COMPLETED,
     NUMBER_OF_FAILED,
@@ -39,10 +39,10 @@ from .dimse import (
     NUMBER_OF_WARNING,
     Command,
 )
-from .index import IndexUnavailable
-from .logs import get_logger
-from .query import LEVELS, Query, QueryError, parse_identifier, response_identifier, retrieve_keys
-from .scp import Outcome, describe_missing
+from sdcc_twisted.storage.index import IndexUnavailable
+from sdcc_twisted.logs import get_logger
+from sdcc_twisted.core.query import LEVELS, Query, QueryError, parse_identifier, response_identifier, retrieve_keys
+from sdcc_twisted.services.scp import Outcome, describe_missing
 
 log = get_logger("sdcc.qr")
 
@@ -102,7 +102,7 @@ class QueryRetrieveSCP:
     async def walk(self, query: Query, state: "QueryOperation") -> AsyncIterator[dict[str, str]]:
         """Yield the merged attributes of every entry at ``query.level`` that
         matches, level by level from the model's root (PS3.4 C.4.1.3.1)."""
-        from .query import matches
+        from sdcc_twisted.core.query import matches
 
         target = LEVELS.index(query.level)
         start = 0 if query.model == "PATIENT" else 1
@@ -401,7 +401,7 @@ def failed_uid_list(uids: list[str], transfer_syntax: str) -> bytes:
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset
 
-    from .conformance import IMPLICIT_VR_SYNTAXES
+    from sdcc_twisted.core.conformance import IMPLICIT_VR_SYNTAXES
 
     ds = Dataset()
     ds.FailedSOPInstanceUIDList = uids

@@ -1,10 +1,10 @@
 """The Twisted adapter: bytes between the transport and the sans-I/O core.
 
 :class:`DicomProtocol` feeds received bytes to an
-:class:`~sdcc_twisted.association.Association`, writes what it has to send
+:class:`~sdcc_twisted.core.association.Association`, writes what it has to send
 (one ``transport.write`` per batch, TCP_NODELAY on), runs ARTIM and the idle
 timer on the factory's injected clock, and hands DIMSE requests to the
-service classes of :mod:`sdcc_twisted.scp`.  An exception from our own code
+service classes of :mod:`sdcc_twisted.services.scp`.  An exception from our own code
 becomes an A-ABORT and a log line; the server keeps serving.
 """
 
@@ -18,9 +18,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from .association import Association
-from .config import DEFAULT_ARTIM_TIMEOUT, DEFAULT_IDLE_TIMEOUT
-from .conformance import (
+from sdcc_twisted.core.association import Association
+from sdcc_twisted.config import DEFAULT_ARTIM_TIMEOUT, DEFAULT_IDLE_TIMEOUT
+from sdcc_twisted.core.conformance import (
     ABORT_INVALID_PDU_PARAMETER_VALUE,
     ABORT_REASON_NOT_SPECIFIED,
     ABORT_REASON_TEXT,
@@ -41,7 +41,7 @@ from .conformance import (
     TRANSFER_SYNTAXES,
     sop_class_name,
 )
-from .dimse import (
+from sdcc_twisted.core.dimse import (
     COMMAND_DATA_SET_TYPE,
     MESSAGE_ID_BEING_RESPONDED_TO,
     STATUS,
@@ -49,7 +49,7 @@ from .dimse import (
     response,
     store_request,
 )
-from .events import (
+from sdcc_twisted.core.events import (
     Aborted,
     AssociationRejected,
     AssociationRequested,
@@ -61,11 +61,11 @@ from .events import (
     StartARTIM,
     StopARTIM,
 )
-from .locks import IAssociationLock
-from .logs import get_logger
-from .negotiation import AcceptorPolicy, Accepted, Rejected, negotiate, reject_pdu
-from .scp import Outcome, Reception, StorageSCP, VerificationSCP, describe_missing
-from .sending import MessageSender
+from sdcc_twisted.storage.locks import IAssociationLock
+from sdcc_twisted.logs import get_logger
+from sdcc_twisted.core.negotiation import AcceptorPolicy, Accepted, Rejected, negotiate, reject_pdu
+from sdcc_twisted.services.scp import Outcome, Reception, StorageSCP, VerificationSCP, describe_missing
+from sdcc_twisted.runtime.sending import MessageSender
 
 log = get_logger("sdcc.association")
 
@@ -491,7 +491,7 @@ class DicomProtocol(Protocol):
             elements[COMMAND_DATA_SET_TYPE] = 0x0001
         self._guard(assoc.send_message, context_id, elements, outcome.data_set)
 
-    # -- the Channel of Query/Retrieve operations (sdcc_twisted.qr.Channel) -------
+    # -- the Channel of Query/Retrieve operations (sdcc_twisted.services.qr.Channel) -------
     @property
     def calling_ae(self) -> str:
         """The calling AE title of this association."""

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from . import fsm
-from .conformance import (
+from sdcc_twisted.core import fsm
+from sdcc_twisted.core.conformance import (
     ABORT_REASON_NOT_SPECIFIED,
     ABORT_SOURCE_PROVIDER,
     ABORT_SOURCE_USER,
     DEFAULT_MAX_PDU_LENGTH,
 )
-from .dimse import DEFAULT_MAX_COMMAND_LENGTH, MessageAssembler, encode_command, fragment_message
-from .errors import LocalProtocolError, RemoteProtocolError
-from .events import (
+from sdcc_twisted.core.dimse import DEFAULT_MAX_COMMAND_LENGTH, MessageAssembler, encode_command, fragment_message
+from sdcc_twisted.core.errors import LocalProtocolError, RemoteProtocolError
+from sdcc_twisted.core.events import (
     Aborted,
     AssociationAccepted,
     AssociationRejected,
@@ -37,9 +37,9 @@ from .events import (
     StartARTIM,
     StopARTIM,
 )
-from .framing import PDUFramer
-from .negotiation import Accepted, AcceptedContext, check_protocol_version, reject_pdu
-from .pdu import (
+from sdcc_twisted.core.framing import PDUFramer
+from sdcc_twisted.core.negotiation import Accepted, AcceptedContext, check_protocol_version, reject_pdu
+from sdcc_twisted.core.pdu import (
     AAbort,
     AAssociateAC,
     AAssociateRJ,

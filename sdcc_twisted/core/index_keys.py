@@ -1,6 +1,6 @@
 """The Redis key layout of the instance index, and the pure record -> commands map.
 
-No Twisted and no I/O here: :class:`sdcc_twisted.index.RedisIndex` (txredisapi)
+No Twisted and no I/O here: :class:`sdcc_twisted.storage.index.RedisIndex` (txredisapi)
 and ``sdcc-admin rebuild`` (redis-py) both build their commands with these
 functions, so the two can never write different layouts.
 
@@ -21,7 +21,7 @@ Key layout (``{p}`` is ``[index] key_prefix``, default ``sdcc:``)::
     {p}lock:ae:{ae_title}             str   association lock token (PX expiry)
 
 Hash fields named by DICOM keyword hold the values of
-:data:`sdcc_twisted.records.INDEX_ATTRIBUTES` present in the data set; hashes
+:data:`sdcc_twisted.core.records.INDEX_ATTRIBUTES` present in the data set; hashes
 of series, studies and patients are merged (HSET), so the latest instance's
 values win and attributes absent from it are kept.  ``size`` and
 ``received_at`` are decimal strings (``repr`` of the float for the latter).
@@ -48,7 +48,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from .records import INDEX_ATTRIBUTES, InstanceRecord
+from sdcc_twisted.core.records import INDEX_ATTRIBUTES, InstanceRecord
 
 #: Key id used for an empty Patient ID, Study or Series Instance UID.
 NO_ID: Final = "\\none"

@@ -23,9 +23,9 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
-from .index import IInstanceIndex, IndexUnavailable
-from .logs import get_logger
-from .records import InstanceRecord
+from sdcc_twisted.storage.index import IInstanceIndex, IndexUnavailable
+from sdcc_twisted.logs import get_logger
+from sdcc_twisted.core.records import InstanceRecord
 
 _log = get_logger("sdcc.journal")
 
