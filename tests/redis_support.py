@@ -130,7 +130,7 @@ def connect(testcase: unittest.TestCase, server: RedisServer,
 
     handler = connect_redis(server.url, reactor, poolsize=poolsize,
                             connect_timeout=1.0, max_retry_delay=0.1)
-    handler._factory.initialDelay = 0.02
+    handler.factory.initialDelay = 0.02
     testcase.addCleanup(handler.disconnect)
     return handler
 

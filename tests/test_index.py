@@ -46,7 +46,7 @@ class _Never:
     """A txredisapi stand-in whose every call waits forever."""
 
     def __init__(self) -> None:
-        self._factory = self
+        self.factory = self
         self.calls: list[str] = []
 
     def getConnection(self, peek: bool = False) -> defer.Deferred[Any]:
@@ -556,6 +556,28 @@ class RedisIndexTests(unittest.TestCase):
                              decode_responses=True)
         self.addCleanup(db3.close)
         self.assertTrue(db3.exists("t:instance:1.2.3.1"))
+
+    async def test_pool_built_from_public_txredisapi_parts(self) -> None:
+        """connect_redis builds the pool from txredisapi's public RedisFactory
+        and handler classes: the handler answers commands, and its public
+        ``factory`` hands out a connection of our own (get, not peek) that
+        goes back to the pool when its transaction ends.  This fails if a
+        txredisapi upgrade changes RedisFactory, startConnecting or the
+        handler's constructor."""
+        import txredisapi
+
+        from sdcc_twisted.storage.index import PoolHandler
+
+        redis = connect_redis(self.server.url, reactor, poolsize=1)
+        self.addCleanup(redis.disconnect)
+        self.assertIsInstance(redis, PoolHandler)
+        self.assertIsInstance(redis, txredisapi.ConnectionHandler)
+        self.assertIsInstance(redis.factory, txredisapi.RedisFactory)
+        self.assertEqual(await redis.ping(), "PONG")
+        conn = await redis.factory.getConnection(peek=False)
+        await conn.watch(["t:probe"])
+        await conn.unwatch()
+        self.assertEqual(await redis.ping(), "PONG")  # the one connection is back
 
 
 class RedisLockTests(unittest.TestCase):

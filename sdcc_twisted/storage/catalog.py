@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
-from sdcc_twisted.storage.index import _Bounded
+from sdcc_twisted.storage.index import Bounded
 from sdcc_twisted.core.index_keys import KeyLayout, key_id
 
 
@@ -31,7 +31,7 @@ class RedisCatalog:
     def __init__(self, redis: Any, clock: IReactorTime, key_prefix: str = "sdcc:",
                  timeout: float = 2.0) -> None:
         self._redis = redis
-        self._bounded = _Bounded(clock, timeout)
+        self._bounded = Bounded(clock, timeout)
         self.layout = KeyLayout(key_prefix)
 
     def _hash_key(self, level: str, ident: str) -> str:

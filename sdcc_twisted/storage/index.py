@@ -41,7 +41,7 @@ from typing import Any, Final, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi
-from twisted.internet import defer, task
+from twisted.internet import defer, endpoints, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
@@ -113,7 +113,7 @@ def _unavailable(failure: Any, what: str, timeout: float) -> Any:
     return failure
 
 
-class _Bounded:
+class Bounded:
     """Runs each operation under one deadline, on an injected clock."""
 
     def __init__(self, clock: IReactorTime, timeout: float) -> None:
@@ -185,7 +185,7 @@ class RedisIndex:
                  key_prefix: str = "sdcc:", timeout: float = 2.0) -> None:
         self._redis = redis
         self._clock = clock
-        self._bounded = _Bounded(clock, timeout)
+        self._bounded = Bounded(clock, timeout)
         self.layout = KeyLayout(key_prefix)
         self._queue: list[tuple[InstanceRecord, defer.Deferred[str | None]]] = []
         self._busy = False
@@ -278,8 +278,9 @@ class RedisIndex:
         # txredisapi 1.6.0: a connection taken with get (not peek) is ours
         # until its transaction ends (EXEC, a failed EXEC or UNWATCH put it
         # back).  The handler's own watch()/multi() would leak it if the
-        # caller gave up before the reply, hence the factory.
-        return await self._redis._factory.getConnection(peek=False)
+        # caller gave up before the reply, hence the pool's factory
+        # (:class:`PoolHandler`).
+        return await self._redis.factory.getConnection(peek=False)
 
     async def _backoff(self, attempt: int) -> None:
         if attempt:
@@ -394,10 +395,8 @@ class RedisAssociationLock:
                              f" ttl={ttl!r}")
         self._redis = redis
         self._clock = clock
-        self._bounded = _Bounded(clock, timeout)
+        self._bounded = Bounded(clock, timeout)
         self.layout = KeyLayout(key_prefix)
-        self._queue: list[tuple[InstanceRecord, defer.Deferred[str | None]]] = []
-        self._busy = False
         self.ttl = ttl
         self.refresh = refresh
         self._held: dict[str, tuple[str, task.LoopingCall]] = {}
@@ -476,15 +475,35 @@ class RedisAssociationLock:
         return frozenset(self._held)
 
 
+class PoolHandler(txredisapi.ConnectionHandler):
+    """txredisapi's connection handler, with the pool's factory public.
+
+    txredisapi 1.6.0 has no public way from a handler to its pool, which
+    :meth:`RedisIndex._take` needs (a connection of its own for a WATCHed
+    transaction); :func:`connect_redis` builds the pool with this handler
+    class, so the factory is the one we made, not the handler's private
+    ``_factory``.
+    """
+
+    def __init__(self, factory: txredisapi.RedisFactory) -> None:
+        super().__init__(factory)
+        self.factory = factory
+
+
+class UnixPoolHandler(PoolHandler, txredisapi.UnixConnectionHandler):
+    """:class:`PoolHandler` on a unix socket (its ``repr`` names the path)."""
+
+
 def connect_redis(url: str, reactor: Any, *, poolsize: int = 4,
                   connect_timeout: float = 5.0,
-                  max_retry_delay: float = 10.0) -> Any:
+                  max_retry_delay: float = 10.0) -> PoolHandler:
     """A lazy, reconnecting txredisapi pool for ``url``.
 
     ``redis://[[user]:password@]host[:port][/db]`` or
     ``unix:///path/to/sock[?db=N]``.  Values come back as text
-    (``convertNumbers`` off).  txredisapi 1.6.0 uses the global reactor
-    internally, so ``reactor`` is accepted for symmetry only.
+    (``convertNumbers`` off).  The pool is built as txredisapi's
+    ``lazyConnectionPool`` builds it (``RedisFactory.startConnecting``), with
+    endpoints on ``reactor`` and the handler :class:`PoolHandler`.
 
     Args:
         max_retry_delay: cap of the reconnect back-off, in seconds.
@@ -492,39 +511,39 @@ def connect_redis(url: str, reactor: Any, *, poolsize: int = 4,
     Raises:
         ValueError: the URL is not one of the forms above.
     """
-    del reactor  # txredisapi has no way to take it
     parts = urlsplit(url)
     query = parse_qs(parts.query)
-    common: dict[str, Any] = dict(
-        poolsize=poolsize, reconnect=True, convertNumbers=False,
-        connectTimeout=connect_timeout)
+    password = unquote(parts.password) if parts.password is not None else None
+    username = unquote(parts.username) if parts.username and password is not None else None
+    endpoint: Any
     if parts.scheme == "unix":
         if not parts.path:
             raise ValueError(f"{url!r}: a unix:// URL needs a socket path, "
                              "as in unix:///var/lib/sdcc/redis.sock?db=0")
         db = _db_number(url, query.get("db", ["0"])[0])
-        if parts.password is not None:
-            common["password"] = unquote(parts.password)
-        handler = txredisapi.lazyUnixConnectionPool(
-            unquote(parts.path), dbid=db or None, **common)
+        path = unquote(parts.path)
+        uuid, handler_class = path, UnixPoolHandler
+        endpoint = endpoints.UNIXClientEndpoint(reactor, path, timeout=connect_timeout)
     elif parts.scheme == "redis":
         db = _db_number(url, parts.path.strip("/") or "0")
         try:
             port = parts.port or 6379
         except ValueError:
             raise ValueError(f"{url!r}: bad port") from None
-        if parts.password is not None:
-            common["password"] = unquote(parts.password)
-            if parts.username:
-                common["username"] = unquote(parts.username)
-        handler = txredisapi.lazyConnectionPool(
-            parts.hostname or "localhost", port, dbid=db or None, **common)
+        host = parts.hostname or "localhost"
+        uuid, handler_class = f"{host}:{port}", PoolHandler
+        endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
     else:
         raise ValueError(f"{url!r}: expected redis://host:port/db or "
                          "unix:///path/to/redis.sock?db=N")
-    factory = handler._factory
+    factory = txredisapi.RedisFactory(uuid, db or None, poolsize, isLazy=True,
+                                      handler=handler_class, password=password,
+                                      convertNumbers=False, username=username)
+    factory.reconnect = True
     factory.maxDelay = max_retry_delay
     factory.initialDelay = min(factory.initialDelay, max_retry_delay)
+    factory.startConnecting(endpoint)
+    handler: PoolHandler = factory.handler
     return handler
 
 
