@@ -13,7 +13,6 @@ from typing import Any
 
 import txredisapi
 from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, endpoints, threads
 from twisted.logger import (
     FilteringLogObserver,
@@ -22,6 +21,7 @@ from twisted.logger import (
     globalLogPublisher,
     textFileLogObserver,
 )
+from twisted.python.failure import Failure
 
 from sdcc_twisted.storage.catalog import RedisCatalog
 from sdcc_twisted.runtime.client import Destination
@@ -33,6 +33,7 @@ from sdcc_twisted import logs
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.core.negotiation import AcceptorPolicy
 from sdcc_twisted.runtime.protocol import DicomServerFactory, Timeouts
+from sdcc_twisted.runtime.twisted_gaps import replace_server_tls_options, server_tls_options
 from sdcc_twisted.services.qr import QueryRetrieveSCP
 from sdcc_twisted.storage.redisproc import EmbeddedRedis, RedisNotFound
 from sdcc_twisted.services.scp import StorageSCP
@@ -145,6 +146,93 @@ class LogFileService(service.Service):
             self._handle = None
 
 
+class ListenerService(service.Service):
+    """Listens on the ``[server] listen`` endpoint while the service runs.
+
+    Twisted's ``StreamServerEndpointService`` raises a failure to listen at
+    start only through a private flag; here it is raised from
+    :meth:`privilegedStartService` (or :meth:`startService`), so twistd
+    exits naming it instead of running without a listener.  A failure that
+    comes later is logged.
+    """
+
+    def __init__(self, endpoint: Any, factory: Any) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self._listening: defer.Deferred[Any] | None = None
+        self._port: Any = None
+        self._waiters: list[defer.Deferred[Any]] = []
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        super().startService()
+        if self._listening is None:
+            self._listen()
+
+    def when_listening(self) -> "defer.Deferred[Any]":
+        """Fires with the ``IListeningPort`` once the endpoint listens."""
+        if self._port is not None:
+            return defer.succeed(self._port)
+        d: defer.Deferred[Any] = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+    def _listen(self) -> None:
+        now: list[Failure] = []
+        starting = True
+
+        def listened(port: Any) -> None:
+            self._port = port
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.callback(port)
+
+        def not_listening(failure: Failure) -> None:
+            if starting:
+                now.append(failure)
+            elif not failure.check(defer.CancelledError):
+                log.failure("cannot listen on {endpoint}", failure, endpoint=self.endpoint)
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.errback(failure)
+
+        self._listening = self.endpoint.listen(self.factory)
+        self._listening.addCallbacks(listened, not_listening)
+        starting = False
+        if now:
+            now[0].raiseException()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        listening, self._listening = self._listening, None
+        port, self._port = self._port, None
+        if port is not None:
+            return port.stopListening()
+        if listening is not None:
+            listening.cancel()
+        return None
+
+
+class SdccService(service.MultiService):
+    """The whole server (see :func:`build_service`), with the parts a host
+    application or a test may want to reach."""
+
+    def __init__(self, factory: DicomServerFactory, store: FileStore, index: RedisIndex,
+                 journal: PendingJournal, connection: RedisConnectionService,
+                 embedded: EmbeddedRedis | None, listener: ListenerService) -> None:
+        super().__init__()
+        self.factory = factory
+        self.store = store
+        self.index = index
+        self.journal = journal
+        self.connection = connection
+        self.embedded = embedded
+        self.listener = listener
+
+
 def _lock_fallback(calling_ae: str, failure: Any) -> None:
     log.warn("Redis association lock unavailable for {calling} ({why}); "
              "enforcing one association per AE in this process only",
@@ -175,32 +263,31 @@ def require_client_certificates(endpoint: Any, settings: Settings) -> None:
     if not authorities:
         raise ConfigError(f"{settings.source}: [tls] ca_certificates: {path} holds "
                           "no PEM certificate")
-    original = getattr(endpoint, "_sslContextFactory", None)
+    original = server_tls_options(endpoint)
     if original is None:
         raise ConfigError(f"{settings.source}: [tls] ca_certificates: [server] listen "
                           "is not an ssl: endpoint")
-    endpoint._sslContextFactory = ssl.CertificateOptions(
+    replace_server_tls_options(endpoint, ssl.CertificateOptions(
         privateKey=original.privateKey,
         certificate=original.certificate,
         extraCertChain=getattr(original, "extraCertChain", None),
         verify=True,
         caCerts=authorities,
         requireCertificate=settings.tls.require_client_certificate,
-    )
+    ))
 
 
-def build_service(settings: Settings, reactor: Any) -> service.MultiService:
+def build_service(settings: Settings, reactor: Any) -> SdccService:
     """Build the server's service tree from validated settings.
 
     Raises:
         ConfigError: naming the section and key, for what can only be checked
             here (the endpoint string, the redis-server binary, directories).
     """
-    top = service.MultiService()
-    top.setName("sdcc")
+    children: list[service.Service] = []  # in start order
     logs.set_level(settings.logging.level)
     if settings.logging.file:
-        LogFileService(settings.logging.file, settings.logging.level).setServiceParent(top)
+        children.append(LogFileService(settings.logging.file, settings.logging.level))
 
     data_dir = settings.server.data_dir
     try:
@@ -219,12 +306,12 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
                                      fsync=settings.storage.fsync)
         except RedisNotFound as exc:
             raise ConfigError(f"{settings.source}: [index] redis = embedded: {exc}") from None
-        embedded.setServiceParent(top)
+        children.append(embedded)
         connection = RedisConnectionService(late, reactor, embedded=embedded)
     else:
         embedded = None
         connection = RedisConnectionService(late, reactor, url=settings.index.redis)
-    connection.setServiceParent(top)
+    children.append(connection)
 
     index = RedisIndex(late, reactor, key_prefix=settings.index.key_prefix,
                        timeout=settings.index.timeout)
@@ -234,8 +321,8 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
     except OSError as exc:
         raise ConfigError(f"{settings.source}: [server] data_dir: cannot open the index "
                           f"log in {data_dir}: {exc.strerror}") from None
-    StorageCleanupService(store, index_log, journal).setServiceParent(top)
-    JournalReplayer(journal, index, reactor).setServiceParent(top)
+    children.append(StorageCleanupService(store, index_log, journal))
+    children.append(JournalReplayer(journal, index, reactor))
 
     lock_kind = settings.index.lock
     if lock_kind == "auto":
@@ -281,16 +368,13 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
                           f"{server.listen!r} as a Twisted endpoint ({exc})") from None
     if settings.tls.ca_certificates:
         require_client_certificates(endpoint, settings)
-    listener = StreamServerEndpointService(endpoint, factory)
+    listener = ListenerService(endpoint, factory)
     listener.setName("dicom")
-    listener._raiseSynchronously = True
-    listener.setServiceParent(top)
-    top.factory = factory  # type: ignore[attr-defined]
-    top.store = store  # type: ignore[attr-defined]
-    top.index = index  # type: ignore[attr-defined]
-    top.journal = journal  # type: ignore[attr-defined]
-    top.connection = connection  # type: ignore[attr-defined]
-    top.embedded = embedded  # type: ignore[attr-defined]
+    children.append(listener)
+    top = SdccService(factory, store, index, journal, connection, embedded, listener)
+    top.setName("sdcc")
+    for child in children:
+        child.setServiceParent(top)
     log.info("sdcc {summary}", summary=" ".join(
         f"{k}={v}" for k, v in settings_summary(settings).items()))
     return top

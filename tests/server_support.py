@@ -75,7 +75,7 @@ async def start_server(testcase: unittest.TestCase, redis: RedisServer | None = 
     server = InProcessServer(top, data_dir, redis)
     top.startService()
     testcase.addCleanup(top.stopService)
-    listening = await top.getServiceNamed("dicom")._waitingForPort
+    listening = await top.listener.when_listening()
     server.port = listening.getHost().port
     if embedded:
         await top.embedded.ready

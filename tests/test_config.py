@@ -9,7 +9,7 @@ from twisted.application.service import IServiceMaker
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python import usage
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from sdcc_twisted import tap
 from sdcc_twisted.config import ConfigError, load_settings, parse_settings
@@ -151,3 +151,47 @@ class TapTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as ctx:
             build_service(settings, MemoryReactorClock())
         self.assertIn("[server] listen", str(ctx.exception))
+
+
+class ListenerServiceTests(TestCase):
+    """The DICOM listener service on a real loopback endpoint."""
+
+    async def test_listens_and_stops(self) -> None:
+        """when_listening fires with the listening port; stopService stops
+        listening, and the port can be bound again."""
+        import socket
+
+        from twisted.internet import endpoints, protocol, reactor
+
+        from sdcc_twisted.service import ListenerService
+
+        listener = ListenerService(
+            endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"),
+            protocol.Factory.forProtocol(protocol.Protocol))
+        listener.startService()
+        port = await listener.when_listening()
+        number = port.getHost().port
+        self.assertEqual(port.getHost().host, "127.0.0.1")
+        await listener.stopService()
+        probe = socket.socket()
+        self.addCleanup(probe.close)
+        probe.bind(("127.0.0.1", number))
+
+    def test_port_in_use_raises_at_start(self) -> None:
+        """A port that is taken makes privilegedStartService raise
+        CannotListenError (twistd then exits naming it), not only log it."""
+        import socket
+
+        from twisted.internet import endpoints, error, protocol, reactor
+
+        from sdcc_twisted.service import ListenerService
+
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        listener = ListenerService(
+            endpoints.TCP4ServerEndpoint(reactor, busy.getsockname()[1],
+                                         interface="127.0.0.1"),
+            protocol.Factory.forProtocol(protocol.Protocol))
+        self.assertRaises(error.CannotListenError, listener.privilegedStartService)

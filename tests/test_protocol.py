@@ -308,7 +308,7 @@ class SendNowTests(ProtocolTestBase):
         """A transport that is not the TCP connection itself (a TLS wrapper
         forwards doWrite to the connection under it) is left to the
         reactor."""
-        from sdcc_twisted.runtime.protocol import _send_now
+        from sdcc_twisted.runtime.twisted_gaps import send_now
 
         calls: list[str] = []
 
@@ -319,7 +319,7 @@ class SendNowTests(ProtocolTestBase):
             def doWrite(self) -> None:
                 calls.append("doWrite")
 
-        _send_now(Wrapper())
+        send_now(Wrapper())
         self.assertEqual(calls, [])
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import defer, tcp
+from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -66,6 +66,7 @@ from sdcc_twisted.logs import get_logger
 from sdcc_twisted.core.negotiation import AcceptorPolicy, Accepted, Rejected, negotiate, reject_pdu
 from sdcc_twisted.services.scp import Outcome, Reception, StorageSCP, VerificationSCP, describe_missing
 from sdcc_twisted.runtime.sending import MessageSender
+from sdcc_twisted.runtime.twisted_gaps import send_now
 
 log = get_logger("sdcc.association")
 
@@ -230,7 +231,7 @@ class DicomProtocol(Protocol):
             if data and not self._closed:
                 transport = self.transport
                 transport.write(data)
-                _send_now(transport)
+                send_now(transport)
 
     def _handle(self, events: list[Event]) -> None:
         for event in events:
@@ -585,34 +586,6 @@ class DicomProtocol(Protocol):
                              f"{ABORT_REASON_TEXT.get(event.reason, event.reason)})")
         log.warn("association from {peer} calling_ae={calling} ended abnormally: {detail}",
                  peer=self._peer, calling=self._calling_ae or "-", detail=event.detail)
-
-
-def _send_now(transport: Any) -> None:
-    """Hand what was just written to the socket now, not on the reactor's
-    next turn.
-
-    The peer of a C-STORE waits for each response before it sends the next
-    instance (DCMTK storescu, pynetdicom and most modalities work one message
-    at a time), so the response's latency is the throughput: sending it at
-    once, before the index write and whatever else this turn still does, took
-    the small-file benchmark from 1.25 s to 1.05 s (bench/RESULTS.md).  Done
-    through the transport's own ``doWrite`` (``IWriteDescriptor``), only on a
-    plain TCP transport, not while it closes, and not while a producer (our
-    streaming MessageSender) is paused, which doWrite would resume here;
-    what the socket does not take, and any error, stay with the reactor,
-    which goes on watching the socket as before.
-    """
-    # Only the TCP connection itself: a TLS wrapper forwards doWrite to the
-    # connection under it, whose state (closing after close_notify) the
-    # wrapper does not show.
-    if not isinstance(transport, tcp.Connection) or transport.disconnecting:
-        return
-    if transport.producer is not None and (
-            not transport.streamingProducer or transport.producerPaused):
-        return    # doWrite would resume the producer from inside this call
-    if transport.doWrite() is not None:
-        # The connection is done for: let the reactor see it as it would have.
-        transport.startWriting()
 
 
 class DicomServerFactory(Factory):
