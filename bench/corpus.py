@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 import sys
 from dataclasses import dataclass
 from typing import Iterator
@@ -39,10 +38,13 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))   # the repository: sdcc's Part 10 parser
+from sdcc_twisted.core.part10 import FileMeta, read_file_meta  # noqa: E402
+
 #: Bump when the generated content changes: the cache is then rebuilt.
 GENERATOR_VERSION = "sdcc-bench-corpus-2"
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ROOT = os.path.join(HERE, "corpus")
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -69,44 +71,13 @@ class CorpusFile:
 
 
 # -- Part 10 helpers (shared with the verifier) ---------------------------------
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC",
-             b"UN", b"UR", b"UT", b"UV"}
-
-
-def read_meta(f) -> tuple[dict[int, bytes], int]:
-    """Parse the File Meta Information of an open Part 10 file.
-
-    Returns ``(elements, dataset_offset)`` where ``elements`` maps the tag's
-    element number (group 0002) to its raw value.  Raises ``ValueError`` if
-    the file has no ``DICM`` prefix.
-    """
-    head = f.read(132)
-    if len(head) < 132 or head[128:132] != b"DICM":
-        raise ValueError("no DICM prefix")
-    elements: dict[int, bytes] = {}
-    offset = 132
-    while True:
-        raw = f.read(8)
-        if len(raw) < 8:
-            break
-        group, element, vr = struct.unpack("<HH2s", raw[:6])
-        if group != 0x0002:
-            break
-        if vr in _LONG_VRS:
-            length = struct.unpack("<L", f.read(4))[0]
-            header = 12
-        else:
-            length = struct.unpack("<H", raw[6:8])[0]
-            header = 8
-        elements[element] = f.read(length)
-        offset += header + length
-    f.seek(offset)
-    return elements, offset
-
-
-def uid_value(raw: bytes) -> str:
-    """A UI value without its NUL or space padding."""
-    return raw.decode("ascii", "replace").rstrip("\x00 ")
+def read_meta(f) -> FileMeta:
+    """The File Meta Information of an open Part 10 file (sdcc's own parser,
+    :mod:`sdcc_twisted.core.part10`); leaves ``f`` at the data set.  Raises
+    ``ValueError`` if the file is not Part 10."""
+    meta = read_file_meta(f.read)
+    f.seek(meta.data_set_offset)
+    return meta
 
 
 def dataset_digest(path: str, drop_cache: bool = False) -> tuple[str, str, str, int]:
@@ -114,7 +85,7 @@ def dataset_digest(path: str, drop_cache: bool = False) -> tuple[str, str, str, 
     set bytes of a Part 10 file; ``drop_cache`` then evicts the file from the
     page cache (clean pages only: sync first)."""
     with open(path, "rb") as f:
-        meta, _ = read_meta(f)
+        meta = read_meta(f)
         h = hashlib.sha1()
         n = 0
         while True:
@@ -125,7 +96,7 @@ def dataset_digest(path: str, drop_cache: bool = False) -> tuple[str, str, str, 
             n += len(chunk)
         if drop_cache:
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-    return (uid_value(meta.get(0x0003, b"")), uid_value(meta.get(0x0010, b"")),
+    return (meta.sop_instance_uid, meta.transfer_syntax,
             h.hexdigest(), n)
 
 
@@ -345,11 +316,12 @@ def verify_received(expected: list[CorpusFile], directory: str,
     for path in _walk_files(directory, skip_dirs):
         try:
             with open(path, "rb") as f:
-                meta, offset = read_meta(f)
-        except (OSError, ValueError, struct.error):
+                meta = read_meta(f)
+        except (OSError, ValueError):
             continue   # not a Part 10 file (an index, a log ...)
-        uid = uid_value(meta.get(0x0003, b""))
-        ts = uid_value(meta.get(0x0010, b""))
+        uid = meta.sop_instance_uid
+        ts = meta.transfer_syntax
+        offset = meta.data_set_offset
         if uid in seen:
             problems.append(f"duplicate {uid}")
             continue

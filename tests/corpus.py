@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Final
 
 from sdcc_twisted.core import conformance as c
+from sdcc_twisted.core.part10 import read_file_meta
 
 #: Our implementation, as written into every stored file's meta.
 OUR_IMPLEMENTATION_CLASS_UID: Final = c.IMPLEMENTATION_CLASS_UID
@@ -286,32 +287,9 @@ def transfer_syntax_corpus(directory: str, **stamp: Any) -> dict[str, Sample]:
 # -- Part 10 files: where the data set starts ----------------------------------
 
 def _meta_end(handle: BinaryIO) -> int:
-    """Offset of the first byte after the File Meta Information.
-
-    Walks the group 0002 elements (Explicit VR Little Endian, PS3.10 7.1)
-    instead of trusting (0002,0000).
-    """
+    """Offset of the first byte after the File Meta Information."""
     handle.seek(0)
-    head = handle.read(132)
-    if len(head) != 132 or head[128:] != b"DICM":
-        raise ValueError("not a Part 10 file (no DICM prefix)")
-    offset = 132
-    while True:
-        header = handle.read(8)
-        if len(header) < 8:
-            return offset
-        group, _element, vr = struct.unpack("<HH2s", header[:6])
-        if group != 0x0002:
-            return offset
-        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL",
-                  b"OV", b"SV", b"UV"):
-            length = struct.unpack("<L", handle.read(4))[0]
-            header_len = 12
-        else:
-            length = struct.unpack("<H", header[6:8])[0]
-            header_len = 8
-        offset += header_len + length
-        handle.seek(offset)
+    return read_file_meta(handle.read).data_set_offset
 
 
 def split_part10(path: str) -> tuple[bytes, bytes]:

@@ -15,7 +15,8 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from .server_support import dcmtk, free_port, in_thread, start_server
 from .support import in_ci
-from .test_interop_qr import data_set_bytes, write_study
+from .corpus import data_set_bytes
+from .test_interop_qr import write_study
 
 
 class Orthanc:

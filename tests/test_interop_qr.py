@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
+from .corpus import data_set_bytes
 from .server_support import DCMTK_ENV, dcmtk, free_port, in_thread, start_server
 from .support import require_tool
 
@@ -58,15 +59,6 @@ def write_study(directory: str, patient: str, name: str, study: str, series_coun
             ds.save_as(path, enforce_file_format=True)
             paths.append(path)
     return paths
-
-
-def data_set_bytes(path: str) -> bytes:
-    """The data set bytes of a Part 10 file (after its File Meta)."""
-    from sdcc_twisted.runtime.sending import data_set_offset
-
-    with open(path, "rb") as handle:
-        handle.seek(data_set_offset(handle))
-        return handle.read()
 
 
 class StoreSCP:

@@ -9,7 +9,6 @@ so an instance of any size never sits in memory whole.
 
 from __future__ import annotations
 
-import struct
 from typing import Any, Callable
 
 from twisted.internet import defer
@@ -18,41 +17,11 @@ from zope.interface import implementer
 
 from sdcc_twisted.core.association import Association
 from sdcc_twisted.core.conformance import PDV_LAST
-from sdcc_twisted.core.dataset_head import LONG_VRS
 from sdcc_twisted.core.events import Event
+from sdcc_twisted.core.part10 import read_file_meta
 
 #: Bytes read from a file at a time when the peer allows big PDUs.
 MAX_READ = 256 * 1024
-
-
-class StoredFileError(Exception):
-    """A stored file cannot be read as Part 10."""
-
-
-def data_set_offset(handle: Any) -> int:
-    """Where the data set starts in a Part 10 file (PS3.10 7.1): after the
-    preamble, ``DICM`` and the group 0002 elements, walked one by one."""
-    head = handle.read(132)
-    if len(head) < 132 or head[128:132] != b"DICM":
-        raise StoredFileError("not a DICOM Part 10 file")
-    offset = 132
-    while True:
-        handle.seek(offset)
-        header = handle.read(12)
-        if len(header) < 8:
-            return offset
-        group, _element = struct.unpack_from("<HH", header)
-        if group != 0x0002:
-            return offset
-        vr = header[4:6]
-        if vr in LONG_VRS:
-            if len(header) < 12:
-                raise StoredFileError("file meta ends inside an element")
-            (length,) = struct.unpack_from("<L", header, 8)
-            offset += 12 + length
-        else:
-            (length,) = struct.unpack_from("<H", header, 6)
-            offset += 8 + length
 
 
 @implementer(IPushProducer)
@@ -128,12 +97,11 @@ class MessageSender:
             the number of data set bytes sent.
 
         Raises:
-            OSError, StoredFileError: the file cannot be read (nothing sent).
+            OSError, Part10Error: the file cannot be read (nothing sent).
             ConnectionError: the connection closed while sending.
         """
         with open(path, "rb") as handle:
-            start = data_set_offset(handle)
-            handle.seek(start)
+            handle.seek(read_file_meta(handle.read).data_set_offset)
             size = max(1, min(self.assoc.max_pdv_data(), MAX_READ))
             chunk = handle.read(size)
             await self._room()
