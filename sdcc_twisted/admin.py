@@ -20,7 +20,6 @@ running server keeps on ``{data_dir}/redis.sock`` (or wherever
 from __future__ import annotations
 
 import argparse
-import configparser
 import os
 import sys
 import time
@@ -28,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from sdcc_twisted.config import ConfigError, IndexSettings, load_settings
 from sdcc_twisted.core.index_keys import (
     NO_ID,
     KeyLayout,
@@ -62,19 +62,6 @@ class Target:
     key_prefix: str
 
 
-def _read_config(path: str) -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            parser.read_file(handle, source=path)
-    except OSError as exc:
-        raise AdminError(f"{path}: cannot read the configuration file: "
-                         f"{exc.strerror}") from None
-    except configparser.Error as exc:
-        raise AdminError(f"{path}: {exc}".replace("\n", " ")) from None
-    return parser
-
-
 def embedded_url(data_dir: str) -> str:
     """The URL of the embedded Redis of a running server on ``data_dir``."""
     pointer = os.path.join(data_dir, "redis.url")
@@ -99,20 +86,20 @@ def resolve_target(args: argparse.Namespace) -> Target:
     root = args.root
     prefix = args.key_prefix
     if args.config:
-        cfg = _read_config(args.config)
-        data_dir = cfg.get("server", "data_dir", fallback="").strip() or "var/sdcc"
+        try:
+            settings = load_settings(args.config)   # the server's own parser
+        except ConfigError as exc:
+            raise AdminError(str(exc)) from None
         if root is None:
-            root = (cfg.get("storage", "root", fallback="").strip()
-                    or os.path.join(data_dir, "store"))
+            root = settings.storage_root
         if prefix is None:
-            prefix = cfg.get("index", "key_prefix", fallback="sdcc:").strip()
+            prefix = settings.index.key_prefix
         if redis_url is None:
-            configured = cfg.get("index", "redis", fallback="").strip() or "embedded"
-            redis_url = (embedded_url(data_dir) if configured.lower() == "embedded"
-                         else configured)
+            redis_url = (embedded_url(settings.server.data_dir)
+                         if settings.index.redis == "embedded" else settings.index.redis)
     if redis_url is None:
         raise AdminError("say where the index is: --config FILE or --redis URL")
-    return Target(redis_url, root, "sdcc:" if prefix is None else prefix)
+    return Target(redis_url, root, IndexSettings.key_prefix if prefix is None else prefix)
 
 
 def connect(url: str, timeout: float) -> Any:

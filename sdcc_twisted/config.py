@@ -249,47 +249,51 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
             raise ValueError(raw)
         return raw
 
+    # Every default comes from the settings classes (one place).
+    ds, dst, di, dl, dt = (ServerSettings(), StorageSettings(), IndexSettings(),
+                           LoggingSettings(), TLSSettings())
     server = ServerSettings(
-        ae_title=r.get("server", "ae_title", "SDCC", ae_title,
+        ae_title=r.get("server", "ae_title", ds.ae_title, ae_title,
                        "1 to 16 printable characters without backslash"),
-        listen=r.get("server", "listen", "tcp:11112", listen,
+        listen=r.get("server", "listen", ds.listen, listen,
                      "a Twisted endpoint string such as tcp:11112"),
-        data_dir=r.text("server", "data_dir", "var/sdcc") or "var/sdcc",
-        max_pdu_length=r.integer("server", "max_pdu_length", DEFAULT_MAX_PDU_LENGTH,
+        data_dir=r.text("server", "data_dir", ds.data_dir) or ds.data_dir,
+        max_pdu_length=r.integer("server", "max_pdu_length", ds.max_pdu_length,
                                  MIN_PDU_LENGTH, MAX_PDU_LENGTH),
-        max_associations=r.integer("server", "max_associations", 64, 1, 100000),
-        require_called_ae_title=r.boolean("server", "require_called_ae_title", False),
+        max_associations=r.integer("server", "max_associations", ds.max_associations, 1, 100000),
+        require_called_ae_title=r.boolean("server", "require_called_ae_title", ds.require_called_ae_title),
         allowed_calling_ae_titles=r.get(
-            "server", "allowed_calling_ae_titles", None, ae_list,
+            "server", "allowed_calling_ae_titles", ds.allowed_calling_ae_titles, ae_list,
             "a comma-separated list of AE titles, each optionally AE@address "
             "(empty: any)"),
-        artim_timeout=r.seconds("server", "artim_timeout", DEFAULT_ARTIM_TIMEOUT),
-        idle_timeout=r.seconds("server", "idle_timeout", DEFAULT_IDLE_TIMEOUT),
-        max_command_length=r.integer("server", "max_command_length", 64 * 1024,
+        artim_timeout=r.seconds("server", "artim_timeout", ds.artim_timeout),
+        idle_timeout=r.seconds("server", "idle_timeout", ds.idle_timeout),
+        max_command_length=r.integer("server", "max_command_length", ds.max_command_length,
                                      1024, 16 * 1024 * 1024),
         max_connections_per_address=r.integer("server", "max_connections_per_address",
-                                              32, 1, 100000),
+                                              ds.max_connections_per_address, 1, 100000),
     )
     storage = StorageSettings(
-        root=r.text("storage", "root", ""),
-        fsync=r.boolean("storage", "fsync", True),
-        max_head_bytes=r.integer("storage", "max_head_bytes", 1 << 20, 1024, 64 << 20),
+        root=r.text("storage", "root", dst.root),
+        fsync=r.boolean("storage", "fsync", dst.fsync),
+        max_head_bytes=r.integer("storage", "max_head_bytes", dst.max_head_bytes, 1024, 64 << 20),
     )
     index = IndexSettings(
-        redis=r.get("index", "redis", "embedded", redis_url,
+        redis=r.get("index", "redis", di.redis, redis_url,
                     "'embedded', a redis://host:port/db URL or a unix:///path URL"),
-        redis_server=r.text("index", "redis_server", ""),
-        key_prefix=r.text("index", "key_prefix", "sdcc:"),
-        timeout=r.seconds("index", "timeout", 2.0, low=0.01),
-        lock=r.choice("index", "lock", "auto", LOCK_KINDS),
+        redis_server=r.text("index", "redis_server", di.redis_server),
+        key_prefix=r.text("index", "key_prefix", di.key_prefix),
+        timeout=r.seconds("index", "timeout", di.timeout, low=0.01),
+        lock=r.choice("index", "lock", di.lock, LOCK_KINDS),
     )
     logging = LoggingSettings(
-        level=r.choice("logging", "level", "info", LOG_LEVELS),
-        file=r.text("logging", "file", ""),
+        level=r.choice("logging", "level", dl.level, LOG_LEVELS),
+        file=r.text("logging", "file", dl.file),
     )
     tls = TLSSettings(
-        ca_certificates=r.text("tls", "ca_certificates", ""),
-        require_client_certificate=r.boolean("tls", "require_client_certificate", True),
+        ca_certificates=r.text("tls", "ca_certificates", dt.ca_certificates),
+        require_client_certificate=r.boolean("tls", "require_client_certificate",
+                                             dt.require_client_certificate),
     )
     if tls.ca_certificates and not server.listen.startswith("ssl:"):
         raise r.fail("tls", "ca_certificates",

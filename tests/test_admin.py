@@ -215,6 +215,17 @@ class AdminTests(unittest.TestCase):
         code, out, err = self.run_admin("--config", config, "rebuild")
         self.assertEqual(code, 0, err)
 
+    def test_config_read_by_the_server_parser(self) -> None:
+        """--config goes through the server's own parser: a value the server
+        would refuse stops sdcc-admin too, naming section and key."""
+        config = self.mktemp()
+        with open(config, "w") as handle:
+            handle.write(f"[storage]\nroot = {self.root}\n"
+                         f"[index]\nredis = {self.server.url}\ntimeout = soon\n")
+        code, _, err = self.run_admin("--config", config, "list")
+        self.assertEqual(code, admin.EXIT_USAGE)
+        self.assertIn("[index] timeout", err)
+
     def test_no_target(self) -> None:
         """Without --config or --redis the tool says what it needs."""
         code, _, err = self.run_admin("list")

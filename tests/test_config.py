@@ -12,7 +12,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from sdcc_twisted import tap
-from sdcc_twisted.config import ConfigError, load_settings, parse_settings
+from sdcc_twisted.config import ConfigError, Settings, load_settings, parse_settings
 from sdcc_twisted.service import build_service
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,6 +31,11 @@ class SettingsTests(SynchronousTestCase):
         self.assertEqual(shipped.server.listen, "tcp:11112")
         self.assertEqual(shipped.server.max_pdu_length, 16384)
         self.assertEqual(shipped.index.redis, "embedded")
+
+    def test_defaults_in_one_place(self) -> None:
+        """An empty file gives exactly the defaults of the settings classes:
+        the parser has no defaults of its own."""
+        self.assertEqual(parse_settings("", "empty.ini"), Settings(source="empty.ini"))
 
     def test_values(self) -> None:
         """Every kind of value is read and converted."""
