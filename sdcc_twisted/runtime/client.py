@@ -45,12 +45,9 @@ from sdcc_twisted.core.events import (
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.core.pdu import AAssociateRQ, PresentationContextRQ, UserInformation
 from sdcc_twisted.runtime.sending import MessageSender
+from sdcc_twisted.services.channel import SubAssociationError
 
 log = get_logger("sdcc.move")
-
-
-class SubAssociationError(Exception):
-    """The sub-association could not be opened or was lost."""
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,8 @@ from sdcc_twisted.core.events import (
 from sdcc_twisted.storage.locks import IAssociationLock
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.core.negotiation import AcceptorPolicy, Accepted, Rejected, negotiate, reject_pdu
-from sdcc_twisted.services.scp import Outcome, Reception, StorageSCP, VerificationSCP, describe_missing
+from sdcc_twisted.services.channel import Outcome
+from sdcc_twisted.services.scp import Reception, StorageSCP, VerificationSCP, describe_missing
 from sdcc_twisted.runtime.sending import MessageSender
 from sdcc_twisted.runtime.twisted_gaps import send_now
 

@@ -15,7 +15,8 @@ from typing import Any, Protocol as TypingProtocol
 from twisted.internet import defer
 
 from sdcc_twisted.storage.catalog import RedisCatalog
-from sdcc_twisted.runtime.client import Destination, SubAssociationError, open_store_association
+from sdcc_twisted.runtime.client import Destination, open_store_association
+from sdcc_twisted.services.channel import SubAssociationError
 from sdcc_twisted.config import DEFAULT_ARTIM_TIMEOUT
 from sdcc_twisted.core.conformance import (
     C_FIND_RSP,
@@ -42,7 +43,8 @@ from sdcc_twisted.core.dimse import (
 from sdcc_twisted.storage.index import IndexUnavailable
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.core.query import LEVELS, Query, QueryError, parse_identifier, response_identifier, retrieve_keys
-from sdcc_twisted.services.scp import Outcome, describe_missing
+from sdcc_twisted.services.channel import Outcome
+from sdcc_twisted.services.scp import describe_missing
 
 log = get_logger("sdcc.qr")
 

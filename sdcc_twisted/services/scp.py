@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
 from twisted.internet import defer
@@ -28,6 +27,7 @@ from sdcc_twisted.core.conformance import (
     sop_class_name,
 )
 from sdcc_twisted.core.dimse import ELEMENT_NAMES, Command
+from sdcc_twisted.services.channel import Outcome
 from sdcc_twisted.storage.index import IInstanceIndex
 from sdcc_twisted.storage.journal import IndexLog, PendingJournal
 from sdcc_twisted import logs
@@ -40,26 +40,6 @@ log = get_logger("sdcc.storage")
 #: ``run_blocking(fn, *args) -> Deferred``: how blocking work leaves the
 #: reactor thread (``deferToThreadPool`` in production).
 RunBlocking = Callable[..., "defer.Deferred[Any]"]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The status of an operation and its Error Comment (PS3.7 C.4).
-
-    Attributes:
-        elements: more command elements for the response (sub-operation counts).
-        data_set: an encoded data set to send with the response (an identifier).
-    """
-
-    status: int
-    comment: str | None = None
-    elements: dict[int, Any] | None = None
-    data_set: bytes | None = None
-
-    @property
-    def success(self) -> bool:
-        """True for status 0x0000."""
-        return self.status == STATUS_SUCCESS
 
 
 _SUCCESS: Final = Outcome(STATUS_SUCCESS)
