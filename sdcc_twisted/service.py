@@ -24,7 +24,6 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 
 from sdcc_twisted.storage.catalog import RedisCatalog
-from sdcc_twisted.runtime.client import Destination
 from sdcc_twisted.config import ConfigError, Settings, settings_summary
 from sdcc_twisted.storage.index import RedisAssociationLock, RedisIndex, connect_redis
 from sdcc_twisted.storage.journal import IndexLog, JournalReplayer, PendingJournal
@@ -32,6 +31,8 @@ from sdcc_twisted.storage.locks import FallbackAssociationLock, IAssociationLock
 from sdcc_twisted import logs
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.core.negotiation import AcceptorPolicy
+from sdcc_twisted.runtime.admission import Admission
+from sdcc_twisted.runtime.dispatch import service_table
 from sdcc_twisted.runtime.protocol import DicomServerFactory, Timeouts
 from sdcc_twisted.runtime.twisted_gaps import replace_server_tls_options, server_tls_options
 from sdcc_twisted.services.qr import QueryRetrieveSCP
@@ -343,23 +344,19 @@ def build_service(settings: Settings, reactor: Any) -> SdccService:
     storage = StorageSCP(store, index, journal, run_blocking, reactor, index_log)
     catalog = RedisCatalog(late, reactor, key_prefix=settings.index.key_prefix,
                            timeout=settings.index.timeout)
-    destinations = {title: Destination(d.ae_title, d.host, d.port, d.tls)
-                    for title, d in settings.move_destinations.items()}
-    query_retrieve = QueryRetrieveSCP(catalog, destinations, reactor, server.ae_title,
-                                      timeout=server.artim_timeout)
+    query_retrieve = QueryRetrieveSCP(catalog, dict(settings.move_destinations))
     policy = AcceptorPolicy(
         ae_title=server.ae_title,
         require_called_ae=server.require_called_ae_title,
         allowed_calling_aes=server.allowed_calling_ae_titles,
         max_pdu_length=server.max_pdu_length,
     )
+    admission = Admission(policy, lock, max_associations=server.max_associations,
+                          max_connections_per_address=server.max_connections_per_address)
     factory = DicomServerFactory(
-        policy, storage, lock, reactor,
+        admission, service_table(storage, query_retrieve), reactor,
         timeouts=Timeouts(artim=server.artim_timeout, idle=server.idle_timeout),
-        max_associations=server.max_associations,
         max_command_length=server.max_command_length,
-        max_connections_per_address=server.max_connections_per_address,
-        query_retrieve=query_retrieve,
     )
     try:
         endpoint = endpoints.serverFromString(reactor, server.listen)

@@ -146,7 +146,12 @@ class TapTests(SynchronousTestCase):
         top = build_service(settings, MemoryReactorClock())
         factory = top.factory
         self.assertEqual((factory.timeouts.artim, factory.timeouts.idle), (7.0, 70.0))
-        self.assertEqual(factory.query_retrieve.timeout, 7.0)
+        from sdcc_twisted.config import MoveDestination
+
+        factory.open_sub_association(MoveDestination("DEST", "127.0.0.1", 104),
+                                     [("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")])
+        (host, port, _, timeout, _) = factory.reactor.tcpClients[0]
+        self.assertEqual((host, port, timeout), ("127.0.0.1", 104, 7.0))
 
     def test_bad_endpoint(self) -> None:
         """An endpoint string Twisted cannot parse is a ConfigError naming

@@ -19,6 +19,8 @@ from sdcc_twisted.storage.journal import PendingJournal
 from sdcc_twisted.storage.locks import IAssociationLock, InProcessAssociationLock
 from sdcc_twisted.core.negotiation import AcceptorPolicy
 from sdcc_twisted.core.pdu import AAbort, AAssociateAC, AAssociateRJ, AReleaseRP, AReleaseRQ, PDataTF, decode, encode
+from sdcc_twisted.runtime.admission import Admission
+from sdcc_twisted.runtime.dispatch import service_table
 from sdcc_twisted.runtime.protocol import DicomServerFactory, Timeouts
 from sdcc_twisted.core.records import InstanceRecord
 from sdcc_twisted.services.scp import StorageSCP
@@ -68,8 +70,8 @@ class ProtocolTestBase(TestCase):
         self.storage = StorageSCP(self.store, self.index, self.journal,
                                   lambda fn, *a: defer.maybeDeferred(fn, *a), self.clock)
         self.factory = DicomServerFactory(
-            AcceptorPolicy(), self.storage, self.lock, self.clock,
-            timeouts=Timeouts(artim=30, idle=300), max_associations=3)
+            Admission(AcceptorPolicy(), self.lock, max_associations=3),
+            service_table(self.storage), self.clock, timeouts=Timeouts(artim=30, idle=300))
 
     def connect(self, port: int = 40000) -> tuple[Any, StringTransport]:
         proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
@@ -152,8 +154,8 @@ class EstablishmentTests(ProtocolTestBase):
     def test_connections_per_address(self) -> None:
         """Beyond max_connections_per_address from one peer address, an
         association is rejected 2/3/2; another address is still accepted."""
-        self.factory.max_connections_per_address = 2
-        self.factory.max_associations = 10
+        self.factory.admission.max_connections_per_address = 2
+        self.factory.admission.max_associations = 10
         for n in range(2):
             _, t = self.associate(f"AE{n}", n)
             self.assertIsInstance(self.sent(t)[0], AAssociateAC)
@@ -170,7 +172,7 @@ class EstablishmentTests(ProtocolTestBase):
         proto, transport = self.connect()
         proto.dataReceived(encode(associate_rq(application_context="1.2.3")))
         self.assertEqual(self.sent(transport), [AAssociateRJ(1, 1, 2)])
-        self.assertEqual(self.factory.association_count(), 0)
+        self.assertEqual(self.factory.admission.association_count(), 0)
         self.assertEqual(self.lock.held(), frozenset())
 
     def test_lock_answer_after_close(self) -> None:
@@ -189,7 +191,7 @@ class EstablishmentTests(ProtocolTestBase):
                 return defer.succeed(None)
 
         slow = SlowLock()
-        self.factory.lock = slow
+        self.factory.admission.lock = slow
         proto, transport = self.associate("CT1")
         self.close(proto, transport)
         token = object()
@@ -220,7 +222,7 @@ class TimeoutAndAbortTests(ProtocolTestBase):
         factory keeps serving new connections."""
         def broken(command: Any) -> Any:
             raise RuntimeError("boom")
-        self.factory.verification.echo = broken  # type: ignore[method-assign]
+        self.factory.services[c.C_ECHO_RQ].echo = broken  # type: ignore[attr-defined]
         proto, transport = self.associate()
         self.sent(transport)
         proto.dataReceived(message_pdus(1, echo_command()))

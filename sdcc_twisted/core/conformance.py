@@ -168,6 +168,8 @@ REJECT_AE_BUSY: Final = RejectReason(
 REJECT_TOO_MANY: Final = RejectReason(
     2, 3, 2, "local-limit-exceeded (association limit reached)")
 REJECT_NO_REASON: Final = RejectReason(1, 1, 1, "no-reason-given")
+REJECT_LOCK_UNAVAILABLE: Final = RejectReason(
+    2, 3, 1, "temporary-congestion (lock unavailable)")
 
 # -- A-ABORT (PS3.8 9.3.8, Table 9-26) --------------------------------------
 ABORT_SOURCE_USER: Final = 0

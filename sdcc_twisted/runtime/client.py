@@ -2,203 +2,118 @@
 
 :func:`open_store_association` connects to a move destination, negotiates
 one presentation context per (SOP class, transfer syntax) to send, and
-returns a :class:`StoreClient` whose :meth:`StoreClient.store` sends one
-instance from its file and returns the C-STORE-RSP status.  The state
-machine's requestor half does the Upper Layer work (PS3.8 9.2).
+returns a :class:`StoreClient` whose ``send_store`` sends one instance from
+its file and returns the C-STORE-RSP status.  The state machine's requestor
+half does the Upper Layer work (PS3.8 9.2); the Twisted side is the same
+:class:`~.shell.AssociationShell` as the acceptor's.
 """
 
 from __future__ import annotations
 
-import socket
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer, endpoints
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
 
+from sdcc_twisted.config import DEFAULT_ARTIM_TIMEOUT, MoveDestination
 from sdcc_twisted.core.association import Association
-from sdcc_twisted.config import DEFAULT_ARTIM_TIMEOUT
 from sdcc_twisted.core.conformance import (
     APPLICATION_CONTEXT_NAME,
-    C_STORE_RSP,
     DEFAULT_MAX_PDU_LENGTH,
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
     PC_ACCEPTANCE,
 )
-from sdcc_twisted.core.dimse import (
-    MESSAGE_ID_BEING_RESPONDED_TO,
-    STATUS,
-    store_request,
-)
-from sdcc_twisted.core.events import (
-    Aborted,
-    AssociationAccepted,
-    AssociationRejected,
-    CloseTransport,
-    CommandReceived,
-    Event,
-    Released,
-    StartARTIM,
-    StopARTIM,
-)
-from sdcc_twisted.logs import get_logger
+from sdcc_twisted.core.events import AssociationAccepted, AssociationRejected
 from sdcc_twisted.core.pdu import AAssociateRQ, PresentationContextRQ, UserInformation
-from sdcc_twisted.runtime.sending import MessageSender
+from sdcc_twisted.logs import get_logger
+from sdcc_twisted.runtime.shell import AssociationShell, Handler
 from sdcc_twisted.services.channel import SubAssociationError
 
 log = get_logger("sdcc.move")
 
 
-@dataclass(frozen=True)
-class Destination:
-    """A C-MOVE destination from ``[move_destinations]``."""
+class StoreClient(AssociationShell):
+    """One requestor association that sends C-STORE requests (a
+    :class:`~sdcc_twisted.services.channel.SubAssociation`).
 
-    ae_title: str
-    host: str
-    port: int
-    tls: bool = False
+    Args:
+        rq: the A-ASSOCIATE-RQ to send.
+        clock: for every step's timeout.
+        timeout: seconds the destination has for each step.
+    """
 
-
-class StoreClient(Protocol):
-    """One requestor association that sends C-STORE requests."""
-
-    def __init__(self, rq: AAssociateRQ, clock: Any, timeout: float) -> None:
+    def __init__(self, rq: AAssociateRQ, clock: IReactorTime, timeout: float) -> None:
+        super().__init__(clock, timeout, timeout)
         self.rq = rq
-        self.clock = clock
-        self.timeout = timeout
-        self.assoc = Association(DEFAULT_MAX_PDU_LENGTH, requestor=True)
-        self.accepted: defer.Deferred[Any] = defer.Deferred()
-        self._close_waiters: list[defer.Deferred[None]] = []
+        self.accepted: defer.Deferred[StoreClient] = defer.Deferred()
         self.contexts: dict[tuple[str, str], int] = {}
-        self._responses: dict[int, defer.Deferred[int]] = {}
-        self._next_id = 1
-        self._artim: Any = None
-        self._sender: MessageSender | None = None
-        self._lost = False
+        self._close_waiters: list[defer.Deferred[None]] = []
 
-    # -- Twisted ---------------------------------------------------------------
+    def new_association(self) -> Association:
+        """A requestor's core with the A-ASSOCIATE-RQ on its way (AE-2)."""
+        assoc = Association(DEFAULT_MAX_PDU_LENGTH, requestor=True)
+        assoc.request_association(self.rq)
+        return assoc
+
     def connectionMade(self) -> None:
-        """Transport connected (Evt2): send the A-ASSOCIATE-RQ (AE-2)."""
-        handle = getattr(self.transport, "getHandle", None)
-        if handle is not None:
-            try:
-                handle().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except (OSError, AttributeError):
-                pass
-        self.assoc.request_association(self.rq)
-        self._sender = MessageSender(self.assoc, self.transport, self._handle,
-                                     self.clock, self.timeout)
-        self._handle(self.assoc.connection_made())
-        self._artim = self.clock.callLater(self.timeout, self._no_answer)
+        """Transport connected (Evt2): the request goes; its answer is due."""
+        super().connectionMade()
+        self.start_artim(self._no_answer)
 
-    def dataReceived(self, data: bytes) -> None:
-        """Bytes from the destination."""
-        self._handle(self.assoc.receive_data(data))
+    def handlers(self) -> dict[type, Handler]:
+        """The requestor's handler per core event."""
+        return {AssociationAccepted: self._on_accepted, AssociationRejected: self._on_rejected}
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def lost(self) -> None:
         """However it closed, fail what still waits."""
-        self._lost = True
-        self._cancel_artim()
-        self.assoc.connection_lost()
-        error = SubAssociationError("the move destination closed the connection")
         if not self.accepted.called:
-            self.accepted.errback(error)
-        for d in list(self._responses.values()):
-            if not d.called:
-                d.errback(error)
-        self._responses.clear()
+            self.accepted.errback(self.lost_error())
         waiters, self._close_waiters = self._close_waiters, []
         for d in waiters:
             d.callback(None)
 
-    # -- events ----------------------------------------------------------------
-    def _handle(self, events: list[Event]) -> None:
-        for event in events:
-            if isinstance(event, AssociationAccepted):
-                self._cancel_artim()
-                self._record_contexts(event.accept)
-                self.accepted.callback(self)
-            elif isinstance(event, AssociationRejected):
-                self._cancel_artim()
-                rj = event.reject
-                self.accepted.errback(SubAssociationError(
-                    f"rejected {rj.result}/{rj.source}/{rj.reason}"))
-            elif isinstance(event, CommandReceived):
-                command = event.command
-                if command.command_field == C_STORE_RSP:
-                    d = self._responses.pop(command.get(MESSAGE_ID_BEING_RESPONDED_TO), None)
-                    if d is not None:
-                        d.callback(command.get(STATUS, 0xFFFF))
-            elif isinstance(event, (Aborted, Released)):
-                pass
-            elif isinstance(event, CloseTransport):
-                self.transport.loseConnection()
-            elif isinstance(event, StartARTIM):
-                self._cancel_artim()
-                self._artim = self.clock.callLater(self.timeout, self._artim_expired)
-            elif isinstance(event, StopARTIM):
-                self._cancel_artim()
-        data = self.assoc.data_to_send()
-        if data and not self._lost:
-            self.transport.write(data)
+    def lost_error(self) -> Exception:
+        """The destination's close fails what waits for it."""
+        return SubAssociationError("the move destination closed the connection")
 
-    def _record_contexts(self, ac: Any) -> None:
+    def _on_accepted(self, event: AssociationAccepted) -> None:
+        self.cancel_artim()
         proposed = {pc.context_id: pc for pc in self.rq.presentation_contexts}
-        for answer in ac.presentation_contexts:
+        for answer in event.accept.presentation_contexts:
             pc = proposed.get(answer.context_id)
             if pc is not None and answer.result == PC_ACCEPTANCE:
                 self.contexts[(pc.abstract_syntax, answer.transfer_syntax)] = answer.context_id
+        self.accepted.callback(self)
 
-    def _cancel_artim(self) -> None:
-        if self._artim is not None and self._artim.active():
-            self._artim.cancel()
-        self._artim = None
+    def _on_rejected(self, event: AssociationRejected) -> None:
+        self.cancel_artim()
+        rj = event.reject
+        self.accepted.errback(SubAssociationError(
+            f"rejected {rj.result}/{rj.source}/{rj.reason}"))
 
     def _no_answer(self) -> None:
-        self._artim = None
-        log.warn("move destination did not answer the A-ASSOCIATE-RQ in {t}s", t=self.timeout)
+        log.warn("move destination did not answer the A-ASSOCIATE-RQ in {t}s",
+                 t=self.artim_timeout)
         self.transport.abortConnection()
 
-    def _artim_expired(self) -> None:
-        self._artim = None
-        self._handle(self.assoc.timer_expired())
-
-    # -- service ----------------------------------------------------------------
-    def context_for(self, sop_class_uid: str, transfer_syntax: str) -> int | None:
+    # -- SubAssociation ---------------------------------------------------------------
+    def store_context(self, sop_class_uid: str, transfer_syntax: str) -> int | None:
         """The accepted context for sending this class in this syntax."""
         return self.contexts.get((sop_class_uid, transfer_syntax))
 
-    async def store(self, context_id: int, sop_class_uid: str, sop_instance_uid: str,
-                    path: str, originator_ae: str, originator_id: int) -> int:
-        """Send one C-STORE-RQ from ``path``; return the response status."""
-        assert self._sender is not None
-        message_id = self._next_id
-        self._next_id = (self._next_id % 0xFFFF) + 1
-        command = store_request(message_id, sop_class_uid, sop_instance_uid,
-                                originator_ae, originator_id)
-        answer: defer.Deferred[int] = defer.Deferred()
-        self._responses[message_id] = answer
-        try:
-            await self._sender.send_file(context_id, command, path)
-        except BaseException:
-            self._responses.pop(message_id, None)
-            raise
-        # The destination has the whole data set: now its answer is due.
-        answer.addTimeout(self.timeout, self.clock)
-        try:
-            return await answer
-        finally:
-            self._responses.pop(message_id, None)
+    def release(self) -> "defer.Deferred[None]":
+        """Release the association (AR-1); abort if the close does not come."""
+        return defer.Deferred.fromCoroutine(self._release())
 
-    async def release(self) -> None:
-        """Release the association (AR-1) and wait for the close."""
-        if self._lost:
+    async def _release(self) -> None:
+        if self.closed or self.assoc is None:
             return
         closing: defer.Deferred[None] = defer.Deferred()
         self._close_waiters.append(closing)
-        closing.addTimeout(self.timeout, self.clock)
-        self._handle(self.assoc.request_release())
+        closing.addTimeout(self.artim_timeout, self.clock)
+        self.guard(self.assoc.request_release)
         try:
             await closing
         except defer.TimeoutError:
@@ -206,12 +121,12 @@ class StoreClient(Protocol):
 
     def abort(self) -> None:
         """Abort (AA-1) and drop the connection."""
-        if not self._lost:
-            self._handle(self.assoc.abort())
-            self.transport.loseConnection()
+        if not self.closed and self.assoc is not None:
+            self.guard(self.assoc.abort)
+            self.close()
 
 
-async def open_store_association(reactor: Any, destination: Destination,
+async def open_store_association(reactor: Any, destination: MoveDestination,
                                  calling_ae: str, contexts: list[tuple[str, str]],
                                  timeout: float = DEFAULT_ARTIM_TIMEOUT) -> StoreClient:
     """Connect to ``destination`` and negotiate one context per

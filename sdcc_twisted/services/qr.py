@@ -10,14 +10,12 @@ in the sans-I/O :mod:`sdcc_twisted.core.query`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
 
 from twisted.internet import defer
 
 from sdcc_twisted.storage.catalog import RedisCatalog
-from sdcc_twisted.runtime.client import Destination, open_store_association
-from sdcc_twisted.services.channel import SubAssociationError
-from sdcc_twisted.config import DEFAULT_ARTIM_TIMEOUT
+from sdcc_twisted.config import MoveDestination
 from sdcc_twisted.core.conformance import (
     C_FIND_RSP,
     C_GET_RSP,
@@ -43,7 +41,7 @@ from sdcc_twisted.core.dimse import (
 from sdcc_twisted.storage.index import IndexUnavailable
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.core.query import LEVELS, Query, QueryError, parse_identifier, response_identifier, retrieve_keys
-from sdcc_twisted.services.channel import Outcome
+from sdcc_twisted.services.channel import Channel, Outcome, Request, SubAssociationError
 from sdcc_twisted.services.scp import describe_missing
 
 log = get_logger("sdcc.qr")
@@ -53,52 +51,30 @@ MAX_IDENTIFIER_LENGTH = 1 << 20
 
 
 
-class Channel(TypingProtocol):
-    """What an operation needs from its association (the protocol adapter)."""
-
-    calling_ae: str
-
-    def send_pending(self, context_id: int, command: Command, field: int,
-                     outcome: Outcome) -> None:
-        """Send a pending (or other intermediate) response."""
-
-    async def room(self) -> None:
-        """Wait while the peer is not reading what was sent."""
-
-    def store_context(self, sop_class_uid: str, transfer_syntax: str) -> int | None:
-        """C-GET: a context on which the requestor accepted to be storage SCP."""
-
-    def send_store(self, context_id: int, sop_class_uid: str, sop_instance_uid: str,
-                   path: str) -> "defer.Deferred[int]":
-        """C-GET: send one C-STORE-RQ on this association; fires with its status."""
-
-
 class QueryRetrieveSCP:
     """Serves C-FIND, C-MOVE and C-GET (PS3.4 C.4).
 
     Args:
         catalog: the index, read side.
         destinations: C-MOVE destinations by AE title.
-        reactor: for sub-associations and timeouts.
-        ae_title: our AE title (the calling AE of sub-associations).
-        timeout: seconds a sub-association may take to answer.
     """
 
-    def __init__(self, catalog: RedisCatalog, destinations: dict[str, Destination],
-                 reactor: Any, ae_title: str,
-                 timeout: float = DEFAULT_ARTIM_TIMEOUT) -> None:
+    needs_data_set = True
+
+    def __init__(self, catalog: RedisCatalog,
+                 destinations: dict[str, MoveDestination]) -> None:
         self.catalog = catalog
         self.destinations = destinations
-        self.reactor = reactor
-        self.ae_title = ae_title
-        self.timeout = timeout
 
-    def begin(self, command: Command, context_id: int, abstract_syntax: str,
-              transfer_syntax: str, channel: Channel) -> "QueryOperation":
+    def accepts(self, abstract_syntax: str) -> bool:
+        """Only on the contexts of the Q/R information models."""
+        return abstract_syntax in QUERY_RETRIEVE_MODELS
+
+    def begin(self, request: Request, channel: Channel) -> "QueryOperation":
         """Start receiving the identifier of a C-FIND/C-MOVE/C-GET request."""
-        model, operation = QUERY_RETRIEVE_MODELS[abstract_syntax]
-        return QueryOperation(self, command, context_id, model, operation,
-                              transfer_syntax, channel)
+        model, operation = QUERY_RETRIEVE_MODELS[request.abstract_syntax]
+        return QueryOperation(self, request.command, request.context_id, model, operation,
+                              request.transfer_syntax, channel)
 
     # -- walking the index -------------------------------------------------------
     async def walk(self, query: Query, state: "QueryOperation") -> AsyncIterator[dict[str, str]]:
@@ -161,6 +137,8 @@ class QueryRetrieveSCP:
 class QueryOperation:
     """One C-FIND, C-MOVE or C-GET: collect the identifier, then run."""
 
+    counted = False
+
     def __init__(self, scp: QueryRetrieveSCP, command: Command, context_id: int,
                  model: str, operation: str, transfer_syntax: str, channel: Channel) -> None:
         self.scp = scp
@@ -172,6 +150,7 @@ class QueryOperation:
         self.channel = channel
         self.response_field = {"FIND": C_FIND_RSP, "MOVE": C_MOVE_RSP, "GET": C_GET_RSP}[operation]
         self.cancelled = False
+        self.settled: defer.Deferred[None] = defer.succeed(None)
         self._identifier = bytearray()
         self._too_long = False
         self.size = 0
@@ -310,14 +289,14 @@ class QueryOperation:
             return None
         return failed_uid_list(done.failed_uids, self.transfer_syntax)
 
-    async def _move(self, instances: list[dict[str, str]], destination: Destination) -> Outcome:
+    async def _move(self, instances: list[dict[str, str]],
+                    destination: MoveDestination) -> Outcome:
         if not instances:
             return self._final(SubOperations())
         wanted = sorted({(a.get("sop_class_uid", ""), a.get("transfer_syntax", ""))
                          for a in instances})
         try:
-            client = await open_store_association(self.scp.reactor, destination,
-                                                  self.scp.ae_title, wanted, self.scp.timeout)
+            client = await self.channel.open_sub_association(destination, wanted)
         except SubAssociationError as exc:
             log.warn("C-MOVE to {dest}: {why}", dest=destination.ae_title, why=exc)
             done = SubOperations()
@@ -332,13 +311,13 @@ class QueryOperation:
         message_id = self.command.message_id or 0
 
         async def send(attributes: dict[str, str]) -> int:
-            context_id = client.context_for(attributes.get("sop_class_uid", ""),
-                                            attributes.get("transfer_syntax", ""))
+            context_id = client.store_context(attributes.get("sop_class_uid", ""),
+                                              attributes.get("transfer_syntax", ""))
             if context_id is None:
                 return STATUS_QR_SUBOPS_OUT_OF_RESOURCES
-            return await client.store(context_id, attributes["sop_class_uid"],
-                                      attributes["SOPInstanceUID"], attributes["path"],
-                                      originator, message_id)
+            return await client.send_store(context_id, attributes["sop_class_uid"],
+                                           attributes["SOPInstanceUID"], attributes["path"],
+                                           originator, message_id)
         done = SubOperations()
         try:
             await self._send_all(instances, send, done)

@@ -27,7 +27,7 @@ from sdcc_twisted.core.conformance import (
     sop_class_name,
 )
 from sdcc_twisted.core.dimse import ELEMENT_NAMES, Command
-from sdcc_twisted.services.channel import Outcome
+from sdcc_twisted.services.channel import Channel, Outcome, Request
 from sdcc_twisted.storage.index import IInstanceIndex
 from sdcc_twisted.storage.journal import IndexLog, PendingJournal
 from sdcc_twisted import logs
@@ -58,10 +58,44 @@ class VerificationSCP:
     """PS3.4 Annex A: C-ECHO always answers Success (PS3.7 9.3.5.2)."""
 
     response_field = C_ECHO_RSP
+    needs_data_set = False
+
+    def accepts(self, abstract_syntax: str) -> bool:
+        """Any context (the peer chose it for a C-ECHO)."""
+        return True
+
+    def begin(self, request: Request, channel: Channel) -> "Echo":
+        """A C-ECHO-RQ: answered as soon as it is complete."""
+        return Echo(self, request.command)
 
     def echo(self, command: Command) -> Outcome:
         """Answer a C-ECHO-RQ."""
         return Outcome(STATUS_SUCCESS)
+
+
+class Echo:
+    """One C-ECHO in flight (it has no data set)."""
+
+    response_field = C_ECHO_RSP
+    counted = False
+
+    def __init__(self, scp: VerificationSCP, command: Command) -> None:
+        self.scp = scp
+        self.command = command
+        self.settled: defer.Deferred[None] = defer.succeed(None)
+
+    def write(self, data: bytes | memoryview) -> None:
+        """A C-ECHO has no data set: nothing to keep."""
+
+    def complete(self) -> "defer.Deferred[Outcome]":
+        """The answer."""
+        return defer.succeed(self.scp.echo(self.command))
+
+    def cancel(self) -> None:
+        """Nothing to stop."""
+
+    def abort(self) -> None:
+        """Nothing to undo."""
 
 
 class StorageSCP:
@@ -76,6 +110,7 @@ class StorageSCP:
     """
 
     response_field = C_STORE_RSP
+    needs_data_set = True
 
     def __init__(self, store: FileStore, index: IInstanceIndex,
                  journal: PendingJournal, run_blocking: RunBlocking,
@@ -87,9 +122,14 @@ class StorageSCP:
         self.clock = clock
         self.index_log = index_log
 
-    def begin(self, command: Command, abstract_syntax: str,
-              transfer_syntax: str, calling_ae: str) -> "Reception":
+    def accepts(self, abstract_syntax: str) -> bool:
+        """Any context: a SOP class that is not ours is answered in the status."""
+        return True
+
+    def begin(self, request: Request, channel: Channel) -> "Reception":
         """Start receiving the data set announced by a C-STORE-RQ."""
+        command, abstract_syntax = request.command, request.abstract_syntax
+        transfer_syntax, calling_ae = request.transfer_syntax, channel.calling_ae
         started = self.clock.seconds()
         comment = describe_missing(command)
         if comment:
@@ -138,18 +178,18 @@ class StorageSCP:
         d.addBoth(self._settle, segment)
         if logged:
             # answered now; the index write finishes behind the answer
-            d.chainDeferred(reception.indexed)
+            d.chainDeferred(reception.settled)
             return _SUCCESS
 
         def indexed(result: Any) -> Any:
-            reception.indexed.callback(None)    # the release must not wait forever
+            reception.settled.callback(None)    # the release must not wait forever
             return _SUCCESS if not isinstance(result, Failure) else result
         return d.addBoth(indexed)
 
     def _not_committed(self, failure: Failure, reception: "Reception",
                        segment: int | None) -> "Outcome | Failure":
         self._settle(None, segment)
-        reception.indexed.callback(None)
+        reception.settled.callback(None)
         if failure.check(StorageError):
             exc = failure.value
             return Outcome(exc.status, exc.comment)
@@ -235,18 +275,20 @@ class Reception:
     """One C-STORE data set on its way to disk."""
 
     response_field = C_STORE_RSP
+    counted = True
 
     def __init__(self, scp: StorageSCP, command: Command, calling_ae: str,
                  started: float, sink: Sink | None, failed: Outcome | None) -> None:
         #: Fires once this instance's record is in the index or the journal
         #: (at once if nothing was stored).
-        self.indexed: defer.Deferred[None] = defer.Deferred()
+        self.settled: defer.Deferred[None] = defer.Deferred()
         self.scp = scp
         self.command = command
         self.calling_ae = calling_ae
         self.started = started
         self.sink = sink
         self.failed = failed
+        self.completing = False
 
     def write(self, data: Any) -> None:
         """Append a data set fragment; a disk error is kept for the answer."""
@@ -260,19 +302,24 @@ class Reception:
 
     def complete(self) -> "defer.Deferred[Outcome]":
         """The last fragment arrived: commit, index, and report the Outcome."""
+        self.completing = True
         if self.failed is not None:
             if self.sink is not None:
                 self.sink.abort()
-            self.indexed.callback(None)
+            self.settled.callback(None)
             return defer.succeed(self._log(self.failed))
         d = self.scp.commit(self)
         d.addErrback(self._unexpected)
         d.addCallback(self._log)
         return d
 
+    def cancel(self) -> None:
+        """C-CANCEL applies to C-FIND, C-MOVE and C-GET only (PS3.7 9.3.2.3)."""
+
     def abort(self) -> None:
-        """The association ended before the last fragment: leave nothing behind."""
-        if self.sink is not None:
+        """The association ended before the last fragment: leave nothing
+        behind (once complete, the commit goes on)."""
+        if self.sink is not None and not self.completing:
             self.sink.abort()
 
     @property

@@ -1,0 +1,292 @@
+"""The Twisted shell of one association, for both roles.
+
+:class:`AssociationShell` feeds received bytes to the sans-I/O
+:class:`~sdcc_twisted.core.association.Association` and acts on the events it
+returns: it writes what the core has to send (one ``transport.write`` per
+batch, TCP_NODELAY on, handed to the socket in the same turn), runs ARTIM
+(PS3.8 9.1.5) and the idle timer on the injected clock, closes (by force after
+a grace period), and sends C-STORE requests from files, matching their
+responses by Message ID.  Each role handles the other events in its
+:meth:`AssociationShell.handlers`: :class:`~.protocol.DicomProtocol` (acceptor)
+and :class:`~.client.StoreClient` (requestor).  An exception from our own
+code becomes an A-ABORT and a log line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+
+from sdcc_twisted.core.association import Association
+from sdcc_twisted.core.conformance import ABORT_REASON_NOT_SPECIFIED, C_STORE_RSP
+from sdcc_twisted.core.dimse import MESSAGE_ID_BEING_RESPONDED_TO, STATUS, store_request
+from sdcc_twisted.core.events import CloseTransport, CommandReceived, Event, StartARTIM, StopARTIM
+from sdcc_twisted.logs import get_logger
+from sdcc_twisted.runtime.sending import MessageSender
+from sdcc_twisted.runtime.twisted_gaps import send_now
+
+log = get_logger("sdcc.association")
+
+#: Bytes taken off the socket per read: several PDUs per reactor turn
+#: (Twisted's default is 64 KiB).
+READ_SIZE = 256 * 1024
+
+Handler = Callable[[Any], None]
+
+
+class AssociationShell(Protocol):
+    """Transport, timers, flush and close of one association (either role).
+
+    Args:
+        clock: the injected ``IReactorTime`` for every timer.
+        artim: ARTIM seconds; also the grace period of a close and the time
+            a peer has to answer a C-STORE-RQ we sent.
+        idle: seconds the peer may stay silent once :meth:`start_idle` ran.
+    """
+
+    def __init__(self, clock: IReactorTime, artim: float, idle: float) -> None:
+        self.clock = clock
+        self.artim_timeout = artim
+        self.idle_timeout = idle
+        self.assoc: Association | None = None
+        self.peer = "?"
+        self.peer_host: str | None = None
+        self.started = 0.0
+        self.last_activity = 0.0
+        self.closed = False
+        self._artim: IDelayedCall | None = None
+        self._idle: IDelayedCall | None = None
+        self._force: IDelayedCall | None = None
+        self._sender: MessageSender | None = None
+        self._responses: dict[int, defer.Deferred[int]] = {}
+        self._next_message_id = 1
+        self._handlers: dict[type, Handler] = {
+            StartARTIM: lambda _: self.start_artim(), StopARTIM: lambda _: self.cancel_artim(),
+            CloseTransport: self._close_transport, CommandReceived: self._on_command,
+            **self.handlers()}
+
+    # -- what a role provides ---------------------------------------------------
+    def new_association(self) -> Association:
+        """The core for this connection (its role, limits, first request)."""
+        raise NotImplementedError
+
+    def handlers(self) -> dict[type, Handler]:
+        """The role's handler per core event type (commands: :meth:`on_command`)."""
+        return {}
+
+    def on_command(self, event: CommandReceived) -> None:
+        """A command other than the C-STORE-RSP the shell matches itself."""
+
+    def working(self) -> bool:
+        """Our own work is in progress (the idle timer waits for it)."""
+        return False
+
+    def idle_expired(self, idle_for: float) -> None:
+        """The peer stayed silent for the idle timeout."""
+
+    def lost(self) -> None:
+        """The transport closed (called once, before waiting answers fail)."""
+
+    def lost_error(self) -> Exception:
+        """What a C-STORE waiting for its response fails with on close."""
+        return ConnectionError("association closed before the C-STORE-RSP")
+
+    # -- Twisted callbacks ---------------------------------------------------------
+    def connectionMade(self) -> None:
+        """Evt2/Evt5: the transport is open; TCP_NODELAY, then the core."""
+        self.started = self.last_activity = self.clock.seconds()
+        peer = self.transport.getPeer()
+        self.peer_host = getattr(peer, "host", None)
+        self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        try:
+            self.transport.setTcpNoDelay(True)  # TLS wrappers pass it on
+        except (AttributeError, NotImplementedError, OSError):
+            pass
+        if hasattr(self.transport, "bufferSize"):
+            self.transport.bufferSize = READ_SIZE
+        self.assoc = self.new_association()
+        self._sender = MessageSender(self.assoc, self.transport, self.handle,
+                                     self.clock, self.idle_timeout)
+        self.guard(self.assoc.connection_made)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Bytes from the peer: feed the core and act on what it says."""
+        self.last_activity = self.clock.seconds()
+        if self.assoc is not None:
+            self.guard(self.assoc.receive_data, data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """Evt17: however the transport closed, free everything it held."""
+        if self.closed:
+            return
+        self.closed = True
+        assoc = self.assoc
+        if assoc is not None and assoc.state != "Sta1":
+            try:
+                self.handle(assoc.connection_lost())
+            except Exception:  # noqa: BLE001
+                log.failure("error while closing the association with {peer}", peer=self.peer)
+        for timer in (self._artim, self._idle, self._force):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._artim = self._idle = self._force = None
+        self.lost()
+        waiting, self._responses = self._responses, {}
+        for d in waiting.values():
+            if not d.called:
+                d.errback(self.lost_error())
+
+    # -- core effects ----------------------------------------------------------------
+    def guard(self, fn: Callable[..., list[Event]], *args: Any) -> None:
+        """Run a core call and its effects; our own exceptions become an A-ABORT."""
+        try:
+            self.handle(fn(*args))
+        except Exception:  # noqa: BLE001 - the boundary of our own code
+            self.internal_error(Failure())
+
+    def internal_error(self, failure: Failure) -> None:
+        """Log our own bug, abort the association and close."""
+        log.failure("internal error on the association with {peer}; aborting it",
+                    failure, peer=self.peer)
+        if self.assoc is not None:
+            try:
+                self.assoc.abort(ABORT_REASON_NOT_SPECIFIED, "internal error")
+            except Exception:  # noqa: BLE001
+                pass
+            self.flush()
+        self.close()
+
+    def handle(self, events: list[Event]) -> None:
+        """Act on the core's events, then write what it has to send."""
+        handlers = self._handlers
+        for event in events:
+            handler = handlers.get(type(event))
+            if handler is not None:
+                handler(event)
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what the core has to send, and hand it to the socket now."""
+        assoc = self.assoc
+        if assoc is not None:
+            data = assoc.data_to_send()
+            if data and not self.closed:
+                self.transport.write(data)
+                send_now(self.transport)
+
+    def close(self) -> None:
+        """Close after what is queued has left; a peer that stops reading
+        must not keep the connection: after ARTIM it is dropped."""
+        if self._sender is not None and not self.closed:
+            # A TLS transport does not send its close_notify and close while
+            # a producer is registered (tls.TLSMemoryBIOProtocol).
+            self._sender.stopProducing()
+            self.transport.unregisterProducer()
+            self._sender = None
+        self.transport.loseConnection()
+        if not self.closed and self._force is None:
+            self._force = self.clock.callLater(self.artim_timeout, self._force_close)
+
+    def _force_close(self) -> None:
+        self._force = None
+        if not self.closed:
+            self.transport.abortConnection()
+
+    def _close_transport(self, _: CloseTransport) -> None:
+        self.flush()
+        self.close()
+
+    # -- timers ------------------------------------------------------------------------
+    def start_artim(self, expired: Callable[[], None] | None = None) -> None:
+        """(Re)start ARTIM; on expiry the core's Evt18, or ``expired``."""
+        self.cancel_artim()
+        self._artim = self.clock.callLater(self.artim_timeout, expired or self._artim_expired)
+
+    def cancel_artim(self) -> None:
+        """Stop ARTIM."""
+        if self._artim is not None and self._artim.active():
+            self._artim.cancel()
+        self._artim = None
+
+    def _artim_expired(self) -> None:
+        self._artim = None
+        if self.assoc is None:
+            return
+        if self.assoc.state == "Sta2":
+            log.info("no A-ASSOCIATE-RQ from {peer} within {t}s (ARTIM); closing",
+                     peer=self.peer, t=self.artim_timeout)
+        self.guard(self.assoc.timer_expired)
+
+    def start_idle(self) -> None:
+        """Watch for the peer's silence from now on."""
+        self.last_activity = self.clock.seconds()
+        self._idle = self.clock.callLater(self.idle_timeout, self._idle_check)
+
+    def cancel_idle(self) -> None:
+        """Stop watching for silence (release, abort)."""
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+
+    def _idle_check(self) -> None:
+        clock, limit = self.clock, self.idle_timeout
+        idle_for = clock.seconds() - self.last_activity
+        if self.working():
+            # Our own work is not the peer's silence: look again later.
+            self._idle = clock.callLater(limit, self._idle_check)
+        elif idle_for < limit:
+            self._idle = clock.callLater(limit - idle_for, self._idle_check)
+        else:
+            self._idle = None
+            self.idle_expired(idle_for)
+
+    # -- C-STORE requests we send (C-GET, C-MOVE sub-operations) ---------------------
+    def send_store(self, context_id: int, sop_class_uid: str, sop_instance_uid: str,
+                   path: str, originator_ae: str = "",
+                   originator_id: int | None = None) -> "defer.Deferred[int]":
+        """Send one C-STORE-RQ from the file at ``path``; its response status."""
+        if self._sender is None:
+            return defer.fail(ConnectionError("association closed before the C-STORE-RQ"))
+        message_id = self._next_message_id
+        self._next_message_id = (message_id % 0xFFFF) + 1
+        command = store_request(message_id, sop_class_uid, sop_instance_uid,
+                                originator_ae or None, originator_id)
+        answer: defer.Deferred[int] = defer.Deferred()
+        self._responses[message_id] = answer
+        sending = defer.Deferred.fromCoroutine(self._sender.send_file(context_id, command, path))
+
+        def not_sent(failure: Failure) -> Failure:
+            self._responses.pop(message_id, None)
+            return failure
+
+        def sent(_: Any) -> "defer.Deferred[int]":
+            # The peer has the whole data set: now its answer is due.
+            answer.addTimeout(self.artim_timeout, self.clock)
+            return answer.addBoth(forget)
+
+        def forget(result: Any) -> Any:
+            self._responses.pop(message_id, None)
+            return result
+        return sending.addCallbacks(sent, not_sent)
+
+    async def room(self) -> None:
+        """Wait until the peer reads what we sent (flow control)."""
+        if self._sender is not None:
+            await self._sender.room()
+
+    def _on_command(self, event: CommandReceived) -> None:
+        command = event.command
+        if command.command_field == C_STORE_RSP:
+            waiting = self._responses.pop(command.get(MESSAGE_ID_BEING_RESPONDED_TO), None)
+            if waiting is not None:
+                waiting.callback(command.get(STATUS, 0xFFFF))
+            return
+        self.on_command(event)
+
+
+__all__ = ["AssociationShell", "READ_SIZE"]
