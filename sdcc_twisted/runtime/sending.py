@@ -1,5 +1,6 @@
 """Sending a stored instance as a C-STORE data set, from its file, with flow
-control (C-MOVE and C-GET sub-operations; PS3.4 C.4.2, C.4.3).
+control (C-MOVE and C-GET sub-operations; PS3.4 C.4.2, C.4.3), and matching
+the responses to those requests.
 
 The data set bytes are read from the Part 10 file in pieces of the peer's
 maximum PDV size and written one P-DATA-TF at a time; while the transport's
@@ -16,7 +17,8 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from sdcc_twisted.core.association import Association
-from sdcc_twisted.core.conformance import PDV_LAST
+from sdcc_twisted.core.conformance import C_STORE_RSP, PDV_LAST
+from sdcc_twisted.core.dimse import MESSAGE_ID, MESSAGE_ID_BEING_RESPONDED_TO, STATUS, Command
 from sdcc_twisted.core.events import Event
 from sdcc_twisted.core.part10 import read_file_meta
 
@@ -116,3 +118,61 @@ class MessageSender:
                 if last:
                     return sent
                 chunk = following
+
+
+class StoreRequests:
+    """The C-STORE requests an association sent, matched to their responses
+    by Message ID (PS3.7 9.3.1).
+
+    Args:
+        clock: for the answer's timeout.
+        timeout: seconds the peer has to answer once it has the data set.
+    """
+
+    def __init__(self, clock: Any, timeout: float) -> None:
+        self.clock = clock
+        self.timeout = timeout
+        self._waiting: dict[int, defer.Deferred[int]] = {}
+        self._next = 1
+
+    def next_message_id(self) -> int:
+        """A Message ID for our next request (1..65535, then again)."""
+        message_id = self._next
+        self._next = (message_id % 0xFFFF) + 1
+        return message_id
+
+    def send(self, sender: MessageSender, context_id: int, command: dict[int, Any],
+             path: str) -> "defer.Deferred[int]":
+        """Send ``command`` with the data set of ``path``; fires with the
+        response's status, or fails (not sent, no answer in time, closed)."""
+        message_id = command[MESSAGE_ID]
+        answer: defer.Deferred[int] = defer.Deferred()
+        self._waiting[message_id] = answer
+
+        def forget(result: Any) -> Any:
+            self._waiting.pop(message_id, None)
+            return result
+
+        def sent(_: Any) -> "defer.Deferred[int]":
+            # The peer has the whole data set: now its answer is due.
+            answer.addTimeout(self.timeout, self.clock)
+            return answer.addBoth(forget)
+        sending = defer.Deferred.fromCoroutine(sender.send_file(context_id, command, path))
+        return sending.addCallbacks(sent, forget)
+
+    def answer(self, command: Command) -> bool:
+        """A C-STORE-RSP: give its status to the request; False for any
+        other command."""
+        if command.command_field != C_STORE_RSP:
+            return False
+        waiting = self._waiting.pop(command.get(MESSAGE_ID_BEING_RESPONDED_TO), None)
+        if waiting is not None:
+            waiting.callback(command.get(STATUS, 0xFFFF))
+        return True
+
+    def fail_all(self, error: Exception) -> None:
+        """The association closed: every request still waiting fails."""
+        waiting, self._waiting = self._waiting, {}
+        for d in waiting.values():
+            if not d.called:
+                d.errback(error)

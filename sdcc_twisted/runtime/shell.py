@@ -23,11 +23,11 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from sdcc_twisted.core.association import Association
-from sdcc_twisted.core.conformance import ABORT_REASON_NOT_SPECIFIED, C_STORE_RSP
-from sdcc_twisted.core.dimse import MESSAGE_ID_BEING_RESPONDED_TO, STATUS, store_request
+from sdcc_twisted.core.conformance import ABORT_REASON_NOT_SPECIFIED
+from sdcc_twisted.core.dimse import store_request
 from sdcc_twisted.core.events import CloseTransport, CommandReceived, Event, StartARTIM, StopARTIM
 from sdcc_twisted.logs import get_logger
-from sdcc_twisted.runtime.sending import MessageSender
+from sdcc_twisted.runtime.sending import MessageSender, StoreRequests
 from sdcc_twisted.runtime.twisted_gaps import send_now
 
 log = get_logger("sdcc.association")
@@ -37,6 +37,12 @@ log = get_logger("sdcc.association")
 READ_SIZE = 256 * 1024
 
 Handler = Callable[[Any], None]
+
+
+def _cancel(call: IDelayedCall | None) -> None:
+    """Cancel a timer that may have fired or never started."""
+    if call is not None and call.active():
+        call.cancel()
 
 
 class AssociationShell(Protocol):
@@ -59,12 +65,12 @@ class AssociationShell(Protocol):
         self.started = 0.0
         self.last_activity = 0.0
         self.closed = False
-        self._artim: IDelayedCall | None = None
-        self._idle: IDelayedCall | None = None
-        self._force: IDelayedCall | None = None
+        self._artim: IDelayedCall | None
+        self._idle: IDelayedCall | None
+        self._force: IDelayedCall | None
+        self._artim = self._idle = self._force = None
         self._sender: MessageSender | None = None
-        self._responses: dict[int, defer.Deferred[int]] = {}
-        self._next_message_id = 1
+        self._requests = StoreRequests(clock, artim)
         self._handlers: dict[type, Handler] = {
             StartARTIM: lambda _: self.start_artim(), StopARTIM: lambda _: self.cancel_artim(),
             CloseTransport: self._close_transport, CommandReceived: self._on_command,
@@ -132,14 +138,10 @@ class AssociationShell(Protocol):
             except Exception:  # noqa: BLE001
                 log.failure("error while closing the association with {peer}", peer=self.peer)
         for timer in (self._artim, self._idle, self._force):
-            if timer is not None and timer.active():
-                timer.cancel()
+            _cancel(timer)
         self._artim = self._idle = self._force = None
         self.lost()
-        waiting, self._responses = self._responses, {}
-        for d in waiting.values():
-            if not d.called:
-                d.errback(self.lost_error())
+        self._requests.fail_all(self.lost_error())
 
     # -- core effects ----------------------------------------------------------------
     def guard(self, fn: Callable[..., list[Event]], *args: Any) -> None:
@@ -209,8 +211,7 @@ class AssociationShell(Protocol):
 
     def cancel_artim(self) -> None:
         """Stop ARTIM."""
-        if self._artim is not None and self._artim.active():
-            self._artim.cancel()
+        _cancel(self._artim)
         self._artim = None
 
     def _artim_expired(self) -> None:
@@ -229,8 +230,7 @@ class AssociationShell(Protocol):
 
     def cancel_idle(self) -> None:
         """Stop watching for silence (release, abort)."""
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
+        _cancel(self._idle)
         self._idle = None
 
     def _idle_check(self) -> None:
@@ -252,27 +252,9 @@ class AssociationShell(Protocol):
         """Send one C-STORE-RQ from the file at ``path``; its response status."""
         if self._sender is None:
             return defer.fail(ConnectionError("association closed before the C-STORE-RQ"))
-        message_id = self._next_message_id
-        self._next_message_id = (message_id % 0xFFFF) + 1
-        command = store_request(message_id, sop_class_uid, sop_instance_uid,
-                                originator_ae or None, originator_id)
-        answer: defer.Deferred[int] = defer.Deferred()
-        self._responses[message_id] = answer
-        sending = defer.Deferred.fromCoroutine(self._sender.send_file(context_id, command, path))
-
-        def not_sent(failure: Failure) -> Failure:
-            self._responses.pop(message_id, None)
-            return failure
-
-        def sent(_: Any) -> "defer.Deferred[int]":
-            # The peer has the whole data set: now its answer is due.
-            answer.addTimeout(self.artim_timeout, self.clock)
-            return answer.addBoth(forget)
-
-        def forget(result: Any) -> Any:
-            self._responses.pop(message_id, None)
-            return result
-        return sending.addCallbacks(sent, not_sent)
+        return self._requests.send(self._sender, context_id, store_request(
+            self._requests.next_message_id(), sop_class_uid, sop_instance_uid,
+            originator_ae or None, originator_id), path)
 
     async def room(self) -> None:
         """Wait until the peer reads what we sent (flow control)."""
@@ -280,13 +262,8 @@ class AssociationShell(Protocol):
             await self._sender.room()
 
     def _on_command(self, event: CommandReceived) -> None:
-        command = event.command
-        if command.command_field == C_STORE_RSP:
-            waiting = self._responses.pop(command.get(MESSAGE_ID_BEING_RESPONDED_TO), None)
-            if waiting is not None:
-                waiting.callback(command.get(STATUS, 0xFFFF))
-            return
-        self.on_command(event)
+        if not self._requests.answer(event.command):
+            self.on_command(event)
 
 
 __all__ = ["AssociationShell", "READ_SIZE"]
