@@ -11,7 +11,7 @@ and transport effects (:class:`StartARTIM`, :class:`StopARTIM`,
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from sdcc_twisted.core import fsm
 from sdcc_twisted.core.conformance import (
@@ -47,6 +47,7 @@ from sdcc_twisted.core.pdu import (
     AReleaseRP,
     AReleaseRQ,
     P_DATA_TF,
+    PDataTF,
     decode,
     encode,
     encode_pdv_header,
@@ -158,10 +159,10 @@ class Association:
                 # nothing of itself, only the abort.
                 indicated: list[Event] = []
                 try:
-                    for context_id, control, data in split_pdvs(body):
-                        event = self._assembler.feed_pdv(context_id, control, data)
-                        if event is not None:
-                            indicated.append(event)
+                    for context_id, control, fragment in split_pdvs(body):
+                        done = self._assembler.feed_pdv(context_id, control, fragment)
+                        if done is not None:
+                            indicated.append(done)
                     events.extend(indicated)
                 except RemoteProtocolError as exc:   # a bad PDV or DIMSE order
                     self._failed = True
@@ -174,13 +175,14 @@ class Association:
                 self._failed = True
                 events.extend(self._run("Evt19", abort_reason=exc.reason, detail=str(exc)))
                 break
-            event = RECEIVE_EVENTS[pdu_type]
-            if event == "Evt6" and self.machine.state == "Sta2":
-                self.request = pdu
-                rejection = self._provider_rejection(pdu)
-                events.extend(self._run(event, pdu, rejection=rejection))
+            evt = RECEIVE_EVENTS[pdu_type]
+            if evt == "Evt6" and self.machine.state == "Sta2":
+                rq = cast(AAssociateRQ, pdu)      # Evt6 is the A-ASSOCIATE-RQ
+                self.request = rq
+                rejection = self._provider_rejection(rq)
+                events.extend(self._run(evt, pdu, rejection=rejection))
             else:
-                events.extend(self._run(event, pdu))
+                events.extend(self._run(evt, pdu))
             if self._failed:
                 break
         if framing_error is not None and not self._failed:
@@ -273,24 +275,24 @@ class Association:
         primitive = effect.primitive
         if primitive == fsm.P_DATA_INDICATION:
             try:
-                return list(self._assembler.feed(effect.pdu))
+                return list(self._assembler.feed(cast(PDataTF, effect.pdu)))
             except RemoteProtocolError as exc:
                 self._failed = True
                 return self._run("Evt19", abort_reason=exc.reason, detail=str(exc))
         if primitive == fsm.ASSOCIATE_INDICATION:
-            return [AssociationRequested(effect.pdu)]
+            return [AssociationRequested(cast(AAssociateRQ, effect.pdu))]
         if primitive == fsm.RELEASE_INDICATION:
             return [ReleaseRequested()]
         if primitive == fsm.RELEASE_CONFIRMATION:
             return [Released()]
         if primitive == fsm.ASSOCIATE_CONFIRMATION_ACCEPT:
-            ac: AAssociateAC = effect.pdu
+            ac = cast(AAssociateAC, effect.pdu)
             self.peer_max_pdu_length = ac.user_information.max_length or 0
             return [AssociationAccepted(ac)]
         if primitive == fsm.ASSOCIATE_CONFIRMATION_REJECT:
-            return [AssociationRejected(effect.pdu)]
+            return [AssociationRejected(cast(AAssociateRJ, effect.pdu))]
         # A-ABORT / A-P-ABORT indications.
-        abort: AAbort | None = effect.pdu
+        abort = cast("AAbort | None", effect.pdu)
         by_peer = event == "Evt16"
         if abort is None:
             return [Aborted(None, 0, False, detail or "transport closed by the peer")]

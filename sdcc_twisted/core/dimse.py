@@ -132,17 +132,17 @@ class Command:
     @property
     def has_data_set(self) -> bool:
         """PS3.7 E.1: any (0000,0800) value other than 0x0101 means a data set."""
-        return self.elements.get(COMMAND_DATA_SET_TYPE, NO_DATA_SET) != NO_DATA_SET
+        return bool(self.elements.get(COMMAND_DATA_SET_TYPE, NO_DATA_SET) != NO_DATA_SET)
 
     @property
     def affected_sop_class_uid(self) -> str:
         """(0000,0002) Affected SOP Class UID, or empty."""
-        return self.elements.get(AFFECTED_SOP_CLASS_UID, "")
+        return str(self.elements.get(AFFECTED_SOP_CLASS_UID, ""))
 
     @property
     def affected_sop_instance_uid(self) -> str:
         """(0000,1000) Affected SOP Instance UID, or empty."""
-        return self.elements.get(AFFECTED_SOP_INSTANCE_UID, "")
+        return str(self.elements.get(AFFECTED_SOP_INSTANCE_UID, ""))
 
     def missing(self) -> list[int]:
         """Required elements (PS3.7 9.3) that this request lacks."""
@@ -153,7 +153,7 @@ class Command:
         return f"Command({self.elements!r})"
 
 
-def decode_command(data: bytes | memoryview) -> Command:
+def decode_command(data: bytes | bytearray | memoryview) -> Command:
     """Decode an Implicit VR Little Endian command set (PS3.7 6.3.1).
 
     Raises:
@@ -320,7 +320,7 @@ class MessageAssembler:
                 a data fragment where a command is expected (or the reverse), or
                 an over-long command set.
         """
-        out: list[CommandReceived | DataFragment] = []
+        out: list[CommandReceived | DataFragment | None] = []
         for pdv in pdata.pdvs:
             out.append(self.feed_pdv(pdv.context_id, pdv.control, pdv.data))
         return [event for event in out if event is not None]

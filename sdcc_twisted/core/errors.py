@@ -42,7 +42,7 @@ class FramingError(RemoteProtocolError):
 
     def __init__(self, message: str, reason: int = 0) -> None:
         super().__init__(message, reason)
-        self.frames: list = []
+        self.frames: list[tuple[int, bytes | memoryview]] = []
 
 
 class DIMSEError(RemoteProtocolError):

@@ -13,7 +13,11 @@ facade tells the service above it (PS3.8 primitives and DIMSE messages).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import TYPE_CHECKING, Union
+
+if TYPE_CHECKING:  # for the annotations only: pdu and dimse import this module
+    from sdcc_twisted.core.dimse import Command
+    from sdcc_twisted.core.pdu import PDU, AAssociateAC, AAssociateRJ, AAssociateRQ
 
 # ---------------------------------------------------------------- effects
 
@@ -22,7 +26,7 @@ from typing import Any, Union
 class SendPDU:
     """Write this PDU to the transport."""
 
-    pdu: Any
+    pdu: PDU
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ class Indication:
     """
 
     primitive: str
-    pdu: Any = None
+    pdu: PDU | None = None
 
 
 Effect = Union[SendPDU, StartARTIM, StopARTIM, OpenTransport, CloseTransport,
@@ -69,21 +73,21 @@ Effect = Union[SendPDU, StartARTIM, StopARTIM, OpenTransport, CloseTransport,
 class AssociationRequested:
     """An A-ASSOCIATE-RQ arrived; the service must accept or reject it."""
 
-    request: Any
+    request: AAssociateRQ
 
 
 @dataclass(frozen=True)
 class AssociationAccepted:
     """We (acceptor) sent the A-ASSOCIATE-AC, or (requestor) received one."""
 
-    accept: Any
+    accept: AAssociateAC
 
 
 @dataclass(frozen=True)
 class AssociationRejected:
     """We (acceptor) sent the A-ASSOCIATE-RJ, or (requestor) received one."""
 
-    reject: Any
+    reject: AAssociateRJ
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,7 @@ class CommandReceived:
     """
 
     context_id: int
-    command: Any
+    command: Command
 
 
 @dataclass(slots=True)
@@ -110,7 +114,7 @@ class DataFragment:
     """
 
     context_id: int
-    data: Any
+    data: bytes | memoryview
     last: bool
 
 

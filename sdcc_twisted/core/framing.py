@@ -97,7 +97,8 @@ class PDUFramer:
             self._body = bytearray()
             raise
 
-    def _feed(self, data: bytes, out: list) -> list[tuple[int, memoryview | bytes]]:
+    def _feed(self, data: bytes, out: list[tuple[int, memoryview | bytes]]
+              ) -> list[tuple[int, memoryview | bytes]]:
         if type(data) is not bytes:
             # Views must point into immutable memory: copy a bytearray etc.
             data = bytes(data)
@@ -126,7 +127,8 @@ class PDUFramer:
             self._header = bytearray(view[offset:])
         return out
 
-    def _complete_partial(self, data: bytes, out: list) -> int:
+    def _complete_partial(self, data: bytes,
+                          out: list[tuple[int, memoryview | bytes]]) -> int:
         """Add bytes of *data* to the partial PDU.
 
         Return the offset in *data* after the completed PDU (appended to

@@ -341,9 +341,9 @@ def _encode_associate(pdu: AAssociateRQ | AAssociateAC) -> bytes:
             parts.append(_item(ITEM_PRESENTATION_CONTEXT_RQ, b"".join(value)))
     else:
         for ac in pdu.presentation_contexts:
-            value = bytes((ac.context_id, 0, ac.result, 0)) + _item(
+            answer = bytes((ac.context_id, 0, ac.result, 0)) + _item(
                 ITEM_TRANSFER_SYNTAX, _ascii(ac.transfer_syntax, "transfer syntax"))
-            parts.append(_item(ITEM_PRESENTATION_CONTEXT_AC, value))
+            parts.append(_item(ITEM_PRESENTATION_CONTEXT_AC, answer))
     parts.append(_encode_user_information(pdu.user_information))
     body = b"".join(parts)
     return _HEADER.pack(pdu.pdu_type, len(body)) + body
@@ -351,7 +351,7 @@ def _encode_associate(pdu: AAssociateRQ | AAssociateAC) -> bytes:
 
 def _encode_pdata(pdu: PDataTF) -> bytes:
     """Encode a P-DATA-TF with its PDV items (PS3.8 9.3.5)."""
-    parts = [b""]
+    parts: list[bytes | memoryview] = [b""]
     for pdv in pdu.pdvs:
         parts.append(_pdv_header_pack(len(pdv.data) + 2, pdv.context_id, pdv.control))
         parts.append(pdv.data)
@@ -543,6 +543,7 @@ def _decode_associate(body: bytes | memoryview, pdu_type: int) -> AAssociateRQ |
                        f"{_ASSOCIATE_FIXED.size}")
     version, called, calling = _ASSOCIATE_FIXED.unpack_from(data)
     is_rq = pdu_type == A_ASSOCIATE_RQ
+    decode_pc: Callable[[bytes, int, int], PresentationContextRQ | PresentationContextAC]
     if is_rq:
         pc_item, other_pc_item, decode_pc = (
             ITEM_PRESENTATION_CONTEXT_RQ, ITEM_PRESENTATION_CONTEXT_AC, _decode_pc_rq)
@@ -551,7 +552,7 @@ def _decode_associate(body: bytes | memoryview, pdu_type: int) -> AAssociateRQ |
             ITEM_PRESENTATION_CONTEXT_AC, ITEM_PRESENTATION_CONTEXT_RQ, _decode_pc_ac)
     application_context = None
     user_information = None
-    contexts: list = []
+    contexts: list[PresentationContextRQ | PresentationContextAC] = []
     seen_ids = set()
     for item_type, start, end in _items(data, _ASSOCIATE_FIXED.size, len(data), name):
         if item_type == pc_item:
@@ -589,7 +590,8 @@ def _decode_associate(body: bytes | memoryview, pdu_type: int) -> AAssociateRQ |
         called_ae=called.decode("ascii").strip(" "),
         calling_ae=calling.decode("ascii").strip(" "),
         application_context=application_context,
-        presentation_contexts=tuple(contexts),
+        # all RQ items or all AC items: decode_pc is the one for this PDU type
+        presentation_contexts=tuple(contexts),  # type: ignore[arg-type]
         user_information=user_information,
         protocol_version=version,
     )
@@ -614,7 +616,7 @@ def split_pdvs(body: bytes | memoryview) -> list[tuple[int, int, memoryview]]:
     size = len(view)
     if not size:
         raise _invalid("P-DATA-TF without a PDV item")
-    pdvs = []
+    pdvs: list[tuple[int, int, memoryview]] = []
     append = pdvs.append
     offset = 0
     while offset < size:

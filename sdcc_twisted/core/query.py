@@ -94,7 +94,7 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, cast
 
 # pydicom (its data dictionary above all) costs about 24 MB of memory, which
 # a receiver that is never queried should not pay: it is imported by the
@@ -332,7 +332,7 @@ def _decode(data: bytes, transfer_syntax: str, model: str) -> Query:
             raise QueryError(STATUS_UNABLE_TO_PROCESS,
                              f"bad identifier: {exc}") from exc
         try:
-            dataset = read_dataset(DicomBytesIO(bytes(data)), implicit, little)
+            dataset = read_dataset(cast(BinaryIO, DicomBytesIO(bytes(data))), implicit, little)
             elements = [dataset.get_item(tag) for tag in dataset.keys()]
         except Exception as exc:  # pydicom's errors are of many types
             raise QueryError(STATUS_UNABLE_TO_PROCESS,
@@ -578,7 +578,10 @@ def _interval(text: str, vr: str) -> tuple[int, int] | None:
             return start, start + _DAY_US - 1
         if vr == "TM":
             m = _TM.fullmatch(text)
-            return None if m is None else _time_interval(*m.groups(), base=0)
+            if m is None:
+                return None
+            hour, minute, second, fraction = m.groups()
+            return _time_interval(hour, minute, second, fraction, base=0)
         m = _DT.fullmatch(text)
         if m is None:
             return None
