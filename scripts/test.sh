@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One command: install what is missing, check the import contracts, run every
-# test with trial.  Under CI=true a skipped test fails the run: every peer
-# (DCMTK, pynetdicom, redis-server) must really run.
+# One command: install what is missing, check the import contracts and the
+# types, run every test with trial.  Under CI=true a skipped test fails the
+# run: every peer (DCMTK, pynetdicom, redis-server) must really run.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -10,6 +10,9 @@ bash scripts/setup-deps.sh test
 
 echo "== import contracts (lint-imports)"
 "$PYTHON" -c "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+
+echo "== types (mypy: strict on sdcc_twisted/core, normal elsewhere; setup.cfg [mypy])"
+"$PYTHON" -m mypy
 
 echo "== trial tests"
 log="$(mktemp)"

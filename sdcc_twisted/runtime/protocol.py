@@ -229,7 +229,7 @@ class DicomProtocol(AssociationShell):
                      duration=self.clock.seconds() - self.started)
 
 
-class DicomServerFactory(Factory):
+class DicomServerFactory(Factory[DicomProtocol]):
     """Builds a :class:`DicomProtocol` per connection and holds what they share.
 
     Args:
@@ -260,7 +260,7 @@ class DicomServerFactory(Factory):
         """The open connections (and their peer address)."""
         return self.admission.connections
 
-    def buildProtocol(self, addr: Any) -> DicomProtocol:
+    def buildProtocol(self, addr: Any) -> DicomProtocol | None:
         """A protocol for a new connection."""
         return DicomProtocol(self)
 

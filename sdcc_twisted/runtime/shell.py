@@ -55,6 +55,9 @@ class AssociationShell(Protocol):
         idle: seconds the peer may stay silent once :meth:`start_idle` ran.
     """
 
+    #: An ITCPTransport, or a TLS wrapper of one (set by makeConnection).
+    transport: Any
+
     def __init__(self, clock: IReactorTime, artim: float, idle: float) -> None:
         self.clock = clock
         self.artim_timeout = artim

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from twisted.internet import defer
 from twisted.logger import LogLevel
@@ -168,8 +168,11 @@ class StorageSCP:
         try:
             result = self._finish_and_log(sink, reception.calling_ae, segment)
         except BaseException:
-            return defer.maybeDeferred(self._not_committed, Failure(), reception, segment)
-        return defer.maybeDeferred(self._committed, result, reception, segment)
+            # (Twisted's maybeDeferred overloads take no value-or-Failure/Deferred union)
+            return defer.maybeDeferred(  # type: ignore[call-overload]
+                self._not_committed, Failure(), reception, segment)
+        return defer.maybeDeferred(  # type: ignore[call-overload]
+            self._committed, result, reception, segment)
 
     def _committed(self, result: tuple[InstanceRecord, bool], reception: "Reception",
                    segment: int | None) -> "Outcome | defer.Deferred[Outcome]":
@@ -191,7 +194,7 @@ class StorageSCP:
         self._settle(None, segment)
         reception.settled.callback(None)
         if failure.check(StorageError):
-            exc = failure.value
+            exc = cast(StorageError, failure.value)
             return Outcome(exc.status, exc.comment)
         return failure
 
@@ -236,9 +239,8 @@ class StorageSCP:
     def register(self, record: InstanceRecord) -> "defer.Deferred[None]":
         """Index ``record``; on any index failure, journal it (never fails)."""
         d = self.index.record(record)
-        d.addCallbacks(self._registered, self._not_registered,
-                       callbackArgs=(record,), errbackArgs=(record,))
-        return d
+        return d.addCallbacks(self._registered, self._not_registered,
+                              callbackArgs=(record,), errbackArgs=(record,))
 
     def _registered(self, previous: str | None,
                     record: InstanceRecord) -> "defer.Deferred[None] | None":

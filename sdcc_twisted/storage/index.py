@@ -141,7 +141,7 @@ def _abandon(conn: Any) -> None:
     back to the pool (after EXEC, a failed EXEC or UNWATCH).
     """
     transport = getattr(conn, "transport", None)
-    if (transport is not None and getattr(conn, "connected", 0)
+    if (transport is not None and getattr(conn, "connected", False)
             and getattr(conn, "pendingTransaction", True)):
         transport.abortConnection()
 

@@ -158,12 +158,14 @@ class _Ping(protocol.Protocol):
         self._buffer = b""
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.transport.write(b"PING\r\n")
 
     def dataReceived(self, data: bytes) -> None:
         self._buffer += data
         if b"\r\n" in self._buffer and not self.answer.called:
             self.answer.callback(self._buffer.split(b"\r\n", 1)[0])
+            assert self.transport is not None
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
