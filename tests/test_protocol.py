@@ -199,6 +199,24 @@ class EstablishmentTests(ProtocolTestBase):
         self.assertEqual(slow.released, [("CT1", token)])
 
 
+    def test_lock_failure_is_congestion(self) -> None:
+        """A per-AE lock that fails is logged and answered 2/3/1 (temporary
+        congestion); the refused association holds no slot."""
+        @implementer(IAssociationLock)
+        class BrokenLock:
+            def acquire(self, ae: str) -> defer.Deferred:
+                return defer.fail(RuntimeError("lock store down"))
+
+            def release(self, ae: str, token: object) -> defer.Deferred:
+                return defer.succeed(None)
+
+        self.factory.admission.lock = BrokenLock()
+        proto, transport = self.associate("CT1")
+        self.assertEqual(self.sent(transport), [AAssociateRJ(2, 3, 1)])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.factory.admission.association_count(), 0)
+
+
 class TimeoutAndAbortTests(ProtocolTestBase):
     """Idle timeout, peer aborts and our own errors."""
 
