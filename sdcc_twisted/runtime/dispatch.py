@@ -136,7 +136,7 @@ class Dispatcher:
     def _done(self, outcome: Outcome, operation: Operation, context_id: int) -> None:
         self.pending -= 1
         connection = self.connection
-        connection.last_activity = connection.clock.seconds()
+        connection.idle.touch()
         self._operations.pop(operation.command.message_id or 0, None)
         if operation.counted:
             if outcome.success:

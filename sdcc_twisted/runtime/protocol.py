@@ -121,7 +121,7 @@ class DicomProtocol(AssociationShell):
         self._admitted = answer
         decision = answer.decision
         self.guard(self.assoc.accept, decision)
-        self.start_idle()
+        self.idle.start()
         contexts = sorted({
             f"{sop_class_name(c.abstract_syntax)}/{TRANSFER_SYNTAXES.get(c.transfer_syntax, c.transfer_syntax)}"
             for c in decision.contexts.values()})
@@ -177,7 +177,7 @@ class DicomProtocol(AssociationShell):
 
     # -- release and abort ---------------------------------------------------------------------
     def _on_release(self, _: ReleaseRequested) -> None:
-        self.cancel_idle()
+        self.idle.cancel()
         self._released = True
         self._release_waiting = True
         self.operations_done()
@@ -199,7 +199,7 @@ class DicomProtocol(AssociationShell):
             self.guard(assoc.release_response)
 
     def _on_aborted(self, event: Aborted) -> None:
-        self.cancel_idle()
+        self.idle.cancel()
         if event.by_peer:
             self._end("aborted by peer")
         elif event.source is not None:

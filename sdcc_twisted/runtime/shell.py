@@ -45,6 +45,45 @@ def _cancel(call: IDelayedCall | None) -> None:
         call.cancel()
 
 
+class IdleTimer:
+    """Calls ``expired(idle_for)`` once nothing happened for ``limit``
+    seconds on ``clock``; while ``working()`` it waits (our own work is not
+    the peer's silence)."""
+
+    def __init__(self, clock: IReactorTime, limit: float, working: Callable[[], bool],
+                 expired: Callable[[float], None]) -> None:
+        self.clock = clock
+        self.limit = limit
+        self.working = working
+        self.expired = expired
+        self.last_activity = clock.seconds()
+        self._call: IDelayedCall | None = None
+
+    def touch(self) -> None:
+        """Something happened now."""
+        self.last_activity = self.clock.seconds()
+
+    def start(self) -> None:
+        """Watch from now on."""
+        self.touch()
+        self._call = self.clock.callLater(self.limit, self._check)
+
+    def cancel(self) -> None:
+        """Stop watching (release, abort, close)."""
+        _cancel(self._call)
+        self._call = None
+
+    def _check(self) -> None:
+        idle_for = self.clock.seconds() - self.last_activity
+        if self.working():
+            self._call = self.clock.callLater(self.limit, self._check)
+        elif idle_for < self.limit:
+            self._call = self.clock.callLater(self.limit - idle_for, self._check)
+        else:
+            self._call = None
+            self.expired(idle_for)
+
+
 class AssociationShell(Protocol):
     """Transport, timers, flush and close of one association (either role).
 
@@ -52,7 +91,7 @@ class AssociationShell(Protocol):
         clock: the injected ``IReactorTime`` for every timer.
         artim: ARTIM seconds; also the grace period of a close and the time
             a peer has to answer a C-STORE-RQ we sent.
-        idle: seconds the peer may stay silent once :meth:`start_idle` ran.
+        idle: seconds the peer may stay silent once ``idle.start()`` ran.
     """
 
     #: An ITCPTransport, or a TLS wrapper of one (set by makeConnection).
@@ -61,17 +100,14 @@ class AssociationShell(Protocol):
     def __init__(self, clock: IReactorTime, artim: float, idle: float) -> None:
         self.clock = clock
         self.artim_timeout = artim
-        self.idle_timeout = idle
         self.assoc: Association | None = None
         self.peer = "?"
         self.peer_host: str | None = None
         self.started = 0.0
-        self.last_activity = 0.0
         self.closed = False
-        self._artim: IDelayedCall | None
-        self._idle: IDelayedCall | None
-        self._force: IDelayedCall | None
-        self._artim = self._idle = self._force = None
+        self.idle = IdleTimer(clock, idle, self.working, self.idle_expired)
+        self._artim: IDelayedCall | None = None
+        self._force: IDelayedCall | None = None
         self._sender: MessageSender | None = None
         self._requests = StoreRequests(clock, artim)
         self._handlers: dict[type, Handler] = {
@@ -108,7 +144,7 @@ class AssociationShell(Protocol):
     # -- Twisted callbacks ---------------------------------------------------------
     def connectionMade(self) -> None:
         """Evt2/Evt5: the transport is open; TCP_NODELAY, then the core."""
-        self.started = self.last_activity = self.clock.seconds()
+        self.started = self.clock.seconds()
         peer = self.transport.getPeer()
         self.peer_host = getattr(peer, "host", None)
         self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
@@ -120,12 +156,12 @@ class AssociationShell(Protocol):
             self.transport.bufferSize = READ_SIZE
         self.assoc = self.new_association()
         self._sender = MessageSender(self.assoc, self.transport, self.handle,
-                                     self.clock, self.idle_timeout)
+                                     self.clock, self.idle.limit)
         self.guard(self.assoc.connection_made)
 
     def dataReceived(self, data: bytes) -> None:
         """Bytes from the peer: feed the core and act on what it says."""
-        self.last_activity = self.clock.seconds()
+        self.idle.touch()
         if self.assoc is not None:
             self.guard(self.assoc.receive_data, data)
 
@@ -140,9 +176,10 @@ class AssociationShell(Protocol):
                 self.handle(assoc.connection_lost())
             except Exception:  # noqa: BLE001
                 log.failure("error while closing the association with {peer}", peer=self.peer)
-        for timer in (self._artim, self._idle, self._force):
-            _cancel(timer)
-        self._artim = self._idle = self._force = None
+        _cancel(self._artim)
+        _cancel(self._force)
+        self._artim = self._force = None
+        self.idle.cancel()
         self.lost()
         self._requests.fail_all(self.lost_error())
 
@@ -203,7 +240,7 @@ class AssociationShell(Protocol):
             self.transport.abortConnection()
 
     def _close_transport(self, _: CloseTransport) -> None:
-        self.flush()
+        self.flush()    # what the core queued before it asked to close
         self.close()
 
     # -- timers ------------------------------------------------------------------------
@@ -225,28 +262,6 @@ class AssociationShell(Protocol):
             log.info("no A-ASSOCIATE-RQ from {peer} within {t}s (ARTIM); closing",
                      peer=self.peer, t=self.artim_timeout)
         self.guard(self.assoc.timer_expired)
-
-    def start_idle(self) -> None:
-        """Watch for the peer's silence from now on."""
-        self.last_activity = self.clock.seconds()
-        self._idle = self.clock.callLater(self.idle_timeout, self._idle_check)
-
-    def cancel_idle(self) -> None:
-        """Stop watching for silence (release, abort)."""
-        _cancel(self._idle)
-        self._idle = None
-
-    def _idle_check(self) -> None:
-        clock, limit = self.clock, self.idle_timeout
-        idle_for = clock.seconds() - self.last_activity
-        if self.working():
-            # Our own work is not the peer's silence: look again later.
-            self._idle = clock.callLater(limit, self._idle_check)
-        elif idle_for < limit:
-            self._idle = clock.callLater(limit - idle_for, self._idle_check)
-        else:
-            self._idle = None
-            self.idle_expired(idle_for)
 
     # -- C-STORE requests we send (C-GET, C-MOVE sub-operations) ---------------------
     def send_store(self, context_id: int, sop_class_uid: str, sop_instance_uid: str,
