@@ -2,8 +2,9 @@
 
 Mount it in your own Twisted application with
 ``build_service(settings, reactor).setServiceParent(application)``; twistd's
-plugin does the same.  Children start in order: logging, the storage
-clean-up, Redis (embedded or external), the journal replayer, the listener.
+plugin does the same.  Children start in order: the data folder's lock,
+logging, the storage clean-up, Redis (embedded or external), the journal
+replayer, the listener.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from twisted.logger import (
 )
 
 from sdcc_twisted.storage.catalog import RedisCatalog
+from sdcc_twisted.storage.datalock import DataDirLock
 from sdcc_twisted.runtime.client import Destination
 from sdcc_twisted.config import ConfigError, Settings, settings_summary
 from sdcc_twisted.storage.index import RedisAssociationLock, RedisIndex, connect_redis
@@ -130,7 +132,11 @@ class LogFileService(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        try:
+            self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise ConfigError(f"[logging] file: cannot open {self.path}: "
+                              f"{exc.strerror}") from None
         predicate = LogLevelFilterPredicate(defaultLogLevel=self.level)
         self._observer = FilteringLogObserver(textFileLogObserver(self._handle), [predicate])
         globalLogPublisher.addObserver(self._observer)
@@ -143,6 +149,23 @@ class LogFileService(service.Service):
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+
+class DicomListener(StreamServerEndpointService):
+    """The DICOM listener; a port that cannot be bound names ``[server] listen``."""
+
+    def __init__(self, endpoint: Any, factory: Any, settings: Settings) -> None:
+        super().__init__(endpoint, factory)
+        self.settings = settings
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except Exception as exc:
+            reason = getattr(exc, "socketError", None) or exc
+            raise ConfigError(f"{self.settings.source}: [server] listen = "
+                              f"{self.settings.server.listen}: cannot listen: "
+                              f"{reason}") from None
 
 
 def _lock_fallback(calling_ae: str, failure: Any) -> None:
@@ -198,6 +221,7 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
     """
     top = service.MultiService()
     top.setName("sdcc")
+    DataDirLock(settings.server.data_dir, settings.source).setServiceParent(top)
     logs.set_level(settings.logging.level)
     if settings.logging.file:
         LogFileService(settings.logging.file, settings.logging.level).setServiceParent(top)
@@ -281,7 +305,7 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
                           f"{server.listen!r} as a Twisted endpoint ({exc})") from None
     if settings.tls.ca_certificates:
         require_client_certificates(endpoint, settings)
-    listener = StreamServerEndpointService(endpoint, factory)
+    listener = DicomListener(endpoint, factory, settings)
     listener.setName("dicom")
     listener._raiseSynchronously = True
     listener.setServiceParent(top)

@@ -8,7 +8,6 @@ from twisted.application import service
 from twisted.application.service import IServiceMaker
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
-from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from sdcc_twisted import tap
@@ -96,7 +95,8 @@ class TapTests(SynchronousTestCase):
         self.assertEqual(makers["sdcc"].module, "sdcc_twisted.tap")
 
     def test_config_option(self) -> None:
-        """--config and -c load the file; a bad file is a UsageError naming the key."""
+        """--config and -c load the file; a bad file ends the process with one
+        line naming the key (SystemExit, not a UsageError after the usage text)."""
         good = self.write("[server]\nae_title = ARCHIVE\n")
         for flag in ("--config", "-c"):
             options = tap.Options()
@@ -104,9 +104,10 @@ class TapTests(SynchronousTestCase):
             self.assertEqual(options["settings"].server.ae_title, "ARCHIVE")
         bad = self.write("[server]\nmax_pdu_length = 0\n")
         options = tap.Options()
-        with self.assertRaises(usage.UsageError) as ctx:
+        with self.assertRaises(SystemExit) as ctx:
             options.parseOptions(["--config", bad])
         self.assertIn("[server] max_pdu_length", str(ctx.exception))
+        self.assertEqual(len(str(ctx.exception).splitlines()), 1)
 
     def test_build_service_listens_on_endpoint(self) -> None:
         """build_service returns a MultiService that an application can mount;
@@ -126,7 +127,7 @@ class TapTests(SynchronousTestCase):
         try:
             port, factory, _, interface = reactor.tcpServers[0]
             self.assertEqual((port, interface), (11999, "127.0.0.1"))
-            self.assertIs(factory, top.factory)
+            self.assertIs(factory, top.getServiceNamed("sdcc").factory)
             self.assertTrue(os.path.isdir(os.path.join(data_dir, "store")))
         finally:
             top.stopService()
