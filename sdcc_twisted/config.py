@@ -79,6 +79,14 @@ class IndexSettings:
 
 
 @dataclass(frozen=True)
+class QuerySettings:
+    """``[query]``: who may use Query/Retrieve (C-FIND, C-MOVE, C-GET)."""
+
+    enabled: bool = True
+    allowed_calling_ae_titles: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     """``[logging]``: where the log goes and how much of it."""
 
@@ -107,6 +115,7 @@ class Settings:
     source: str = "<defaults>"
     tls: TLSSettings = field(default_factory=TLSSettings)
     move_destinations: dict[str, MoveDestination] = field(default_factory=dict)
+    query: QuerySettings = field(default_factory=QuerySettings)
 
     @property
     def storage_root(self) -> str:
@@ -195,6 +204,7 @@ _KNOWN: Final[dict[str, frozenset[str]]] = {
     "tls": frozenset({"ca_certificates", "require_client_certificate"}),
     "index": frozenset({"redis", "redis_server", "key_prefix", "timeout", "lock"}),
     "logging": frozenset({"level", "file"}),
+    "query": frozenset({"enabled", "allowed_calling_ae_titles"}),
 }
 
 
@@ -249,6 +259,8 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
             raise ValueError(raw)
         return raw
 
+    ae_list_expect = ("a comma-separated list of AE titles, each optionally AE@address "
+                      "(empty: any)")
     server = ServerSettings(
         ae_title=r.get("server", "ae_title", "SDCC", ae_title,
                        "1 to 16 printable characters without backslash"),
@@ -260,9 +272,7 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
         max_associations=r.integer("server", "max_associations", 64, 1, 100000),
         require_called_ae_title=r.boolean("server", "require_called_ae_title", False),
         allowed_calling_ae_titles=r.get(
-            "server", "allowed_calling_ae_titles", None, ae_list,
-            "a comma-separated list of AE titles, each optionally AE@address "
-            "(empty: any)"),
+            "server", "allowed_calling_ae_titles", None, ae_list, ae_list_expect),
         artim_timeout=r.seconds("server", "artim_timeout", DEFAULT_ARTIM_TIMEOUT),
         idle_timeout=r.seconds("server", "idle_timeout", DEFAULT_IDLE_TIMEOUT),
         max_command_length=r.integer("server", "max_command_length", 64 * 1024,
@@ -287,6 +297,11 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
         level=r.choice("logging", "level", "info", LOG_LEVELS),
         file=r.text("logging", "file", ""),
     )
+    query = QuerySettings(
+        enabled=r.boolean("query", "enabled", True),
+        allowed_calling_ae_titles=r.get(
+            "query", "allowed_calling_ae_titles", None, ae_list, ae_list_expect),
+    )
     tls = TLSSettings(
         ca_certificates=r.text("tls", "ca_certificates", ""),
         require_client_certificate=r.boolean("tls", "require_client_certificate", True),
@@ -307,7 +322,7 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
                              f"expected AE_TITLE = host:port [tls], got {raw!r}")
             destinations[title.strip()] = MoveDestination(title.strip(), host.strip("[]"),
                                                           int(port_text), tls_flag)
-    return Settings(server, storage, index, logging, source, tls, destinations)
+    return Settings(server, storage, index, logging, source, tls, destinations, query)
 
 
 def load_settings(path: str) -> Settings:
@@ -334,4 +349,7 @@ def settings_summary(settings: Settings) -> dict[str, Any]:
         "ae_title": s.ae_title, "listen": s.listen, "max_pdu_length": s.max_pdu_length,
         "max_associations": s.max_associations, "storage_root": settings.storage_root,
         "fsync": settings.storage.fsync, "redis": settings.index.redis,
+        "query_retrieve": ("off" if not settings.query.enabled
+                           else ",".join(sorted(settings.query.allowed_calling_ae_titles))
+                           if settings.query.allowed_calling_ae_titles else "any AE"),
     }

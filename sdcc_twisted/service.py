@@ -289,6 +289,8 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
         require_called_ae=server.require_called_ae_title,
         allowed_calling_aes=server.allowed_calling_ae_titles,
         max_pdu_length=server.max_pdu_length,
+        query_retrieve=settings.query.enabled,
+        allowed_query_aes=settings.query.allowed_calling_ae_titles,
     )
     factory = DicomServerFactory(
         policy, storage, lock, reactor,

@@ -27,6 +27,7 @@ class SettingsTests(SynchronousTestCase):
         self.assertEqual(shipped.server, defaults.server)
         self.assertEqual(shipped.storage, defaults.storage)
         self.assertEqual(shipped.index, defaults.index)
+        self.assertEqual(shipped.query, defaults.query)
         self.assertEqual(shipped.server.listen, "tcp:11112")
         self.assertEqual(shipped.server.max_pdu_length, 16384)
         self.assertEqual(shipped.index.redis, "embedded")
@@ -63,6 +64,9 @@ class SettingsTests(SynchronousTestCase):
             "[index]\nlock = global\n": "[index] lock",
             "[server]\nport = 104\n": "[server] port: unknown key",
             "[serverr]\nae_title = X\n": "[serverr]: unknown section",
+            "[query]\nenabled = perhaps\n": "[query] enabled",
+            "[query]\nallowed_calling_ae_titles = WS1, @10.0.0.1\n":
+                "[query] allowed_calling_ae_titles",
             "[server\n": "bad.ini",
         }
         for text, expected in cases.items():
@@ -70,6 +74,17 @@ class SettingsTests(SynchronousTestCase):
                 parse_settings(text, "bad.ini")
             self.assertIn(expected, str(ctx.exception), text)
             self.assertIn("bad.ini", str(ctx.exception))
+
+    def test_query_section(self) -> None:
+        """[query] turns Q/R off or limits it to an allow-list (AE or
+        AE@address); by default any admitted AE may query and retrieve."""
+        defaults = parse_settings("", "x.ini").query
+        self.assertEqual((defaults.enabled, defaults.allowed_calling_ae_titles), (True, None))
+        settings = parse_settings("[query]\nenabled = no\n"
+                                  "allowed_calling_ae_titles = WS1, WS2@10.0.0.2\n", "x.ini")
+        self.assertFalse(settings.query.enabled)
+        self.assertEqual(settings.query.allowed_calling_ae_titles,
+                         frozenset({"WS1", "WS2@10.0.0.2"}))
 
     def test_missing_file(self) -> None:
         """A missing file names the path and the reason."""

@@ -19,6 +19,7 @@ STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 CT = "1.2.840.10008.5.1.4.1.1.2"
+VERIFICATION = "1.2.840.10008.1.1"
 
 
 def write_study(directory: str, patient: str, name: str, study: str, series_count: int,
@@ -173,6 +174,32 @@ class QueryRetrieveTests(TestCase):
                                   "PatientID=NOBODY")
         self.assertEqual(none, [])
 
+    async def test_query_allow_list(self) -> None:
+        """[query] allowed_calling_ae_titles: findscu as an allowed AE finds;
+        findscu as another AE gets no Q/R context (result 1, user rejection)
+        while its Verification context is accepted, and storing (LOADER, not
+        on the list) still works."""
+        server, studies = await self.populated(
+            query={"allowed_calling_ae_titles": "FINDER"})
+        found = await self.findscu(server, "-S", "QueryRetrieveLevel=STUDY",
+                                   "StudyInstanceUID")
+        self.assertEqual(sorted(r.StudyInstanceUID for r in found), sorted(studies))
+        out, code = await dcmtk(self, "findscu", "-S", "-aet", "OTHER", "-aec", "SDCC",
+                                "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID",
+                                "127.0.0.1", str(server.port))
+        self.assertNotEqual(code, 0, out)
+        self.assertIn("No Acceptable Presentation Contexts", out)
+        answers = await in_thread(_context_results, server.port, "OTHER")
+        self.assertEqual(answers, {STUDY_ROOT_FIND: 1, VERIFICATION: 0})
+
+    async def test_query_disabled(self) -> None:
+        """[query] enabled = no: Q/R contexts are answered 3 (abstract syntax
+        not supported) even for an AE that would be allowed; storing works."""
+        server, studies = await self.populated(
+            query={"enabled": "no", "allowed_calling_ae_titles": "FINDER"})
+        answers = await in_thread(_context_results, server.port, "FINDER")
+        self.assertEqual(answers, {STUDY_ROOT_FIND: 3, VERIFICATION: 0})
+
     async def test_movescu_to_storescp(self) -> None:
         """movescu moves a study to DCMTK storescp; every instance arrives
         with its data set bit for bit."""
@@ -274,6 +301,25 @@ def _qr_ae(*contexts: str) -> Any:
         ae.add_requested_context(uid)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     return ae
+
+
+def _context_results(port: int, calling: str) -> dict[str, int]:
+    """Associate as ``calling`` proposing Study Root FIND and Verification;
+    the result the A-ASSOCIATE-AC gave each (0 accepted)."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(STUDY_ROOT_FIND)
+    ae.add_requested_context(VERIFICATION)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    assoc = ae.associate("127.0.0.1", port, ae_title="SDCC")
+    assert assoc.is_established
+    try:
+        answers = {cx.abstract_syntax: 0 for cx in assoc.accepted_contexts}
+        answers.update({cx.abstract_syntax: cx.result for cx in assoc.rejected_contexts})
+        return answers
+    finally:
+        assoc.release()
 
 
 def _pynetdicom_qr(port: int, study: str) -> dict[str, Any]:

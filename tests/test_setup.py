@@ -116,7 +116,7 @@ class ReadmeCommandsTests(TestCase):
         tested = self.run_script("scripts/test.sh", "tests.test_config")
         self.assertEqual(tested.returncode, 0, tested.stdout)
         self.assertIn("setup: making the project venv", tested.stdout)
-        self.assertRegex(tested.stdout, r"\n9 passed, 0 failed\n")
+        self.assertRegex(tested.stdout, r"\n[1-9][0-9]* passed, 0 failed\n")
         venv_python = os.path.join(self.repo, ".venv", "bin", "python")
         base = subprocess.run([venv_python, "-c", "import sys; print(sys.base_prefix)"],
                               capture_output=True, text=True, check=True).stdout.strip()
