@@ -174,6 +174,42 @@ class QueryRetrieveTests(TestCase):
                                   "PatientID=NOBODY")
         self.assertEqual(none, [])
 
+    async def test_findscu_computed_keys(self) -> None:
+        """findscu gets Number of Patient/Study/Series Related ... and
+        Modalities in Study filled from the index (PS3.4 C.3), and
+        ModalitiesInStudy=CT as a matching key leaves the MR study out;
+        pynetdicom matches on a count."""
+        server, studies = await self.populated()
+        ct_study, mr_study = sorted(studies)
+        patients = await self.findscu(
+            server, "-P", "QueryRetrieveLevel=PATIENT", "PatientID",
+            "NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries",
+            "NumberOfPatientRelatedInstances")
+        self.assertEqual(sorted((str(r.PatientID), int(r.NumberOfPatientRelatedStudies),
+                                 int(r.NumberOfPatientRelatedSeries),
+                                 int(r.NumberOfPatientRelatedInstances)) for r in patients),
+                         [("P1", 1, 2, 6), ("P2", 1, 1, 2)])
+        every = await self.findscu(server, "-S", "QueryRetrieveLevel=STUDY", "StudyInstanceUID",
+                                   "ModalitiesInStudy", "NumberOfStudyRelatedSeries",
+                                   "NumberOfStudyRelatedInstances",
+                                   "NumberOfPatientRelatedStudies")
+        self.assertEqual(sorted((r.StudyInstanceUID, r.ModalitiesInStudy,
+                                 int(r.NumberOfStudyRelatedSeries),
+                                 int(r.NumberOfStudyRelatedInstances),
+                                 int(r.NumberOfPatientRelatedStudies)) for r in every),
+                         [(ct_study, "CT", 2, 6, 1), (mr_study, "MR", 1, 2, 1)])
+        ct_only = await self.findscu(server, "-S", "QueryRetrieveLevel=STUDY",
+                                     "StudyInstanceUID", "ModalitiesInStudy=CT")
+        self.assertEqual([(r.StudyInstanceUID, r.ModalitiesInStudy) for r in ct_only],
+                         [(ct_study, "CT")])
+        series = await self.findscu(server, "-S", "QueryRetrieveLevel=SERIES",
+                                    f"StudyInstanceUID={ct_study}", "SeriesInstanceUID",
+                                    "NumberOfSeriesRelatedInstances")
+        self.assertEqual([int(r.NumberOfSeriesRelatedInstances) for r in series], [3, 3])
+        by_count = await in_thread(_find_studies, server.port,
+                                   NumberOfStudyRelatedInstances="2", ModalitiesInStudy="")
+        self.assertEqual(by_count, [(mr_study, "MR")])
+
     async def test_query_allow_list(self) -> None:
         """[query] allowed_calling_ae_titles: findscu as an allowed AE finds;
         findscu as another AE gets no Q/R context (result 1, user rejection)
@@ -301,6 +337,27 @@ def _qr_ae(*contexts: str) -> Any:
         ae.add_requested_context(uid)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     return ae
+
+
+def _find_studies(port: int, **keys: str) -> list[tuple[str, str]]:
+    """A Study Root STUDY-level C-FIND with pynetdicom; the matches'
+    (StudyInstanceUID, ModalitiesInStudy)."""
+    from pydicom.dataset import Dataset
+
+    ae = _qr_ae(STUDY_ROOT_FIND)
+    assoc = ae.associate("127.0.0.1", port, ae_title="SDCC")
+    assert assoc.is_established
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ""
+        for keyword, value in keys.items():
+            setattr(query, keyword, value)
+        return sorted((str(i.StudyInstanceUID), str(i.get("ModalitiesInStudy", "")))
+                      for s, i in assoc.send_c_find(query, STUDY_ROOT_FIND)
+                      if s and s.Status in (0xFF00, 0xFF01))
+    finally:
+        assoc.release()
 
 
 def _context_results(port: int, calling: str) -> dict[str, int]:

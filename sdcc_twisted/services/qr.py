@@ -41,7 +41,16 @@ from sdcc_twisted.core.dimse import (
 )
 from sdcc_twisted.storage.index import IndexUnavailable
 from sdcc_twisted.logs import get_logger
-from sdcc_twisted.core.query import LEVELS, Query, QueryError, parse_identifier, response_identifier, retrieve_keys
+from sdcc_twisted.core.query import (
+    COUNT_KEYS,
+    LEVELS,
+    MODALITIES_IN_STUDY,
+    Query,
+    QueryError,
+    parse_identifier,
+    response_identifier,
+    retrieve_keys,
+)
 from sdcc_twisted.services.scp import Outcome, describe_missing
 
 log = get_logger("sdcc.qr")
@@ -138,8 +147,10 @@ class QueryRetrieveSCP:
                 if attributes is None:
                     continue
                 here = dict(merged)
+                attributes.update(await self.computed(query, level, ident))
                 if depth == 1 and parent is None and owner is not None:
                     patient_attributes = await catalog.attributes("PATIENT", owner) or {}
+                    patient_attributes.update(await self.computed(query, "PATIENT", owner))
                     if not matches(query, "PATIENT", patient_attributes):
                         continue
                     here.update(patient_attributes)
@@ -154,6 +165,38 @@ class QueryRetrieveSCP:
 
         async for found in descend(start, None, {}):
             yield found
+
+
+    async def computed(self, query: Query, level: str, ident: str) -> dict[str, str]:
+        """The computed keys (PS3.4 C.3) the query holds for this entity:
+        counts of related studies, series and instances from the relation
+        sets' sizes, and the distinct Modality of a study's series.  Nothing
+        is read when the query holds none of them."""
+        wanted = query.computed_keys(level)
+        if not wanted:
+            return {}
+        catalog = self.catalog
+        listed = {"SERIES"} if MODALITIES_IN_STUDY in wanted else set()
+        counted = {COUNT_KEYS[k][1] for k in wanted if k in COUNT_KEYS} | listed
+        deepest = max(LEVELS.index(c) for c in counted)
+        ids = [ident]
+        members: dict[str, list[str]] = {}
+        counts: dict[str, int] = {}
+        for child in LEVELS[LEVELS.index(level) + 1:deepest + 1]:
+            if child == LEVELS[deepest] and child not in listed:
+                counts[child] = sum([await catalog.count(child, p) for p in ids])
+                break
+            ids = [m for p in ids for m in await catalog.members(child, p)]
+            members[child], counts[child] = ids, len(ids)
+        values = {k: str(counts[COUNT_KEYS[k][1]]) for k in wanted if k in COUNT_KEYS}
+        if MODALITIES_IN_STUDY in wanted:
+            modalities = []
+            for series in members.get("SERIES", []):
+                modality = ((await catalog.attributes("SERIES", series)) or {}).get("Modality")
+                if modality and modality not in modalities:
+                    modalities.append(modality)
+            values[MODALITIES_IN_STUDY] = "\\".join(sorted(modalities))
+        return values
 
 
 class QueryOperation:
