@@ -73,13 +73,15 @@ def data_set_bytes(path: str) -> bytes:
 class StoreSCP:
     """DCMTK storescp as a move destination, on a free port."""
 
-    def __init__(self, testcase: TestCase, ae_title: str = "DEST") -> None:
+    def __init__(self, testcase: TestCase, ae_title: str = "DEST",
+                 accept_all: bool = True) -> None:
         self.path = require_tool(testcase, "storescp")
         self.port = free_port()
         self.directory = os.path.abspath(testcase.mktemp())
         os.makedirs(self.directory)
+        accept = ["+xa"] if accept_all else []
         self.process = subprocess.Popen(
-            [self.path, "-aet", ae_title, "-od", self.directory, "+xa", str(self.port)],
+            [self.path, "-aet", ae_title, "-od", self.directory, *accept, str(self.port)],
             env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         testcase.addCleanup(self.stop)
         deadline = time.monotonic() + 10
@@ -270,6 +272,107 @@ class QueryRetrieveTests(TestCase):
         expected = sorted(data_set_bytes(p) for p in studies["1.2.826.0.1.3680043.8.498.1"]
                           if ".498.1.1" in _series_of(p))
         self.assertEqual(sorted(data_set_bytes(p) for p in got), expected)
+
+    async def mixed_study(self, **sections: dict[str, Any]) -> tuple[Any, str, dict[str, Any]]:
+        """A server holding one study in each of the nine transfer syntaxes
+        (stored with dcmsend, which proposes each file's own syntax), and a
+        capture of the sdcc.qr log events."""
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        from . import corpus
+
+        server = await start_server(self, **sections)
+        source = os.path.abspath(self.mktemp())
+        os.makedirs(source)
+        study = corpus.new_uid()
+        samples = corpus.transfer_syntax_corpus(source, study=study, patient_id="MIXED")
+        out, code = await dcmtk(self, "dcmsend", "-aet", "LOADER", "-aec", "SDCC", "+sd",
+                                "127.0.0.1", str(server.port), source)
+        self.assertEqual(code, 0, out)
+        self.qr_log: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_namespace") == "sdcc.qr":
+                self.qr_log.append(formatEvent(event))
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        return server, study, samples
+
+    def assert_failures_logged(self, operation: str, samples: dict[str, Any],
+                               compressed: set[str]) -> None:
+        """One log line per failed sub-operation: its SOP Instance UID and
+        the transfer syntax nobody accepted."""
+        from sdcc_twisted.core.conformance import TRANSFER_SYNTAXES
+
+        failed = [line for line in self.qr_log if "sub-operation for" in line]
+        self.assertEqual(len(failed), len(compressed), self.qr_log)
+        for syntax in compressed:
+            uid = samples[syntax].sop_instance_uid
+            [line] = [line for line in failed if uid in line]
+            self.assertIn(f"C-{operation} from", line)
+            self.assertIn(f"accepted no context for", line)
+            self.assertIn(TRANSFER_SYNTAXES[syntax], line)
+
+    async def test_getscu_failures_are_explained(self) -> None:
+        """getscu with its defaults (uncompressed syntaxes only) on a study
+        with compressed instances: each failed sub-operation is logged with
+        its SOP Instance UID and reason, the final C-GET-RSP (B000) carries an
+        Error Comment naming the cause, and the Failed SOP Instance UID List
+        goes out as its identifier (PS3.4 C.4.3.1.3.2), which getscu 3.6.7
+        does not read; with a preferred syntax matching every instance,
+        nothing fails and getscu releases cleanly."""
+        from sdcc_twisted.core import conformance as c
+
+        server, study, samples = await self.mixed_study()
+        uncompressed = {c.IMPLICIT_VR_LITTLE_ENDIAN, c.EXPLICIT_VR_LITTLE_ENDIAN,
+                        c.EXPLICIT_VR_BIG_ENDIAN}
+        compressed = set(samples) - uncompressed
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        out, code = await dcmtk(self, "getscu", "-d", "-S", "-aet", "GETTER", "-aec", "SDCC",
+                                "-od", directory, "-k", "QueryRetrieveLevel=STUDY",
+                                "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(server.port))
+        self.assertIn("Completed Suboperations       : 3", out)
+        self.assertIn("Failed Suboperations          : 6", out)
+        self.assertIn("ErrorComment", out)
+        self.assertIn("6 of 9 failed: no context for 1.2.840.10008.1.2.", out)
+        self.assertEqual(len(os.listdir(directory)), 3)
+        self.assert_failures_logged("GET", samples, compressed)
+
+        series = samples[c.EXPLICIT_VR_LITTLE_ENDIAN].series_uid
+        out, code = await dcmtk(self, "getscu", "-v", "-S", "-aet", "GETTER", "-aec", "SDCC",
+                                "-od", directory, "-k", "QueryRetrieveLevel=SERIES",
+                                "-k", f"StudyInstanceUID={study}",
+                                "-k", f"SeriesInstanceUID={series}",
+                                "127.0.0.1", str(server.port))
+        self.assertEqual(code, 0, out)
+        self.assertIn("Number of Failed Suboperations    : 0", out)
+        self.assertIn("Releasing Association", out)
+        self.assertNotIn("Release Failed", out)
+        self.assertNotIn("Aborting", out)
+
+    async def test_movescu_failures_are_explained(self) -> None:
+        """movescu to a storescp that accepts only uncompressed syntaxes: each
+        failed sub-operation is logged with its UID and reason, movescu gets
+        B000 with an Error Comment and the Failed SOP Instance UID List, and
+        ends with a clean release."""
+        from sdcc_twisted.core import conformance as c
+
+        dest = StoreSCP(self, accept_all=False)
+        server, study, samples = await self.mixed_study(
+            move_destinations={"DEST": f"127.0.0.1:{dest.port}"})
+        out, code = await dcmtk(self, "movescu", "-d", "-S", "-aet", "MOVER", "-aec", "SDCC",
+                                "-aem", "DEST", "-k", "QueryRetrieveLevel=STUDY",
+                                "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(server.port))
+        self.assertIn("6 of 9 failed: no context for 1.2.840.10008.1.2.", out)
+        self.assertIn("FailedSOPInstanceUIDList", out)
+        self.assertIn("Releasing Association", out)
+        self.assertNotIn("Release Failed", out)
+        self.assertNotIn("Aborting", out)
+        self.assertEqual(len(dest.files()), 3)
+        uncompressed = {c.IMPLICIT_VR_LITTLE_ENDIAN, c.EXPLICIT_VR_LITTLE_ENDIAN,
+                        c.EXPLICIT_VR_BIG_ENDIAN}
+        self.assert_failures_logged("MOVE", samples, set(samples) - uncompressed)
 
     async def test_pynetdicom_find_move_get(self) -> None:
         """pynetdicom as SCU: C-FIND matches, C-MOVE to an unknown destination
