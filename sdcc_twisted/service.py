@@ -10,6 +10,8 @@ replayer, the listener.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from typing import Any
 
 import txredisapi
@@ -122,33 +124,65 @@ class StorageCleanupService(service.Service):
 
 
 class LogFileService(service.Service):
-    """``[logging] file``: a filtered text log file beside twistd's log."""
+    """``[logging] file``: a filtered text log file beside twistd's log.
 
-    def __init__(self, path: str, level: str) -> None:
+    SIGHUP reopens it (after logrotate moved it away); the handler only
+    schedules the reopen on the reactor thread.
+    """
+
+    def __init__(self, path: str, level: str, reactor: Any = None) -> None:
         self.path = path
         self.level = LogLevel.levelWithName(level)
+        self.reactor = reactor
         self._observer: Any = None
         self._handle: Any = None
+        self._previous_handler: Any = None
+        self._installed = False
 
     def startService(self) -> None:
         super().startService()
+        self.reopen()
+        if self.reactor is not None and threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(
+                signal.SIGHUP,
+                lambda signum, frame: self.reactor.callFromThread(self._reopen_on_signal))
+            self._installed = True
+
+    def _reopen_on_signal(self) -> None:
         try:
-            self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            self.reopen()
+        except ConfigError as exc:
+            log.error("SIGHUP: {why}; still logging to the file opened before", why=exc)
+        else:
+            log.info("SIGHUP: reopened the log file {path}", path=self.path)
+
+    def reopen(self) -> None:
+        """Open ``path`` (again) and log to it; then close the old file."""
+        try:
+            handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         except OSError as exc:
             raise ConfigError(f"[logging] file: cannot open {self.path}: "
                               f"{exc.strerror}") from None
         predicate = LogLevelFilterPredicate(defaultLogLevel=self.level)
-        self._observer = FilteringLogObserver(textFileLogObserver(self._handle), [predicate])
-        globalLogPublisher.addObserver(self._observer)
+        observer = FilteringLogObserver(textFileLogObserver(handle), [predicate])
+        globalLogPublisher.addObserver(observer)
+        self._close()
+        self._observer, self._handle = observer, handle
 
-    def stopService(self) -> Any:
-        super().stopService()
+    def _close(self) -> None:
         if self._observer is not None:
             globalLogPublisher.removeObserver(self._observer)
             self._observer = None
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._installed:
+            signal.signal(signal.SIGHUP, self._previous_handler or signal.SIG_DFL)
+            self._installed = False
+        self._close()
 
 
 class DicomListener(StreamServerEndpointService):
@@ -224,7 +258,8 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
     DataDirLock(settings.server.data_dir, settings.source).setServiceParent(top)
     logs.set_level(settings.logging.level)
     if settings.logging.file:
-        LogFileService(settings.logging.file, settings.logging.level).setServiceParent(top)
+        LogFileService(settings.logging.file, settings.logging.level,
+                       reactor).setServiceParent(top)
 
     data_dir = settings.server.data_dir
     try:
