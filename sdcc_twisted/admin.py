@@ -40,6 +40,7 @@ from sdcc_twisted.core.index_keys import (
     record_commands,
 )
 from sdcc_twisted.core.records import INDEX_ATTRIBUTES, InstanceRecord
+from sdcc_twisted.logs import iso_time
 from sdcc_twisted.storage.deletion import delete_series, delete_study
 
 EXIT_OK = 0
@@ -343,14 +344,6 @@ def list_index(client: Any, layout: KeyLayout, out: TextIO) -> int:
 
 #: Index fields that hold a time as seconds since the epoch.
 _EPOCH_FIELDS = frozenset({"received_at"})
-
-
-def iso_time(seconds: float) -> str:
-    """Seconds since the epoch as ISO 8601 local time with its UTC offset."""
-    from datetime import datetime, timezone
-
-    return (datetime.fromtimestamp(seconds, tz=timezone.utc).astimezone()
-            .isoformat(timespec="milliseconds"))
 
 
 def _write_hash(out: TextIO, fields: dict[str, str]) -> None:

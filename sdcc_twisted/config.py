@@ -65,6 +65,7 @@ class StorageSettings:
     root: str = ""
     fsync: bool = True
     max_head_bytes: int = 1 << 20
+    retention_days: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ _KNOWN: Final[dict[str, frozenset[str]]] = {
         "ae_title", "listen", "data_dir", "max_pdu_length", "max_associations",
         "require_called_ae_title", "allowed_calling_ae_titles", "artim_timeout",
         "idle_timeout", "max_command_length", "max_connections_per_address"}),
-    "storage": frozenset({"root", "fsync", "max_head_bytes"}),
+    "storage": frozenset({"root", "fsync", "max_head_bytes", "retention_days"}),
     "tls": frozenset({"ca_certificates", "require_client_certificate"}),
     "index": frozenset({"redis", "redis_server", "key_prefix", "timeout", "lock"}),
     "logging": frozenset({"level", "file"}),
@@ -252,6 +253,12 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
             raise ValueError(raw)
         return raw
 
+    def days(raw: str) -> float:
+        value = float(raw or 0)
+        if not 0 <= value <= 36500:
+            raise ValueError(raw)
+        return value
+
     def redis_url(raw: str) -> str:
         if raw.lower() == "embedded":
             return "embedded"
@@ -284,6 +291,8 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
         root=r.text("storage", "root", ""),
         fsync=r.boolean("storage", "fsync", True),
         max_head_bytes=r.integer("storage", "max_head_bytes", 1 << 20, 1024, 64 << 20),
+        retention_days=r.get("storage", "retention_days", 0.0, days,
+                             "a number of days above 0, or 0 to keep everything"),
     )
     index = IndexSettings(
         redis=r.get("index", "redis", "embedded", redis_url,

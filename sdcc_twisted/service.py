@@ -28,6 +28,7 @@ from twisted.logger import (
 
 from sdcc_twisted.storage.catalog import RedisCatalog
 from sdcc_twisted.storage.datalock import DataDirLock
+from sdcc_twisted.storage.deletion import RetentionService
 from sdcc_twisted.runtime.client import Destination
 from sdcc_twisted.config import ConfigError, Settings, settings_summary
 from sdcc_twisted.storage.index import RedisAssociationLock, RedisIndex, connect_redis
@@ -310,6 +311,13 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
 
     def run_blocking(fn: Any, *args: Any) -> "defer.Deferred[Any]":
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
+
+    if settings.storage.retention_days:
+        url = settings.index.redis
+        RetentionService(settings.storage.retention_days, store.root,
+                         (lambda: embedded.url) if embedded is not None else (lambda: url),
+                         settings.index.key_prefix, settings.index.timeout, reactor,
+                         run_blocking).setServiceParent(top)
 
     server = settings.server
     storage = StorageSCP(store, index, journal, run_blocking, reactor, index_log)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 from twisted.trial.unittest import TestCase
 
 from .redis_support import wait_for
+from .support import CT
 from .server_support import TwistdServer, free_port, in_thread, ini_text
 from .test_interop_echo import pynetdicom_echo
 
@@ -87,3 +89,60 @@ class SystemdUnitTests(TestCase):
         checked = subprocess.run([analyze, "verify", copy], capture_output=True, text=True,
                                  timeout=60)
         self.assertEqual(checked.stderr.strip(), "", checked.stderr)
+
+
+class RetentionTests(TestCase):
+    """``[storage] retention_days`` on a running server."""
+
+    timeout = 120
+
+    async def test_oldest_studies_go(self) -> None:
+        """A pass deletes, oldest first, every study that received nothing
+        for retention_days (files, folders, index entries), with a log line
+        per study; a recent study stays whole."""
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        from sdcc_twisted.core import conformance as c
+        from sdcc_twisted.core.index_keys import KeyLayout
+
+        from . import corpus
+        from .server_support import start_server
+        from .test_interop_store import pynetdicom_store
+
+        server = await start_server(self, storage={"retention_days": "2"})
+        source = os.path.abspath(self.mktemp())
+        studies = {name: corpus.new_uid() for name in ("oldest", "older", "recent")}
+        paths = {name: [corpus.write_small(os.path.join(source, name, f"{n}.dcm"),
+                                           CT, study=uid).path for n in range(2)]
+                 for name, uid in studies.items()}
+        every = [p for name in paths for p in paths[name]]
+        stored = await in_thread(pynetdicom_store, server.port, every,
+                                 [(CT, [c.EXPLICIT_VR_LITTLE_ENDIAN])])
+        self.assertEqual([s for s, _ in stored["statuses"]], [0] * len(every))
+        now = time.time()
+        for name, days_ago in (("oldest", 5), ("older", 3)):
+            study_dir = os.path.join(server.root, studies[name])
+            for directory in [study_dir] + [os.path.join(study_dir, d)
+                                            for d in os.listdir(study_dir)]:
+                os.utime(directory, (now - days_ago * 86400,) * 2)
+        lines: list[str] = []
+
+        def observe(event: dict) -> None:
+            if event.get("log_namespace") == "sdcc.retention":
+                lines.append(formatEvent(event))
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+        removed = await server.service.getServiceNamed("retention").run_now()
+        self.assertEqual(removed, 2)
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn(f"deleted study {studies['oldest']}", lines[0])
+        self.assertIn(f"deleted study {studies['older']}", lines[1])
+        self.assertIn("2 instance(s)", lines[0])
+        client = server.redis.client()
+        layout = KeyLayout("sdcc:")
+        self.assertEqual(sorted(os.listdir(server.root)), sorted([".tmp", studies["recent"]]))
+        for name in ("oldest", "older"):
+            self.assertFalse(client.exists(layout.study(studies[name])))
+        self.assertTrue(client.exists(layout.study(studies["recent"])))
+        self.assertEqual(client.scard(layout.study_series(studies["recent"])), 2)

@@ -1,6 +1,7 @@
-"""Deleting a study or a series: its files and its index entries.
+"""Deleting a study or a series: its files and its index entries; and
+``[storage] retention_days``, which deletes the oldest studies.
 
-Used by ``sdcc-admin delete`` and by ``[storage] retention_days``; blocking
+Used by ``sdcc-admin delete`` and by :class:`RetentionService`; blocking
 (redis-py, file system), so the server runs it in a worker thread.
 
 Safe against a store in flight, instance by instance:
@@ -21,8 +22,12 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, task
 
 from sdcc_twisted.core.index_keys import (
     KeyLayout,
@@ -32,6 +37,9 @@ from sdcc_twisted.core.index_keys import (
     others_from_counts,
     plan_remove,
 )
+from sdcc_twisted.logs import get_logger, iso_time
+
+log = get_logger("sdcc.retention")
 
 #: Where a file waits between its rename and its deletion (FileStore's temp
 #: folder: same file system as the file, so the rename is atomic).
@@ -151,3 +159,126 @@ def delete_study(client: Any, layout: KeyLayout, study_uid: str, root: str) -> D
     for series_uid in sorted(client.smembers(layout.study_series(key_id(study_uid)))):
         delete_series(client, layout, series_uid, root, done)
     return done
+
+
+# -- retention -------------------------------------------------------------------
+
+def expired_studies(root: str, cutoff: float) -> list[tuple[float, str]]:
+    """(last change, folder) of every study folder under ``root`` where
+    nothing was stored since ``cutoff``, oldest first.  A folder's mtime
+    moves when a file is renamed into it, so the newest of the study folder
+    and its series folders is when the study last received an instance."""
+    found = []
+    with os.scandir(root) as studies:
+        for study in studies:
+            if study.name.startswith(".") or not study.is_dir(follow_symlinks=False):
+                continue
+            newest = study.stat().st_mtime
+            with os.scandir(study.path) as series:
+                for each in series:
+                    if each.is_dir(follow_symlinks=False):
+                        newest = max(newest, each.stat().st_mtime)
+            if newest < cutoff:
+                found.append((newest, study.path))
+    return sorted(found)
+
+
+def study_uid_in(folder: str) -> str | None:
+    """The Study Instance UID of the files in a study folder (its name may
+    be a hash), read from the first file's header; None without files."""
+    from pydicom import dcmread
+
+    for directory, _, files in sorted(os.walk(folder)):
+        for name in sorted(files):
+            if name.endswith(".dcm"):
+                ds = dcmread(os.path.join(directory, name), stop_before_pixels=True,
+                             specific_tags=["StudyInstanceUID"])
+                return str(ds.get("StudyInstanceUID", "") or "")
+    return None
+
+
+def apply_retention(client: Any, layout: KeyLayout, root: str,
+                    cutoff: float) -> list[tuple[str, float, Deleted]]:
+    """Delete every study nothing was stored in since ``cutoff``, oldest
+    first; (Study Instance UID, last change, what went) of each."""
+    done = []
+    for newest, folder in expired_studies(root, cutoff):
+        uid = study_uid_in(folder)
+        if uid is None:
+            _remove_empty(folder, root)
+            continue
+        done.append((uid, newest, delete_study(client, layout, uid, root)))
+    return done
+
+
+class RetentionService(service.Service):
+    """``[storage] retention_days``: once an hour (and at start), delete the
+    studies that received nothing for that many days, oldest first, with a
+    log line per study.
+
+    Args:
+        days: the retention period.
+        root: the storage root.
+        redis_url: gives the index's URL when called (the embedded Redis
+            has one only once it runs).
+        key_prefix, timeout: as the index's.
+        clock: for the schedule and the cutoff.
+        run_blocking: runs a function in a worker thread; a Deferred.
+    """
+
+    interval = 3600.0
+
+    def __init__(self, days: float, root: str, redis_url: Callable[[], str],
+                 key_prefix: str, timeout: float, clock: Any,
+                 run_blocking: Callable[..., "defer.Deferred[Any]"]) -> None:
+        self.setName("retention")
+        self.days = days
+        self.root = root
+        self.redis_url = redis_url
+        self.layout = KeyLayout(key_prefix)
+        self.timeout = timeout
+        self.clock = clock
+        self.run_blocking = run_blocking
+        self._loop: task.LoopingCall | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = task.LoopingCall(self.run_now)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def run_now(self) -> "defer.Deferred[int]":
+        """One pass; fires with how many studies went."""
+        cutoff = self.clock.seconds() - self.days * 86400
+        d = self.run_blocking(self._pass, cutoff)
+        d.addCallbacks(self._report, self._failed)
+        return d
+
+    def _pass(self, cutoff: float) -> list[tuple[str, float, Deleted]]:
+        import redis
+
+        client = redis.Redis.from_url(self.redis_url(), decode_responses=True,
+                                      socket_timeout=self.timeout,
+                                      socket_connect_timeout=self.timeout)
+        try:
+            return apply_retention(client, self.layout, self.root, cutoff)
+        finally:
+            client.close()
+
+    def _report(self, done: list[tuple[str, float, Deleted]]) -> int:
+        for uid, newest, deleted in done:
+            log.info("retention ({days:g} days): deleted study {uid}, last stored "
+                     "{when}: {n} instance(s){kept}", days=self.days, uid=uid,
+                     when=iso_time(newest), n=deleted.instances,
+                     kept=f", kept {deleted.kept} stored meanwhile" if deleted.kept else "")
+        return len(done)
+
+    def _failed(self, failure: Any) -> int:
+        log.warn("retention: this pass stopped ({why}); the next one is in "
+                 "{interval:g} s", why=failure.getErrorMessage(), interval=self.interval)
+        return 0
