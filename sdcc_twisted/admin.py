@@ -13,7 +13,8 @@ except the association locks.  Stores that arrive while it runs may be lost
 from the index (not from disk); run it when the server is idle.
 
 From ``--config`` it takes ``[storage] root``, ``[index] redis``,
-``[index] key_prefix`` and ``[server] data_dir``; ``--redis``, ``--root`` and
+``[index] key_prefix`` and ``[server] data_dir`` (relative paths from the
+file's folder, as the server); ``--redis``, ``--root`` and
 ``--key-prefix`` override them.  ``redis = embedded`` means the Redis that a
 running server keeps on ``{data_dir}/redis.sock`` (or wherever
 ``{data_dir}/redis.url`` says).
@@ -104,10 +105,14 @@ def resolve_target(args: argparse.Namespace) -> Target:
     prefix = args.key_prefix
     if args.config:
         cfg = _read_config(args.config)
-        data_dir = cfg.get("server", "data_dir", fallback="").strip() or "var/sdcc"
+        # relative paths are taken from the file's folder, as the server does
+        base = os.path.dirname(os.path.abspath(args.config))
+        data_dir = os.path.join(
+            base, cfg.get("server", "data_dir", fallback="").strip() or "var/sdcc")
         if root is None:
-            root = (cfg.get("storage", "root", fallback="").strip()
-                    or os.path.join(data_dir, "store"))
+            configured_root = cfg.get("storage", "root", fallback="").strip()
+            root = (os.path.join(base, configured_root) if configured_root
+                    else os.path.join(data_dir, "store"))
         if prefix is None:
             prefix = cfg.get("index", "key_prefix", fallback="sdcc:").strip()
         if redis_url is None:

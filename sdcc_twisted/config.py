@@ -2,7 +2,8 @@
 
 One file, read with :mod:`configparser` without interpolation.  Every error
 names the file, the section and the key, so a person can fix it at once.
-Relative paths are taken relative to the directory the server starts in.
+Relative paths in a file are taken from the file's own folder, so the
+server and ``sdcc-admin`` find the same places from any working directory.
 """
 
 from __future__ import annotations
@@ -209,8 +210,16 @@ _KNOWN: Final[dict[str, frozenset[str]]] = {
 }
 
 
-def parse_settings(text: str, source: str = "<string>") -> Settings:
+def parse_settings(text: str, source: str = "<string>",
+                   base_dir: str | None = None) -> Settings:
     """Parse INI text into :class:`Settings`.
+
+    Args:
+        base_dir: relative paths (``data_dir``, ``root``, ``file``,
+            ``ca_certificates``, ``redis_server`` with a slash) are taken
+            from this folder: the configuration file's
+            (:func:`load_settings`); None leaves them relative to the
+            working directory.
 
     Raises:
         ConfigError: naming the file, section and key at fault.
@@ -232,6 +241,15 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
                 raise ConfigError(f"{source}: [{section}] {key}: unknown key "
                                   f"(known: {', '.join(sorted(_KNOWN[section]))})")
     r = _Reader(parser, source)
+
+    def where(path: str) -> str:
+        if not path or base_dir is None or os.path.isabs(path):
+            return path
+        return os.path.normpath(os.path.join(base_dir, path))
+
+    def program(name: str) -> str:
+        """A bare name is looked up on PATH; a relative path is a path."""
+        return where(name) if os.sep in name else name
 
     def ae_title(raw: str) -> str:
         if not valid_ae_title(raw):
@@ -273,7 +291,7 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
                        "1 to 16 printable characters without backslash"),
         listen=r.get("server", "listen", "tcp:11112", listen,
                      "a Twisted endpoint string such as tcp:11112"),
-        data_dir=r.text("server", "data_dir", "var/sdcc") or "var/sdcc",
+        data_dir=where(r.text("server", "data_dir", "var/sdcc") or "var/sdcc"),
         max_pdu_length=r.integer("server", "max_pdu_length", DEFAULT_MAX_PDU_LENGTH,
                                  MIN_PDU_LENGTH, MAX_PDU_LENGTH),
         max_associations=r.integer("server", "max_associations", 64, 1, 100000),
@@ -288,7 +306,7 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
                                               32, 1, 100000),
     )
     storage = StorageSettings(
-        root=r.text("storage", "root", ""),
+        root=where(r.text("storage", "root", "")),
         fsync=r.boolean("storage", "fsync", True),
         max_head_bytes=r.integer("storage", "max_head_bytes", 1 << 20, 1024, 64 << 20),
         retention_days=r.get("storage", "retention_days", 0.0, days,
@@ -297,14 +315,14 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
     index = IndexSettings(
         redis=r.get("index", "redis", "embedded", redis_url,
                     "'embedded', a redis://host:port/db URL or a unix:///path URL"),
-        redis_server=r.text("index", "redis_server", ""),
+        redis_server=program(r.text("index", "redis_server", "")),
         key_prefix=r.text("index", "key_prefix", "sdcc:"),
         timeout=r.seconds("index", "timeout", 2.0, low=0.01),
         lock=r.choice("index", "lock", "auto", LOCK_KINDS),
     )
     logging = LoggingSettings(
         level=r.choice("logging", "level", "info", LOG_LEVELS),
-        file=r.text("logging", "file", ""),
+        file=where(r.text("logging", "file", "")),
     )
     query = QuerySettings(
         enabled=r.boolean("query", "enabled", True),
@@ -312,7 +330,7 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
             "query", "allowed_calling_ae_titles", None, ae_list, ae_list_expect),
     )
     tls = TLSSettings(
-        ca_certificates=r.text("tls", "ca_certificates", ""),
+        ca_certificates=where(r.text("tls", "ca_certificates", "")),
         require_client_certificate=r.boolean("tls", "require_client_certificate", True),
     )
     if tls.ca_certificates and not server.listen.startswith("ssl:"):
@@ -348,7 +366,7 @@ def load_settings(path: str) -> Settings:
                           f"{exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from None
-    return parse_settings(text, path)
+    return parse_settings(text, path, os.path.dirname(os.path.abspath(path)))
 
 
 def settings_summary(settings: Settings) -> dict[str, Any]:

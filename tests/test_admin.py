@@ -196,6 +196,25 @@ class AdminTests(unittest.TestCase):
         self.assertEqual(code, 0, err)
         self.assertTrue(self.client.exists("cfg:instance:1.9.2.1.1"))
 
+    def test_config_relative_paths(self) -> None:
+        """Relative paths in --config are taken from the file's folder, as
+        the server takes them, whatever the working directory."""
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(folder, "etc"))
+        os.symlink(self.root, os.path.join(folder, "store"))
+        config = os.path.join(folder, "etc", "sdcc.ini")
+        with open(config, "w") as handle:
+            handle.write(f"[storage]\nroot = ../store\n"
+                         f"[index]\nredis = {self.server.url}\nkey_prefix = rel:\n")
+        elsewhere = os.path.abspath(self.mktemp())
+        os.makedirs(elsewhere)
+        cwd = os.getcwd()
+        os.chdir(elsewhere)
+        self.addCleanup(os.chdir, cwd)
+        code, out, err = self.run_admin("--config", config, "rebuild")
+        self.assertEqual(code, 0, err)
+        self.assertIn("5 instances indexed from 5 files", out)
+
     def test_config_embedded(self) -> None:
         """redis = embedded reaches the server's socket in [server] data_dir,
         or says clearly that the server is not running."""

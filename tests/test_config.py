@@ -21,10 +21,15 @@ class SettingsTests(SynchronousTestCase):
     """Values, defaults and errors that name section and key."""
 
     def test_shipped_file_is_the_defaults(self) -> None:
-        """etc/sdcc.ini parses, and says exactly what the built-in defaults say."""
+        """etc/sdcc.ini parses, and says exactly what the built-in defaults
+        say, except data_dir: the repository's var/sdcc (from etc/)."""
+        from dataclasses import replace
+
         shipped = load_settings(os.path.join(REPO, "etc", "sdcc.ini"))
         defaults = parse_settings("", "empty.ini")
-        self.assertEqual(shipped.server, defaults.server)
+        self.assertEqual(shipped.server.data_dir, os.path.join(REPO, "var", "sdcc"))
+        self.assertEqual(replace(shipped.server, data_dir=defaults.server.data_dir),
+                         defaults.server)
         self.assertEqual(shipped.storage, defaults.storage)
         self.assertEqual(shipped.index, defaults.index)
         self.assertEqual(shipped.query, defaults.query)
@@ -74,6 +79,29 @@ class SettingsTests(SynchronousTestCase):
                 parse_settings(text, "bad.ini")
             self.assertIn(expected, str(ctx.exception), text)
             self.assertIn("bad.ini", str(ctx.exception))
+
+    def test_relative_paths_from_the_file(self) -> None:
+        """Relative paths in a file are taken from the file's folder, not the
+        working directory; absolute ones and a bare program name stay."""
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(folder, "etc"))
+        path = os.path.join(folder, "etc", "x.ini")
+        with open(path, "w") as handle:
+            handle.write("[server]\ndata_dir = ../data\n[storage]\nroot = /srv/store\n"
+                         "[logging]\nfile = log/sdcc.log\n[index]\nredis_server = redis-server\n")
+        settings = load_settings(path)
+        self.assertEqual(settings.server.data_dir, os.path.join(folder, "data"))
+        self.assertEqual(settings.storage_root, "/srv/store")
+        self.assertEqual(settings.logging.file, os.path.join(folder, "etc", "log", "sdcc.log"))
+        self.assertEqual(settings.index.redis_server, "redis-server")
+        with open(path, "w") as handle:
+            handle.write("[index]\nredis_server = bin/redis-server\n")
+        settings = load_settings(path)
+        self.assertEqual(settings.server.data_dir, os.path.join(folder, "etc", "var", "sdcc"))
+        self.assertEqual(settings.storage_root,
+                         os.path.join(folder, "etc", "var", "sdcc", "store"))
+        self.assertEqual(settings.index.redis_server,
+                         os.path.join(folder, "etc", "bin", "redis-server"))
 
     def test_query_section(self) -> None:
         """[query] turns Q/R off or limits it to an allow-list (AE or
