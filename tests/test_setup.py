@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 
 from twisted.trial.unittest import SkipTest, TestCase
@@ -63,18 +64,36 @@ class ReadmeCommandsTests(TestCase):
         self.env = {key: value for key, value in os.environ.items()
                     if key not in ("PYTHONPATH", "VIRTUAL_ENV", "CI")}
         self.env["PYTHON"] = self.python
+        self.as_user: list[str] = []
 
     def run_script(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run a script of the copy to its end; return what it printed."""
-        return subprocess.run(["bash", *args], cwd=self.repo, env=self.env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        return subprocess.run([*self.as_user, "bash", *args], cwd=self.repo, env=self.env,
+                              text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL, timeout=INSTALL_TIMEOUT)
+
+    def echo_ini(self) -> tuple[str, int]:
+        """An INI in the copy: a free port, data under the copy's var/."""
+        port = free_port()
+        data_dir = os.path.join(self.repo, "var", "echo")
+        with open(os.path.join(self.repo, "echo.ini"), "w") as handle:
+            handle.write(f"[server]\nlisten = tcp:{port}:interface=127.0.0.1\n"
+                         f"data_dir = {data_dir}\n[storage]\nfsync = no\n")
+        return "echo.ini", port
+
+    def echo(self, port: int) -> None:
+        """DCMTK echoscu gets an answer."""
+        echo = subprocess.run([require_tool(self, "echoscu"), "-aec", "SDCC", "127.0.0.1",
+                               str(port)], env=DCMTK_ENV, capture_output=True, text=True,
+                              timeout=START_TIMEOUT)
+        self.assertEqual(echo.returncode, 0, echo.stdout + echo.stderr)
 
     def serve(self, ini: str, port: int) -> tuple[subprocess.Popen[str], str]:
         """Start ``scripts/serve.sh ini``; wait for its port; return it and its log."""
         log_path = os.path.join(self.repo, "serve.log")
         with open(log_path, "w") as log:
-            process = subprocess.Popen(["bash", "scripts/serve.sh", ini], cwd=self.repo,
+            process = subprocess.Popen([*self.as_user, "bash", "scripts/serve.sh", ini],
+                                       cwd=self.repo,
                                        env=self.env, text=True, stdout=log,
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.addCleanup(self.stop, process)
@@ -122,17 +141,10 @@ class ReadmeCommandsTests(TestCase):
                               capture_output=True, text=True, check=True).stdout.strip()
         self.assertEqual(base, "/usr")
 
-        port = free_port()
-        data_dir = os.path.join(self.repo, "var", "echo")
-        with open(os.path.join(self.repo, "echo.ini"), "w") as handle:
-            handle.write(f"[server]\nlisten = tcp:{port}:interface=127.0.0.1\n"
-                         f"data_dir = {data_dir}\n[storage]\nfsync = no\n")
-        process, log = self.serve("echo.ini", port)
+        ini, port = self.echo_ini()
+        process, log = self.serve(ini, port)
         self.assertNotIn("pip install", log)
-        echo = subprocess.run([require_tool(self, "echoscu"), "-aec", "SDCC", "127.0.0.1",
-                               str(port)], env=DCMTK_ENV, capture_output=True, text=True,
-                              timeout=START_TIMEOUT)
-        self.assertEqual(echo.returncode, 0, echo.stdout + echo.stderr)
+        self.echo(port)
         self.stop(process)
 
         setup_cfg = os.path.join(self.repo, "setup.cfg")
@@ -146,3 +158,27 @@ class ReadmeCommandsTests(TestCase):
         self.assertIn("requires a different Python", failed.stdout)
         self.assertIn("setup: pip install failed", failed.stdout)
         self.assertNotIn("starting up", failed.stdout)
+
+    def test_serve_as_a_plain_user(self) -> None:
+        """serve.sh as a user who is not root (nobody, when the tests run as
+        root): it makes its venv, installs, starts and answers a C-ECHO,
+        without trying apt-get."""
+        if os.getuid() == 0:
+            # trial's temp folders are root's alone: a copy nobody can enter
+            base = tempfile.mkdtemp(prefix="sdcc-setup-")
+            self.addCleanup(shutil.rmtree, base, True)
+            self.repo = fresh_copy(os.path.join(base, "repo"))
+            os.chown(base, 65534, 65534)
+            for directory, _, files in os.walk(self.repo):
+                for name in [directory, *(os.path.join(directory, f) for f in files)]:
+                    os.chown(name, 65534, 65534)
+            self.as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+            self.env["HOME"] = self.repo
+        ini, port = self.echo_ini()
+        if os.getuid() == 0:
+            os.chown(os.path.join(self.repo, ini), 65534, 65534)
+        process, log = self.serve(ini, port)
+        self.assertIn("setup: making the project venv", log)
+        self.assertNotIn("apt-get", log)
+        self.echo(port)
+        self.stop(process)
