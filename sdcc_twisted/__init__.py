@@ -1,3 +1,3 @@
-"""sdcc-twisted: a DICOM Verification and Storage SCP built on Twisted."""
+"""sdcc-twisted: a DICOM Verification, Storage and Query/Retrieve SCP built on Twisted."""
 
 __version__ = "1.1.0"

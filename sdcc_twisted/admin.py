@@ -1,8 +1,10 @@
-"""``sdcc-admin``: rebuild, list and show the Redis index (synchronous, redis-py).
+"""``sdcc-admin``: rebuild, list and show the Redis index, delete studies
+and series (synchronous, redis-py).
 
     sdcc-admin --config etc/sdcc.ini rebuild
     sdcc-admin --redis unix:///var/lib/sdcc/redis.sock --root /srv/store list
     sdcc-admin --config etc/sdcc.ini show 1.2.840.99.1
+    sdcc-admin --config etc/sdcc.ini delete study 1.2.840.99
 
 ``rebuild`` reads every ``*.dcm`` under the storage root (header only) and
 writes the index anew with the same mapping as the server
@@ -11,7 +13,8 @@ except the association locks.  Stores that arrive while it runs may be lost
 from the index (not from disk); run it when the server is idle.
 
 From ``--config`` it takes ``[storage] root``, ``[index] redis``,
-``[index] key_prefix`` and ``[server] data_dir``; ``--redis``, ``--root`` and
+``[index] key_prefix`` and ``[server] data_dir`` (relative paths from the
+file's folder, as the server); ``--redis``, ``--root`` and
 ``--key-prefix`` override them.  ``redis = embedded`` means the Redis that a
 running server keeps on ``{data_dir}/redis.sock`` (or wherever
 ``{data_dir}/redis.url`` says).
@@ -38,6 +41,8 @@ from sdcc_twisted.core.index_keys import (
     record_commands,
 )
 from sdcc_twisted.core.records import INDEX_ATTRIBUTES, InstanceRecord
+from sdcc_twisted.logs import iso_time
+from sdcc_twisted.storage.deletion import delete_series, delete_study
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -325,10 +330,20 @@ def list_index(client: Any, layout: KeyLayout, out: TextIO) -> int:
     return EXIT_OK
 
 
+#: Index fields that hold a time as seconds since the epoch.
+_EPOCH_FIELDS = frozenset({"received_at"})
+
+
 def _write_hash(out: TextIO, fields: dict[str, str]) -> None:
     width = max((len(k) for k in fields), default=0)
     for name in sorted(fields):
-        out.write(f"    {name:<{width}}  {fields[name]}\n")
+        value = fields[name]
+        if name in _EPOCH_FIELDS:
+            try:
+                value = iso_time(float(value))
+            except (ValueError, OverflowError, OSError):
+                pass
+        out.write(f"    {name:<{width}}  {value}\n")
 
 
 def show(client: Any, layout: KeyLayout, uid: str, out: TextIO,
@@ -360,6 +375,25 @@ def show(client: Any, layout: KeyLayout, uid: str, out: TextIO,
     return EXIT_OK
 
 
+def delete(client: Any, layout: KeyLayout, level: str, uid: str, root: str,
+           out: TextIO, err: TextIO) -> int:
+    """Delete a study or a series: files and index entries."""
+    exists = client.exists(layout.study(uid) if level == "study" else layout.series(uid))
+    if not exists:
+        err.write(f"No {level} {uid!r} in the index (prefix {layout.prefix!r}).\n")
+        return EXIT_NOT_FOUND
+    deleter = delete_study if level == "study" else delete_series
+    done = deleter(client, layout, uid, root)
+    out.write(f"Deleted {level} {uid}: {done.instances} instance(s), their files and "
+              f"index entries")
+    if done.missing_files:
+        out.write(f" ({done.missing_files} file(s) were already gone)")
+    if done.kept:
+        out.write(f"; kept {done.kept} stored again while deleting")
+    out.write(".\n")
+    return EXIT_OK
+
+
 # -- command line --------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -384,15 +418,36 @@ def build_parser() -> argparse.ArgumentParser:
     show_cmd = sub.add_parser("show", help="what the index holds for an id")
     show_cmd.add_argument("uid", help="a patient id, study, series or SOP "
                                       "instance UID")
+    delete_cmd = sub.add_parser("delete", help="delete a study or a series: its "
+                                               "files and index entries")
+    delete_cmd.add_argument("level", choices=("study", "series"))
+    delete_cmd.add_argument("uid", help="the Study or Series Instance UID")
     return parser
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
          err: TextIO | None = None) -> int:
-    """Run ``sdcc-admin``; the exit status."""
+    """Run ``sdcc-admin``; the exit status.  A reader that goes away
+    (``sdcc-admin list | head``) ends it quietly."""
     out = out or sys.stdout
     err = err or sys.stderr
     args = build_parser().parse_args(argv)
+    try:
+        code = _run(args, out, err)
+        out.flush()
+        return code
+    except BrokenPipeError:
+        # point stdout at /dev/null so the interpreter's last flush is silent
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_OK
+
+
+def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """The command of ``args``; the exit status."""
     try:
         target = resolve_target(args)
         layout = KeyLayout(target.key_prefix)
@@ -417,6 +472,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
             return EXIT_OK
         if args.command == "list":
             return list_index(client, layout, out)
+        if args.command == "delete":
+            if not target.root:
+                raise AdminError("delete needs the storage root: --root DIR "
+                                 "or [storage] root in --config")
+            return delete(client, layout, args.level, args.uid, target.root, out, err)
         return show(client, layout, args.uid, out, err)
     except AdminError as exc:
         err.write(f"sdcc-admin: {exc}\n")

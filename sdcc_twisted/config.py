@@ -2,7 +2,8 @@
 
 One file, read with :mod:`configparser` without interpolation.  Every error
 names the file, the section and the key, so a person can fix it at once.
-Relative paths are taken relative to the directory the server starts in.
+Relative paths in a file are taken from the file's own folder, so the
+server and ``sdcc-admin`` find the same places from any working directory.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class StorageSettings:
     root: str = ""
     fsync: bool = True
     max_head_bytes: int = 1 << 20
+    retention_days: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,14 @@ class IndexSettings:
     key_prefix: str = "sdcc:"
     timeout: float = 2.0
     lock: str = "auto"
+
+
+@dataclass(frozen=True)
+class QuerySettings:
+    """``[query]``: who may use Query/Retrieve (C-FIND, C-MOVE, C-GET)."""
+
+    enabled: bool = True
+    allowed_calling_ae_titles: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,7 @@ class Settings:
     source: str = "<defaults>"
     tls: TLSSettings = field(default_factory=TLSSettings)
     move_destinations: dict[str, MoveDestination] = field(default_factory=dict)
+    query: QuerySettings = field(default_factory=QuerySettings)
 
     @property
     def storage_root(self) -> str:
@@ -191,15 +202,24 @@ _KNOWN: Final[dict[str, frozenset[str]]] = {
         "ae_title", "listen", "data_dir", "max_pdu_length", "max_associations",
         "require_called_ae_title", "allowed_calling_ae_titles", "artim_timeout",
         "idle_timeout", "max_command_length", "max_connections_per_address"}),
-    "storage": frozenset({"root", "fsync", "max_head_bytes"}),
+    "storage": frozenset({"root", "fsync", "max_head_bytes", "retention_days"}),
     "tls": frozenset({"ca_certificates", "require_client_certificate"}),
     "index": frozenset({"redis", "redis_server", "key_prefix", "timeout", "lock"}),
     "logging": frozenset({"level", "file"}),
+    "query": frozenset({"enabled", "allowed_calling_ae_titles"}),
 }
 
 
-def parse_settings(text: str, source: str = "<string>") -> Settings:
+def parse_settings(text: str, source: str = "<string>",
+                   base_dir: str | None = None) -> Settings:
     """Parse INI text into :class:`Settings`.
+
+    Args:
+        base_dir: relative paths (``data_dir``, ``root``, ``file``,
+            ``ca_certificates``, ``redis_server`` with a slash) are taken
+            from this folder: the configuration file's
+            (:func:`load_settings`); None leaves them relative to the
+            working directory.
 
     Raises:
         ConfigError: naming the file, section and key at fault.
@@ -222,6 +242,15 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
                                   f"(known: {', '.join(sorted(_KNOWN[section]))})")
     r = _Reader(parser, source)
 
+    def where(path: str) -> str:
+        if not path or base_dir is None or os.path.isabs(path):
+            return path
+        return os.path.normpath(os.path.join(base_dir, path))
+
+    def program(name: str) -> str:
+        """A bare name is looked up on PATH; a relative path is a path."""
+        return where(name) if os.sep in name else name
+
     def ae_title(raw: str) -> str:
         if not valid_ae_title(raw):
             raise ValueError(raw)
@@ -242,6 +271,12 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
             raise ValueError(raw)
         return raw
 
+    def days(raw: str) -> float:
+        value = float(raw or 0)
+        if not 0 <= value <= 36500:
+            raise ValueError(raw)
+        return value
+
     def redis_url(raw: str) -> str:
         if raw.lower() == "embedded":
             return "embedded"
@@ -250,22 +285,23 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
         return raw
 
     # Every default comes from the settings classes (one place).
-    ds, dst, di, dl, dt = (ServerSettings(), StorageSettings(), IndexSettings(),
-                           LoggingSettings(), TLSSettings())
+    ds, dst, di, dl, dq, dt = (ServerSettings(), StorageSettings(), IndexSettings(),
+                               LoggingSettings(), QuerySettings(), TLSSettings())
+    ae_list_expect = ("a comma-separated list of AE titles, each optionally AE@address "
+                      "(empty: any)")
     server = ServerSettings(
         ae_title=r.get("server", "ae_title", ds.ae_title, ae_title,
                        "1 to 16 printable characters without backslash"),
         listen=r.get("server", "listen", ds.listen, listen,
                      "a Twisted endpoint string such as tcp:11112"),
-        data_dir=r.text("server", "data_dir", ds.data_dir) or ds.data_dir,
+        data_dir=where(r.text("server", "data_dir", ds.data_dir) or ds.data_dir),
         max_pdu_length=r.integer("server", "max_pdu_length", ds.max_pdu_length,
                                  MIN_PDU_LENGTH, MAX_PDU_LENGTH),
         max_associations=r.integer("server", "max_associations", ds.max_associations, 1, 100000),
         require_called_ae_title=r.boolean("server", "require_called_ae_title", ds.require_called_ae_title),
         allowed_calling_ae_titles=r.get(
             "server", "allowed_calling_ae_titles", ds.allowed_calling_ae_titles, ae_list,
-            "a comma-separated list of AE titles, each optionally AE@address "
-            "(empty: any)"),
+            ae_list_expect),
         artim_timeout=r.seconds("server", "artim_timeout", ds.artim_timeout),
         idle_timeout=r.seconds("server", "idle_timeout", ds.idle_timeout),
         max_command_length=r.integer("server", "max_command_length", ds.max_command_length,
@@ -274,24 +310,32 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
                                               ds.max_connections_per_address, 1, 100000),
     )
     storage = StorageSettings(
-        root=r.text("storage", "root", dst.root),
+        root=where(r.text("storage", "root", dst.root)),
         fsync=r.boolean("storage", "fsync", dst.fsync),
         max_head_bytes=r.integer("storage", "max_head_bytes", dst.max_head_bytes, 1024, 64 << 20),
+        retention_days=r.get("storage", "retention_days", dst.retention_days, days,
+                             "a number of days above 0, or 0 to keep everything"),
     )
     index = IndexSettings(
         redis=r.get("index", "redis", di.redis, redis_url,
                     "'embedded', a redis://host:port/db URL or a unix:///path URL"),
-        redis_server=r.text("index", "redis_server", di.redis_server),
+        redis_server=program(r.text("index", "redis_server", di.redis_server)),
         key_prefix=r.text("index", "key_prefix", di.key_prefix),
         timeout=r.seconds("index", "timeout", di.timeout, low=0.01),
         lock=r.choice("index", "lock", di.lock, LOCK_KINDS),
     )
     logging = LoggingSettings(
         level=r.choice("logging", "level", dl.level, LOG_LEVELS),
-        file=r.text("logging", "file", dl.file),
+        file=where(r.text("logging", "file", dl.file)),
+    )
+    query = QuerySettings(
+        enabled=r.boolean("query", "enabled", dq.enabled),
+        allowed_calling_ae_titles=r.get(
+            "query", "allowed_calling_ae_titles", dq.allowed_calling_ae_titles, ae_list,
+            ae_list_expect),
     )
     tls = TLSSettings(
-        ca_certificates=r.text("tls", "ca_certificates", dt.ca_certificates),
+        ca_certificates=where(r.text("tls", "ca_certificates", dt.ca_certificates)),
         require_client_certificate=r.boolean("tls", "require_client_certificate",
                                              dt.require_client_certificate),
     )
@@ -311,7 +355,7 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
                              f"expected AE_TITLE = host:port [tls], got {raw!r}")
             destinations[title.strip()] = MoveDestination(title.strip(), host.strip("[]"),
                                                           int(port_text), tls_flag)
-    return Settings(server, storage, index, logging, source, tls, destinations)
+    return Settings(server, storage, index, logging, source, tls, destinations, query)
 
 
 def load_settings(path: str) -> Settings:
@@ -328,7 +372,7 @@ def load_settings(path: str) -> Settings:
                           f"{exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from None
-    return parse_settings(text, path)
+    return parse_settings(text, path, os.path.dirname(os.path.abspath(path)))
 
 
 def settings_summary(settings: Settings) -> dict[str, Any]:
@@ -338,4 +382,7 @@ def settings_summary(settings: Settings) -> dict[str, Any]:
         "ae_title": s.ae_title, "listen": s.listen, "max_pdu_length": s.max_pdu_length,
         "max_associations": s.max_associations, "storage_root": settings.storage_root,
         "fsync": settings.storage.fsync, "redis": settings.index.redis,
+        "query_retrieve": ("off" if not settings.query.enabled
+                           else ",".join(sorted(settings.query.allowed_calling_ae_titles))
+                           if settings.query.allowed_calling_ae_titles else "any AE"),
     }

@@ -21,7 +21,7 @@ from twisted.logger import (
     globalLogPublisher,
 )
 
-__all__ = ["enabled", "get_logger", "set_level"]
+__all__ = ["enabled", "get_logger", "iso_time", "set_level"]
 
 _NAMESPACE = "sdcc"
 _levels = LogLevelFilterPredicate()
@@ -44,3 +44,11 @@ def get_logger(namespace: str) -> Logger:
     if namespace != _NAMESPACE and not namespace.startswith(_NAMESPACE + "."):
         raise ValueError(f"sdcc loggers live under {_NAMESPACE!r}, not {namespace!r}")
     return Logger(namespace=namespace, observer=_gate)
+
+
+def iso_time(seconds: float) -> str:
+    """Seconds since the epoch as ISO 8601 local time with its UTC offset."""
+    from datetime import datetime, timezone
+
+    return (datetime.fromtimestamp(seconds, tz=timezone.utc).astimezone()
+            .isoformat(timespec="milliseconds"))

@@ -2,13 +2,16 @@
 
 Mount it in your own Twisted application with
 ``build_service(settings, reactor).setServiceParent(application)``; twistd's
-plugin does the same.  Children start in order: logging, the storage
-clean-up, Redis (embedded or external), the journal replayer, the listener.
+plugin does the same.  Children start in order: the data folder's lock,
+logging, the storage clean-up, Redis (embedded or external), the journal
+replayer, the listener.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from typing import Any
 
 import txredisapi
@@ -24,6 +27,8 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 
 from sdcc_twisted.storage.catalog import RedisCatalog
+from sdcc_twisted.storage.datalock import DataDirLock
+from sdcc_twisted.storage.deletion import RetentionService
 from sdcc_twisted.config import ConfigError, Settings, settings_summary
 from sdcc_twisted.storage.index import RedisAssociationLock, RedisIndex, connect_redis
 from sdcc_twisted.storage.journal import IndexLog, JournalReplayer, PendingJournal
@@ -122,29 +127,65 @@ class StorageCleanupService(service.Service):
 
 
 class LogFileService(service.Service):
-    """``[logging] file``: a filtered text log file beside twistd's log."""
+    """``[logging] file``: a filtered text log file beside twistd's log.
 
-    def __init__(self, path: str, level: str) -> None:
+    SIGHUP reopens it (after logrotate moved it away); the handler only
+    schedules the reopen on the reactor thread.
+    """
+
+    def __init__(self, path: str, level: str, reactor: Any = None) -> None:
         self.path = path
         self.level = LogLevel.levelWithName(level)
+        self.reactor = reactor
         self._observer: Any = None
         self._handle: Any = None
+        self._previous_handler: Any = None
+        self._installed = False
 
     def startService(self) -> None:
         super().startService()
-        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-        predicate = LogLevelFilterPredicate(defaultLogLevel=self.level)
-        self._observer = FilteringLogObserver(textFileLogObserver(self._handle), [predicate])
-        globalLogPublisher.addObserver(self._observer)
+        self.reopen()
+        if self.reactor is not None and threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(
+                signal.SIGHUP,
+                lambda signum, frame: self.reactor.callFromThread(self._reopen_on_signal))
+            self._installed = True
 
-    def stopService(self) -> Any:
-        super().stopService()
+    def _reopen_on_signal(self) -> None:
+        try:
+            self.reopen()
+        except ConfigError as exc:
+            log.error("SIGHUP: {why}; still logging to the file opened before", why=exc)
+        else:
+            log.info("SIGHUP: reopened the log file {path}", path=self.path)
+
+    def reopen(self) -> None:
+        """Open ``path`` (again) and log to it; then close the old file."""
+        try:
+            handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise ConfigError(f"[logging] file: cannot open {self.path}: "
+                              f"{exc.strerror}") from None
+        predicate = LogLevelFilterPredicate(defaultLogLevel=self.level)
+        observer = FilteringLogObserver(textFileLogObserver(handle), [predicate])
+        globalLogPublisher.addObserver(observer)
+        self._close()
+        self._observer, self._handle = observer, handle
+
+    def _close(self) -> None:
         if self._observer is not None:
             globalLogPublisher.removeObserver(self._observer)
             self._observer = None
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._installed:
+            signal.signal(signal.SIGHUP, self._previous_handler or signal.SIG_DFL)
+            self._installed = False
+        self._close()
 
 
 class ListenerService(service.Service):
@@ -153,13 +194,15 @@ class ListenerService(service.Service):
     Twisted's ``StreamServerEndpointService`` raises a failure to listen at
     start only through a private flag; here it is raised from
     :meth:`privilegedStartService` (or :meth:`startService`), so twistd
-    exits naming it instead of running without a listener.  A failure that
+    exits with one line naming it (a :class:`ConfigError` built from
+    ``describe``) instead of running without a listener.  A failure that
     comes later is logged.
     """
 
-    def __init__(self, endpoint: Any, factory: Any) -> None:
+    def __init__(self, endpoint: Any, factory: Any, describe: str = "listen") -> None:
         self.endpoint = endpoint
         self.factory = factory
+        self.describe = describe
         self._listening: defer.Deferred[Any] | None = None
         self._port: Any = None
         self._waiters: list[defer.Deferred[Any]] = []
@@ -204,7 +247,9 @@ class ListenerService(service.Service):
         self._listening.addCallbacks(listened, not_listening)
         starting = False
         if now:
-            now[0].raiseException()
+            reason = now[0].value
+            reason = getattr(reason, "socketError", None) or reason
+            raise ConfigError(f"{self.describe}: cannot listen: {reason}")
 
     def stopService(self) -> Any:
         super().stopService()
@@ -286,9 +331,10 @@ def build_service(settings: Settings, reactor: Any) -> SdccService:
             here (the endpoint string, the redis-server binary, directories).
     """
     children: list[service.Service] = []  # in start order
+    children.append(DataDirLock(settings.server.data_dir, settings.source))
     logs.set_level(settings.logging.level)
     if settings.logging.file:
-        children.append(LogFileService(settings.logging.file, settings.logging.level))
+        children.append(LogFileService(settings.logging.file, settings.logging.level, reactor))
 
     data_dir = settings.server.data_dir
     try:
@@ -340,6 +386,13 @@ def build_service(settings: Settings, reactor: Any) -> SdccService:
     def run_blocking(fn: Any, *args: Any) -> "defer.Deferred[Any]":
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
 
+    if settings.storage.retention_days:
+        url = settings.index.redis
+        children.append(RetentionService(settings.storage.retention_days, store.root,
+                         (lambda: embedded.url) if embedded is not None else (lambda: url),
+                         settings.index.key_prefix, settings.index.timeout, reactor,
+                         run_blocking))
+
     server = settings.server
     storage = StorageSCP(store, index, journal, run_blocking, reactor, index_log)
     catalog = RedisCatalog(late, reactor, key_prefix=settings.index.key_prefix,
@@ -350,6 +403,8 @@ def build_service(settings: Settings, reactor: Any) -> SdccService:
         require_called_ae=server.require_called_ae_title,
         allowed_calling_aes=server.allowed_calling_ae_titles,
         max_pdu_length=server.max_pdu_length,
+        query_retrieve=settings.query.enabled,
+        allowed_query_aes=settings.query.allowed_calling_ae_titles,
     )
     admission = Admission(policy, lock, max_associations=server.max_associations,
                           max_connections_per_address=server.max_connections_per_address)
@@ -365,7 +420,8 @@ def build_service(settings: Settings, reactor: Any) -> SdccService:
                           f"{server.listen!r} as a Twisted endpoint ({exc})") from None
     if settings.tls.ca_certificates:
         require_client_certificates(endpoint, settings)
-    listener = ListenerService(endpoint, factory)
+    listener = ListenerService(endpoint, factory,
+                               f"{settings.source}: [server] listen = {server.listen}")
     listener.setName("dicom")
     children.append(listener)
     top = SdccService(factory, store, index, journal, connection, embedded, listener)

@@ -98,6 +98,19 @@ def in_thread(fn: Any, *args: Any, **kwargs: Any) -> "defer.Deferred[Any]":
     return threads.deferToThread(fn, *args, **kwargs)
 
 
+def twistd_command(ini: str) -> list[str]:
+    """``twistd -n sdcc --config ini`` with this interpreter (run it with
+    ``cwd=REPO`` and :func:`twistd_env`)."""
+    return [sys.executable, "-c",
+            "import sys; from twisted.scripts.twistd import run; sys.argv[0]='twistd'; run()",
+            "-n", "--pidfile=", "sdcc", "--config", ini]
+
+
+def twistd_env() -> dict[str, str]:
+    """The environment for :func:`twistd_command`: the working tree first."""
+    return {**os.environ, "PYTHONPATH": REPO}
+
+
 class TwistdServer:
     """``python -m twisted.scripts.twistd -n sdcc --config FILE`` as a child."""
 
@@ -109,14 +122,10 @@ class TwistdServer:
 
     def start(self, port: int, timeout: float = 20) -> None:
         """Start it and wait until ``port`` accepts connections."""
-        env = {**os.environ, "PYTHONPATH": REPO}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-c",
-                 "import sys; from twisted.scripts.twistd import run; sys.argv[0]='twistd'; run()",
-                 "-n", "--pidfile=", "sdcc", "--config", self.ini],
-                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL)
+                twistd_command(self.ini), cwd=REPO, env=twistd_env(), stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.testcase.addCleanup(self.stop)
         deadline = time.monotonic() + timeout
         while True:

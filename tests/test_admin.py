@@ -196,6 +196,25 @@ class AdminTests(unittest.TestCase):
         self.assertEqual(code, 0, err)
         self.assertTrue(self.client.exists("cfg:instance:1.9.2.1.1"))
 
+    def test_config_relative_paths(self) -> None:
+        """Relative paths in --config are taken from the file's folder, as
+        the server takes them, whatever the working directory."""
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(folder, "etc"))
+        os.symlink(self.root, os.path.join(folder, "store"))
+        config = os.path.join(folder, "etc", "sdcc.ini")
+        with open(config, "w") as handle:
+            handle.write(f"[storage]\nroot = ../store\n"
+                         f"[index]\nredis = {self.server.url}\nkey_prefix = rel:\n")
+        elsewhere = os.path.abspath(self.mktemp())
+        os.makedirs(elsewhere)
+        cwd = os.getcwd()
+        os.chdir(elsewhere)
+        self.addCleanup(os.chdir, cwd)
+        code, out, err = self.run_admin("--config", config, "rebuild")
+        self.assertEqual(code, 0, err)
+        self.assertIn("5 instances indexed from 5 files", out)
+
     def test_config_embedded(self) -> None:
         """redis = embedded reaches the server's socket in [server] data_dir,
         or says clearly that the server is not running."""
@@ -242,3 +261,100 @@ class AdminTests(unittest.TestCase):
     def test_layout_is_shared(self) -> None:
         """admin builds its keys with the same KeyLayout as the server."""
         self.assertIs(admin.KeyLayout, KeyLayout)
+
+
+class AdminOperationsTests(unittest.TestCase):
+    """delete, dates and a closed pipe."""
+
+    def setUp(self) -> None:
+        self.server = start_redis(self)
+        self.client = self.server.client()
+        self.addCleanup(self.client.close)
+        self.root = os.path.abspath(self.mktemp())
+        for sop, series, study, pid, name, modality in FILES:
+            write_dicom(os.path.join(self.root, study, series, sop + ".dcm"),
+                        sop, series, study, pid, name, modality)
+        code, _, err = self.run_admin("rebuild")
+        self.assertEqual(code, 0, err)
+        self.layout = KeyLayout("sdcc:")
+
+    def run_admin(self, *argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = admin.main(["--redis", self.server.url, "--root", self.root, *argv],
+                          out=out, err=err)
+        return code, out.getvalue(), err.getvalue()
+
+    def test_show_dates_in_iso_8601(self) -> None:
+        """show prints received_at as an ISO 8601 local time with its offset."""
+        code, out, _ = self.run_admin("show", "1.9.1.1.1")
+        self.assertEqual(code, 0)
+        self.assertRegex(out, r"received_at\s+\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}"
+                              r"[+-]\d\d:\d\d\n")
+
+    def test_delete_series_then_study(self) -> None:
+        """delete series removes its files, its index entries and its empty
+        folder, and leaves the rest of the study; delete study removes the
+        rest and the study folder; an unknown UID is exit status 1."""
+        code, out, err = self.run_admin("delete", "series", "1.9.1.1")
+        self.assertEqual(code, 0, err)
+        self.assertIn("Deleted series 1.9.1.1: 2 instance(s)", out)
+        self.assertFalse(os.path.exists(os.path.join(self.root, "1.9.1", "1.9.1.1")))
+        self.assertTrue(os.path.exists(os.path.join(self.root, "1.9.1", "1.9.1.2",
+                                                    "1.9.1.2.1.dcm")))
+        self.assertFalse(self.client.exists(self.layout.instance("1.9.1.1.1")))
+        self.assertFalse(self.client.exists(self.layout.series("1.9.1.1")))
+        self.assertEqual(self.client.smembers(self.layout.study_series("1.9.1")), {"1.9.1.2"})
+        code, out, err = self.run_admin("delete", "study", "1.9.1")
+        self.assertEqual(code, 0, err)
+        self.assertFalse(os.path.exists(os.path.join(self.root, "1.9.1")))
+        self.assertFalse(self.client.exists(self.layout.study("1.9.1")))
+        self.assertNotIn("PAT-1", self.client.smembers(self.layout.patients()))
+        self.assertIn("PAT-2", self.client.smembers(self.layout.patients()))
+        code, _, err = self.run_admin("delete", "study", "1.9.1")
+        self.assertEqual(code, admin.EXIT_NOT_FOUND)
+        self.assertIn("No study '1.9.1'", err)
+
+    def test_delete_keeps_a_copy_stored_meanwhile(self) -> None:
+        """The two races with a store of the same instance, caused: an index
+        entry that changed after it was read is kept (and its file); a file
+        that was replaced after its identity was taken is put back."""
+        from sdcc_twisted.storage import deletion
+
+        key = self.layout.instance("1.9.2.1.1")
+        read = self.client.hgetall(key)
+        self.client.hset(key, "received_at", "9999999999.0")      # stored again
+        self.assertFalse(deletion.remove_instance(self.client, self.layout, "1.9.2.1.1",
+                                                  read))
+        self.assertTrue(self.client.exists(key))
+        path = read["path"]
+        identity = deletion._identity(path)
+        replacement = path + ".new"
+        with open(replacement, "wb") as handle:
+            handle.write(b"a newer copy")
+        os.replace(replacement, path)                               # renamed into place
+        deletion._delete_file(path, self.root, identity)
+        with open(path, "rb") as handle:
+            self.assertEqual(handle.read(), b"a newer copy")
+        deletion._delete_file(path, self.root, deletion._identity(path))
+        self.assertFalse(os.path.exists(path))
+        self.assertEqual(os.listdir(os.path.join(self.root, deletion.TRASH_DIR)), [])
+
+    def test_closed_pipe_is_quiet(self) -> None:
+        """``sdcc-admin list | head -1`` on a long listing: no traceback, no
+        BrokenPipe message, exit status 0."""
+        import subprocess
+        import sys
+
+        from .server_support import REPO
+
+        with self.client.pipeline() as pipe:
+            for n in range(4000):
+                pipe.sadd(self.layout.patients(), f"P{n:05d}")
+            pipe.execute()
+        script = (f"{sys.executable} -m sdcc_twisted.admin --redis {self.server.url} list"
+                  " | head -1; echo status=${PIPESTATUS[0]} >&2")
+        done = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True,
+                              text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": REPO})
+        self.assertEqual(done.stdout.count("\n"), 1, done.stdout)
+        self.assertEqual(done.stderr.strip(), "status=0")

@@ -8,7 +8,6 @@ from twisted.application import service
 from twisted.application.service import IServiceMaker
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
-from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from sdcc_twisted import tap
@@ -22,12 +21,18 @@ class SettingsTests(SynchronousTestCase):
     """Values, defaults and errors that name section and key."""
 
     def test_shipped_file_is_the_defaults(self) -> None:
-        """etc/sdcc.ini parses, and says exactly what the built-in defaults say."""
+        """etc/sdcc.ini parses, and says exactly what the built-in defaults
+        say, except data_dir: the repository's var/sdcc (from etc/)."""
+        from dataclasses import replace
+
         shipped = load_settings(os.path.join(REPO, "etc", "sdcc.ini"))
         defaults = parse_settings("", "empty.ini")
-        self.assertEqual(shipped.server, defaults.server)
+        self.assertEqual(shipped.server.data_dir, os.path.join(REPO, "var", "sdcc"))
+        self.assertEqual(replace(shipped.server, data_dir=defaults.server.data_dir),
+                         defaults.server)
         self.assertEqual(shipped.storage, defaults.storage)
         self.assertEqual(shipped.index, defaults.index)
+        self.assertEqual(shipped.query, defaults.query)
         self.assertEqual(shipped.server.listen, "tcp:11112")
         self.assertEqual(shipped.server.max_pdu_length, 16384)
         self.assertEqual(shipped.index.redis, "embedded")
@@ -69,6 +74,9 @@ class SettingsTests(SynchronousTestCase):
             "[index]\nlock = global\n": "[index] lock",
             "[server]\nport = 104\n": "[server] port: unknown key",
             "[serverr]\nae_title = X\n": "[serverr]: unknown section",
+            "[query]\nenabled = perhaps\n": "[query] enabled",
+            "[query]\nallowed_calling_ae_titles = WS1, @10.0.0.1\n":
+                "[query] allowed_calling_ae_titles",
             "[server\n": "bad.ini",
         }
         for text, expected in cases.items():
@@ -76,6 +84,40 @@ class SettingsTests(SynchronousTestCase):
                 parse_settings(text, "bad.ini")
             self.assertIn(expected, str(ctx.exception), text)
             self.assertIn("bad.ini", str(ctx.exception))
+
+    def test_relative_paths_from_the_file(self) -> None:
+        """Relative paths in a file are taken from the file's folder, not the
+        working directory; absolute ones and a bare program name stay."""
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(folder, "etc"))
+        path = os.path.join(folder, "etc", "x.ini")
+        with open(path, "w") as handle:
+            handle.write("[server]\ndata_dir = ../data\n[storage]\nroot = /srv/store\n"
+                         "[logging]\nfile = log/sdcc.log\n[index]\nredis_server = redis-server\n")
+        settings = load_settings(path)
+        self.assertEqual(settings.server.data_dir, os.path.join(folder, "data"))
+        self.assertEqual(settings.storage_root, "/srv/store")
+        self.assertEqual(settings.logging.file, os.path.join(folder, "etc", "log", "sdcc.log"))
+        self.assertEqual(settings.index.redis_server, "redis-server")
+        with open(path, "w") as handle:
+            handle.write("[index]\nredis_server = bin/redis-server\n")
+        settings = load_settings(path)
+        self.assertEqual(settings.server.data_dir, os.path.join(folder, "etc", "var", "sdcc"))
+        self.assertEqual(settings.storage_root,
+                         os.path.join(folder, "etc", "var", "sdcc", "store"))
+        self.assertEqual(settings.index.redis_server,
+                         os.path.join(folder, "etc", "bin", "redis-server"))
+
+    def test_query_section(self) -> None:
+        """[query] turns Q/R off or limits it to an allow-list (AE or
+        AE@address); by default any admitted AE may query and retrieve."""
+        defaults = parse_settings("", "x.ini").query
+        self.assertEqual((defaults.enabled, defaults.allowed_calling_ae_titles), (True, None))
+        settings = parse_settings("[query]\nenabled = no\n"
+                                  "allowed_calling_ae_titles = WS1, WS2@10.0.0.2\n", "x.ini")
+        self.assertFalse(settings.query.enabled)
+        self.assertEqual(settings.query.allowed_calling_ae_titles,
+                         frozenset({"WS1", "WS2@10.0.0.2"}))
 
     def test_missing_file(self) -> None:
         """A missing file names the path and the reason."""
@@ -101,7 +143,8 @@ class TapTests(SynchronousTestCase):
         self.assertEqual(makers["sdcc"].module, "sdcc_twisted.tap")
 
     def test_config_option(self) -> None:
-        """--config and -c load the file; a bad file is a UsageError naming the key."""
+        """--config and -c load the file; a bad file ends the process with one
+        line naming the key (SystemExit, not a UsageError after the usage text)."""
         good = self.write("[server]\nae_title = ARCHIVE\n")
         for flag in ("--config", "-c"):
             options = tap.Options()
@@ -109,9 +152,10 @@ class TapTests(SynchronousTestCase):
             self.assertEqual(options["settings"].server.ae_title, "ARCHIVE")
         bad = self.write("[server]\nmax_pdu_length = 0\n")
         options = tap.Options()
-        with self.assertRaises(usage.UsageError) as ctx:
+        with self.assertRaises(SystemExit) as ctx:
             options.parseOptions(["--config", bad])
         self.assertIn("[server] max_pdu_length", str(ctx.exception))
+        self.assertEqual(len(str(ctx.exception).splitlines()), 1)
 
     def test_build_service_listens_on_endpoint(self) -> None:
         """build_service returns a MultiService that an application can mount;
@@ -131,7 +175,7 @@ class TapTests(SynchronousTestCase):
         try:
             port, factory, _, interface = reactor.tcpServers[0]
             self.assertEqual((port, interface), (11999, "127.0.0.1"))
-            self.assertIs(factory, top.factory)
+            self.assertIs(factory, top.getServiceNamed("sdcc").factory)
             self.assertTrue(os.path.isdir(os.path.join(data_dir, "store")))
         finally:
             top.stopService()
@@ -188,11 +232,12 @@ class ListenerServiceTests(TestCase):
         probe.bind(("127.0.0.1", number))
 
     def test_port_in_use_raises_at_start(self) -> None:
-        """A port that is taken makes privilegedStartService raise
-        CannotListenError (twistd then exits naming it), not only log it."""
+        """A port that is taken makes privilegedStartService raise a
+        ConfigError naming the listener and the reason (twistd then exits
+        with that one line), not only log it."""
         import socket
 
-        from twisted.internet import endpoints, error, protocol, reactor
+        from twisted.internet import endpoints, protocol, reactor
 
         from sdcc_twisted.service import ListenerService
 
@@ -203,5 +248,7 @@ class ListenerServiceTests(TestCase):
         listener = ListenerService(
             endpoints.TCP4ServerEndpoint(reactor, busy.getsockname()[1],
                                          interface="127.0.0.1"),
-            protocol.Factory.forProtocol(protocol.Protocol))
-        self.assertRaises(error.CannotListenError, listener.privilegedStartService)
+            protocol.Factory.forProtocol(protocol.Protocol), "[server] listen = busy")
+        exc = self.assertRaises(ConfigError, listener.privilegedStartService)
+        self.assertIn("[server] listen = busy: cannot listen:", str(exc))
+        self.assertIn("Address already in use", str(exc))

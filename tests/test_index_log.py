@@ -38,7 +38,18 @@ class IndexLogTests(TestCase):
         self.assertEqual([r.sop_instance_uid for _, r in journal.entries()],
                          ["1.2.3.1", "1.2.3.2"])
         self.assertEqual(sorted(n for n in os.listdir(directory) if n.startswith("index.wal")),
+                         [])
+        wal.append(make_record(sop="1.2.3.3"), wal.reserve())
+        self.assertEqual(sorted(n for n in os.listdir(directory) if n.startswith("index.wal")),
                          ["index.wal.2"])
+
+    def test_no_segment_before_the_first_record(self) -> None:
+        """Opening the log creates no file: a server that stops before it
+        stores anything (a start-up error) leaves no empty index.wal.N."""
+        directory = self.mktemp()
+        wal = IndexLog.in_data_dir(directory, fsync=True)
+        wal.close()
+        self.assertEqual(os.listdir(directory), [])
 
     def test_segments_rotate_and_retire(self) -> None:
         """Under constant load the log never needs a quiet moment: it moves

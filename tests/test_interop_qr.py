@@ -20,6 +20,7 @@ STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 CT = "1.2.840.10008.5.1.4.1.1.2"
+VERIFICATION = "1.2.840.10008.1.1"
 
 
 def write_study(directory: str, patient: str, name: str, study: str, series_count: int,
@@ -64,13 +65,15 @@ def write_study(directory: str, patient: str, name: str, study: str, series_coun
 class StoreSCP:
     """DCMTK storescp as a move destination, on a free port."""
 
-    def __init__(self, testcase: TestCase, ae_title: str = "DEST") -> None:
+    def __init__(self, testcase: TestCase, ae_title: str = "DEST",
+                 accept_all: bool = True) -> None:
         self.path = require_tool(testcase, "storescp")
         self.port = free_port()
         self.directory = os.path.abspath(testcase.mktemp())
         os.makedirs(self.directory)
+        accept = ["+xa"] if accept_all else []
         self.process = subprocess.Popen(
-            [self.path, "-aet", ae_title, "-od", self.directory, "+xa", str(self.port)],
+            [self.path, "-aet", ae_title, "-od", self.directory, *accept, str(self.port)],
             env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         testcase.addCleanup(self.stop)
         deadline = time.monotonic() + 10
@@ -165,6 +168,68 @@ class QueryRetrieveTests(TestCase):
                                   "PatientID=NOBODY")
         self.assertEqual(none, [])
 
+    async def test_findscu_computed_keys(self) -> None:
+        """findscu gets Number of Patient/Study/Series Related ... and
+        Modalities in Study filled from the index (PS3.4 C.3), and
+        ModalitiesInStudy=CT as a matching key leaves the MR study out;
+        pynetdicom matches on a count."""
+        server, studies = await self.populated()
+        ct_study, mr_study = sorted(studies)
+        patients = await self.findscu(
+            server, "-P", "QueryRetrieveLevel=PATIENT", "PatientID",
+            "NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries",
+            "NumberOfPatientRelatedInstances")
+        self.assertEqual(sorted((str(r.PatientID), int(r.NumberOfPatientRelatedStudies),
+                                 int(r.NumberOfPatientRelatedSeries),
+                                 int(r.NumberOfPatientRelatedInstances)) for r in patients),
+                         [("P1", 1, 2, 6), ("P2", 1, 1, 2)])
+        every = await self.findscu(server, "-S", "QueryRetrieveLevel=STUDY", "StudyInstanceUID",
+                                   "ModalitiesInStudy", "NumberOfStudyRelatedSeries",
+                                   "NumberOfStudyRelatedInstances",
+                                   "NumberOfPatientRelatedStudies")
+        self.assertEqual(sorted((r.StudyInstanceUID, r.ModalitiesInStudy,
+                                 int(r.NumberOfStudyRelatedSeries),
+                                 int(r.NumberOfStudyRelatedInstances),
+                                 int(r.NumberOfPatientRelatedStudies)) for r in every),
+                         [(ct_study, "CT", 2, 6, 1), (mr_study, "MR", 1, 2, 1)])
+        ct_only = await self.findscu(server, "-S", "QueryRetrieveLevel=STUDY",
+                                     "StudyInstanceUID", "ModalitiesInStudy=CT")
+        self.assertEqual([(r.StudyInstanceUID, r.ModalitiesInStudy) for r in ct_only],
+                         [(ct_study, "CT")])
+        series = await self.findscu(server, "-S", "QueryRetrieveLevel=SERIES",
+                                    f"StudyInstanceUID={ct_study}", "SeriesInstanceUID",
+                                    "NumberOfSeriesRelatedInstances")
+        self.assertEqual([int(r.NumberOfSeriesRelatedInstances) for r in series], [3, 3])
+        by_count = await in_thread(_find_studies, server.port,
+                                   NumberOfStudyRelatedInstances="2", ModalitiesInStudy="")
+        self.assertEqual(by_count, [(mr_study, "MR")])
+
+    async def test_query_allow_list(self) -> None:
+        """[query] allowed_calling_ae_titles: findscu as an allowed AE finds;
+        findscu as another AE gets no Q/R context (result 1, user rejection)
+        while its Verification context is accepted, and storing (LOADER, not
+        on the list) still works."""
+        server, studies = await self.populated(
+            query={"allowed_calling_ae_titles": "FINDER"})
+        found = await self.findscu(server, "-S", "QueryRetrieveLevel=STUDY",
+                                   "StudyInstanceUID")
+        self.assertEqual(sorted(r.StudyInstanceUID for r in found), sorted(studies))
+        out, code = await dcmtk(self, "findscu", "-S", "-aet", "OTHER", "-aec", "SDCC",
+                                "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID",
+                                "127.0.0.1", str(server.port))
+        self.assertNotEqual(code, 0, out)
+        self.assertIn("No Acceptable Presentation Contexts", out)
+        answers = await in_thread(_context_results, server.port, "OTHER")
+        self.assertEqual(answers, {STUDY_ROOT_FIND: 1, VERIFICATION: 0})
+
+    async def test_query_disabled(self) -> None:
+        """[query] enabled = no: Q/R contexts are answered 3 (abstract syntax
+        not supported) even for an AE that would be allowed; storing works."""
+        server, studies = await self.populated(
+            query={"enabled": "no", "allowed_calling_ae_titles": "FINDER"})
+        answers = await in_thread(_context_results, server.port, "FINDER")
+        self.assertEqual(answers, {STUDY_ROOT_FIND: 3, VERIFICATION: 0})
+
     async def test_movescu_to_storescp(self) -> None:
         """movescu moves a study to DCMTK storescp; every instance arrives
         with its data set bit for bit."""
@@ -199,6 +264,107 @@ class QueryRetrieveTests(TestCase):
         expected = sorted(data_set_bytes(p) for p in studies["1.2.826.0.1.3680043.8.498.1"]
                           if ".498.1.1" in _series_of(p))
         self.assertEqual(sorted(data_set_bytes(p) for p in got), expected)
+
+    async def mixed_study(self, **sections: dict[str, Any]) -> tuple[Any, str, dict[str, Any]]:
+        """A server holding one study in each of the nine transfer syntaxes
+        (stored with dcmsend, which proposes each file's own syntax), and a
+        capture of the sdcc.qr log events."""
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        from . import corpus
+
+        server = await start_server(self, **sections)
+        source = os.path.abspath(self.mktemp())
+        os.makedirs(source)
+        study = corpus.new_uid()
+        samples = corpus.transfer_syntax_corpus(source, study=study, patient_id="MIXED")
+        out, code = await dcmtk(self, "dcmsend", "-aet", "LOADER", "-aec", "SDCC", "+sd",
+                                "127.0.0.1", str(server.port), source)
+        self.assertEqual(code, 0, out)
+        self.qr_log: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_namespace") == "sdcc.qr":
+                self.qr_log.append(formatEvent(event))
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        return server, study, samples
+
+    def assert_failures_logged(self, operation: str, samples: dict[str, Any],
+                               compressed: set[str]) -> None:
+        """One log line per failed sub-operation: its SOP Instance UID and
+        the transfer syntax nobody accepted."""
+        from sdcc_twisted.core.conformance import TRANSFER_SYNTAXES
+
+        failed = [line for line in self.qr_log if "sub-operation for" in line]
+        self.assertEqual(len(failed), len(compressed), self.qr_log)
+        for syntax in compressed:
+            uid = samples[syntax].sop_instance_uid
+            [line] = [line for line in failed if uid in line]
+            self.assertIn(f"C-{operation} from", line)
+            self.assertIn(f"accepted no context for", line)
+            self.assertIn(TRANSFER_SYNTAXES[syntax], line)
+
+    async def test_getscu_failures_are_explained(self) -> None:
+        """getscu with its defaults (uncompressed syntaxes only) on a study
+        with compressed instances: each failed sub-operation is logged with
+        its SOP Instance UID and reason, the final C-GET-RSP (B000) carries an
+        Error Comment naming the cause, and the Failed SOP Instance UID List
+        goes out as its identifier (PS3.4 C.4.3.1.3.2), which getscu 3.6.7
+        does not read; with a preferred syntax matching every instance,
+        nothing fails and getscu releases cleanly."""
+        from sdcc_twisted.core import conformance as c
+
+        server, study, samples = await self.mixed_study()
+        uncompressed = {c.IMPLICIT_VR_LITTLE_ENDIAN, c.EXPLICIT_VR_LITTLE_ENDIAN,
+                        c.EXPLICIT_VR_BIG_ENDIAN}
+        compressed = set(samples) - uncompressed
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        out, code = await dcmtk(self, "getscu", "-d", "-S", "-aet", "GETTER", "-aec", "SDCC",
+                                "-od", directory, "-k", "QueryRetrieveLevel=STUDY",
+                                "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(server.port))
+        self.assertIn("Completed Suboperations       : 3", out)
+        self.assertIn("Failed Suboperations          : 6", out)
+        self.assertIn("ErrorComment", out)
+        self.assertIn("6 of 9 failed: no context for 1.2.840.10008.1.2.", out)
+        self.assertEqual(len(os.listdir(directory)), 3)
+        self.assert_failures_logged("GET", samples, compressed)
+
+        series = samples[c.EXPLICIT_VR_LITTLE_ENDIAN].series_uid
+        out, code = await dcmtk(self, "getscu", "-v", "-S", "-aet", "GETTER", "-aec", "SDCC",
+                                "-od", directory, "-k", "QueryRetrieveLevel=SERIES",
+                                "-k", f"StudyInstanceUID={study}",
+                                "-k", f"SeriesInstanceUID={series}",
+                                "127.0.0.1", str(server.port))
+        self.assertEqual(code, 0, out)
+        self.assertIn("Number of Failed Suboperations    : 0", out)
+        self.assertIn("Releasing Association", out)
+        self.assertNotIn("Release Failed", out)
+        self.assertNotIn("Aborting", out)
+
+    async def test_movescu_failures_are_explained(self) -> None:
+        """movescu to a storescp that accepts only uncompressed syntaxes: each
+        failed sub-operation is logged with its UID and reason, movescu gets
+        B000 with an Error Comment and the Failed SOP Instance UID List, and
+        ends with a clean release."""
+        from sdcc_twisted.core import conformance as c
+
+        dest = StoreSCP(self, accept_all=False)
+        server, study, samples = await self.mixed_study(
+            move_destinations={"DEST": f"127.0.0.1:{dest.port}"})
+        out, code = await dcmtk(self, "movescu", "-d", "-S", "-aet", "MOVER", "-aec", "SDCC",
+                                "-aem", "DEST", "-k", "QueryRetrieveLevel=STUDY",
+                                "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(server.port))
+        self.assertIn("6 of 9 failed: no context for 1.2.840.10008.1.2.", out)
+        self.assertIn("FailedSOPInstanceUIDList", out)
+        self.assertIn("Releasing Association", out)
+        self.assertNotIn("Release Failed", out)
+        self.assertNotIn("Aborting", out)
+        self.assertEqual(len(dest.files()), 3)
+        uncompressed = {c.IMPLICIT_VR_LITTLE_ENDIAN, c.EXPLICIT_VR_LITTLE_ENDIAN,
+                        c.EXPLICIT_VR_BIG_ENDIAN}
+        self.assert_failures_logged("MOVE", samples, set(samples) - uncompressed)
 
     async def test_pynetdicom_find_move_get(self) -> None:
         """pynetdicom as SCU: C-FIND matches, C-MOVE to an unknown destination
@@ -266,6 +432,46 @@ def _qr_ae(*contexts: str) -> Any:
         ae.add_requested_context(uid)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     return ae
+
+
+def _find_studies(port: int, **keys: str) -> list[tuple[str, str]]:
+    """A Study Root STUDY-level C-FIND with pynetdicom; the matches'
+    (StudyInstanceUID, ModalitiesInStudy)."""
+    from pydicom.dataset import Dataset
+
+    ae = _qr_ae(STUDY_ROOT_FIND)
+    assoc = ae.associate("127.0.0.1", port, ae_title="SDCC")
+    assert assoc.is_established
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ""
+        for keyword, value in keys.items():
+            setattr(query, keyword, value)
+        return sorted((str(i.StudyInstanceUID), str(i.get("ModalitiesInStudy", "")))
+                      for s, i in assoc.send_c_find(query, STUDY_ROOT_FIND)
+                      if s and s.Status in (0xFF00, 0xFF01))
+    finally:
+        assoc.release()
+
+
+def _context_results(port: int, calling: str) -> dict[str, int]:
+    """Associate as ``calling`` proposing Study Root FIND and Verification;
+    the result the A-ASSOCIATE-AC gave each (0 accepted)."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(STUDY_ROOT_FIND)
+    ae.add_requested_context(VERIFICATION)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    assoc = ae.associate("127.0.0.1", port, ae_title="SDCC")
+    assert assoc.is_established
+    try:
+        answers = {cx.abstract_syntax: 0 for cx in assoc.accepted_contexts}
+        answers.update({cx.abstract_syntax: cx.result for cx in assoc.rejected_contexts})
+        return answers
+    finally:
+        assoc.release()
 
 
 def _pynetdicom_qr(port: int, study: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from sdcc_twisted.core import conformance as c
 
 from . import corpus
 from .redis_support import start_redis
+from .support import CT
 from .server_support import (
     REPO,
     TwistdServer,
@@ -195,6 +196,42 @@ class StorescuStoreTests(TestCase):
             check_stored(self, server.root, client, sample, "ALLCLASSES")
         self.assertEqual(len(instance_keys(client)), len(samples))
         self.assertEqual(len(dcm_files(server.root)), len(samples))
+
+    async def test_readme_examples(self) -> None:
+        """The README's dcmsend line, run as written (only port and folder
+        replaced), stores every file of a folder mixing all nine transfer
+        syntaxes in nested folders, each in its own syntax; its storescu line
+        stores a folder of uncompressed files."""
+        with open(os.path.join(REPO, "README.md"), encoding="utf-8") as handle:
+            lines = {line.split()[0]: line.split() for line in handle
+                     if line.startswith(("dcmsend ", "storescu "))}
+        dcmsend, storescu = lines["dcmsend"], lines["storescu"]
+        server = await start_server(self)
+        folder = os.path.abspath(self.mktemp())
+        samples = list(corpus.transfer_syntax_corpus(os.path.join(folder, "nested")).values())
+        samples.append(corpus.write_small(os.path.join(folder, "top.dcm"), CT))
+
+        def as_written(argv: list[str], path: str) -> list[str]:
+            swapped = {"11112": str(server.port), "/path/to/images/": path,
+                       "/path/to/uncompressed/": path}
+            return [swapped.get(arg, arg) for arg in argv[1:]]
+        out, code = await dcmtk(self, "dcmsend", *as_written(dcmsend, folder))
+        self.assertEqual(code, 0, out)
+        uncompressed = {c.IMPLICIT_VR_LITTLE_ENDIAN, c.EXPLICIT_VR_LITTLE_ENDIAN,
+                        c.EXPLICIT_VR_BIG_ENDIAN}
+        client = server.redis.client()
+        for sample in samples:
+            if sample.transfer_syntax in uncompressed:   # dcmsend may convert these
+                self.assertTrue(os.path.isfile(expected_path(server.root, sample)))
+            else:
+                check_stored(self, server.root, client, sample, "CT1")
+        plain = os.path.abspath(self.mktemp())
+        more = [corpus.write_small(os.path.join(plain, "x", f"{n}.dcm"), CT) for n in range(3)]
+        out, code = await dcmtk(self, "storescu", *as_written(storescu, plain))
+        self.assertEqual(code, 0, out)
+        for sample in more:
+            check_stored(self, server.root, client, sample, "CT1")
+        self.assertEqual(len(instance_keys(client)), len(samples) + len(more))
 
     async def test_every_transfer_syntax_with_real_pixel_data(self) -> None:
         """For each of the nine transfer syntaxes, storescu sends an object with

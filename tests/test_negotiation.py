@@ -46,6 +46,38 @@ class ContextTests(SynchronousTestCase):
         self.assertEqual(answers, {1: 3, 3: 0})
         self.assertEqual(set(result.contexts), {3})
 
+    def test_query_retrieve_allow_list(self) -> None:
+        """With a Q/R allow-list, an AE not on it gets its Q/R contexts
+        answered 1 (user rejection) and keeps Verification and Storage; an
+        AE on it (by title, or as AE@address from that address) gets all."""
+        contexts = ((1, c.VERIFICATION_SOP_CLASS, (c.IMPLICIT_VR_LITTLE_ENDIAN,)),
+                    (3, CT, (c.IMPLICIT_VR_LITTLE_ENDIAN,)),
+                    (5, c.STUDY_ROOT_FIND, (c.IMPLICIT_VR_LITTLE_ENDIAN,)),
+                    (7, c.PATIENT_ROOT_GET, (c.IMPLICIT_VR_LITTLE_ENDIAN,)))
+        policy = AcceptorPolicy(allowed_query_aes=frozenset({"WS1", "WS2@10.0.0.2"}))
+        for calling, address, expected in (
+                ("WS1", "10.9.9.9", {1: 0, 3: 0, 5: 0, 7: 0}),
+                ("WS2", "10.0.0.2", {1: 0, 3: 0, 5: 0, 7: 0}),
+                ("WS2", "10.0.0.3", {1: 0, 3: 0, 5: 1, 7: 1}),
+                ("CT1", "10.0.0.2", {1: 0, 3: 0, 5: 1, 7: 1})):
+            result = negotiate(associate_rq(calling=calling, contexts=contexts), policy,
+                               address)
+            assert isinstance(result, Accepted)
+            answers = {pc.context_id: pc.result for pc in result.ac.presentation_contexts}
+            self.assertEqual(answers, expected, (calling, address))
+            self.assertEqual(set(result.contexts), {k for k, v in expected.items() if v == 0})
+
+    def test_query_retrieve_disabled(self) -> None:
+        """With Q/R turned off, every Q/R context is answered 3 (abstract
+        syntax not supported), whoever asks; Storage still gets 0."""
+        contexts = ((1, c.STUDY_ROOT_MOVE, (c.IMPLICIT_VR_LITTLE_ENDIAN,)),
+                    (3, CT, (c.IMPLICIT_VR_LITTLE_ENDIAN,)))
+        policy = AcceptorPolicy(query_retrieve=False, allowed_query_aes=frozenset({"WS1"}))
+        result = negotiate(associate_rq(calling="WS1", contexts=contexts), policy)
+        assert isinstance(result, Accepted)
+        answers = {pc.context_id: pc.result for pc in result.ac.presentation_contexts}
+        self.assertEqual(answers, {1: 3, 3: 0})
+
     def test_unknown_transfer_syntax_gets_4(self) -> None:
         """A known SOP class with only unsupported transfer syntaxes gets 4."""
         deflate = "1.2.840.10008.1.2.1.99"

@@ -252,9 +252,13 @@ STUDY_ROWS: list[Row] = [
     ("ReferringPhysicianName", "jones*", "JONES^BOB", True, "PN ignores case"),
     ("ReferringPhysicianName", "Jones^Bob", "Smith^Bob", False, "PN different"),
     # keys the index does not hold
-    ("ModalitiesInStudy", "CT", None, True, "not indexed: return key only"),
+    ("ModalitiesInStudy", "CT", "CT\\MR", True, "computed: any modality of the study"),
+    ("ModalitiesInStudy", "CT", "MR", False, "computed: a CT filter leaves MR out"),
+    ("ModalitiesInStudy", "CT\\PT", "MR\\PT", True, "computed: any key value"),
     ("StudyComments", "x", None, True, "not indexed: return key only"),
-    ("NumberOfStudyRelatedInstances", "3", None, True, "not indexed"),
+    ("NumberOfStudyRelatedInstances", "3", "3", True, "computed count"),
+    ("NumberOfStudyRelatedInstances", "3", "03", True, "computed count, IS by value"),
+    ("NumberOfStudyRelatedInstances", "3", "4", False, "computed count differs"),
     ("Modality", "CT", None, True, "series key ignored at study level"),
 ]
 

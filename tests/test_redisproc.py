@@ -132,6 +132,28 @@ class EmbeddedRedisTests(unittest.TestCase):
         await again.ready
         self.assertEqual(self.client(again).get("k"), "v")
 
+    async def test_its_own_lines_are_debug(self) -> None:
+        """Everything redis-server prints on a start and a stop (also its
+        '#'-marked lines) is logged at debug, none above it; our own start
+        line stays at info."""
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        from sdcc_twisted import logs
+
+        logs.set_level("debug")
+        self.addCleanup(logs.set_level, "info")
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        svc = self.service()
+        await svc.ready
+        await svc.stopService()
+        own = [e for e in events if e.get("log_format", "").startswith("redis-server: ")]
+        self.assertTrue(any(" # " in e["line"] for e in own), own)
+        self.assertEqual({e["log_level"] for e in own}, {LogLevel.debug})
+        ready = [e for e in events if "ready at" in e.get("log_format", "")]
+        self.assertEqual([e["log_level"] for e in ready], [LogLevel.info])
+
     async def test_append_fsync_follows_storage_fsync(self) -> None:
         """The append-only file is fsynced every second by default, and left
         to the kernel's write-back when [storage] fsync is off (fsync=False),

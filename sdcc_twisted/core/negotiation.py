@@ -20,6 +20,8 @@ from sdcc_twisted.core.conformance import (
     PC_ABSTRACT_SYNTAX_NOT_SUPPORTED,
     PC_ACCEPTANCE,
     PC_TRANSFER_SYNTAXES_NOT_SUPPORTED,
+    PC_USER_REJECTION,
+    QUERY_RETRIEVE_SOP_CLASSES,
     REJECT_APPLICATION_CONTEXT,
     REJECT_CALLED_AE,
     REJECT_CALLING_AE,
@@ -52,6 +54,11 @@ class AcceptorPolicy:
             an entry ``AE@address`` admits that AE only from that peer address.
         max_pdu_length: the Maximum Length we propose (PS3.8 D.1); never 0.
         contexts: abstract syntax -> accepted transfer syntaxes, in our order.
+        query_retrieve: offer the Query/Retrieve SOP classes at all; when
+            False their contexts are answered 3 (abstract syntax not supported).
+        allowed_query_aes: if not None, only these calling AEs (``AE`` or
+            ``AE@address``) get Query/Retrieve contexts; the others' are
+            answered 1 (user rejection), their other contexts stand.
     """
 
     ae_title: str = "SDCC"
@@ -60,6 +67,8 @@ class AcceptorPolicy:
     max_pdu_length: int = DEFAULT_MAX_PDU_LENGTH
     contexts: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: SUPPORTED_CONTEXTS)
+    query_retrieve: bool = True
+    allowed_query_aes: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         if self.max_pdu_length <= 0:
@@ -67,12 +76,25 @@ class AcceptorPolicy:
 
     def calling_ae_allowed(self, calling_ae: str, peer_address: str | None) -> bool:
         """Whether the allow-list admits ``calling_ae`` from ``peer_address``."""
-        if self.allowed_calling_aes is None:
-            return True
-        if calling_ae in self.allowed_calling_aes:
-            return True
-        return (peer_address is not None
-                and f"{calling_ae}@{peer_address}" in self.allowed_calling_aes)
+        return _admits(self.allowed_calling_aes, calling_ae, peer_address)
+
+    def query_refusal(self, calling_ae: str, peer_address: str | None) -> int | None:
+        """The presentation context result for this AE's Query/Retrieve
+        contexts (PS3.8 9.3.3.2), or None when it may query and retrieve."""
+        if not self.query_retrieve:
+            return PC_ABSTRACT_SYNTAX_NOT_SUPPORTED
+        if not _admits(self.allowed_query_aes, calling_ae, peer_address):
+            return PC_USER_REJECTION
+        return None
+
+
+def _admits(allow_list: frozenset[str] | None, calling_ae: str,
+            peer_address: str | None) -> bool:
+    """Whether ``allow_list`` (None: anyone) holds ``calling_ae`` or
+    ``calling_ae@peer_address``."""
+    if allow_list is None or calling_ae in allow_list:
+        return True
+    return peer_address is not None and f"{calling_ae}@{peer_address}" in allow_list
 
 
 @dataclass(frozen=True)
@@ -128,8 +150,9 @@ def negotiate(rq: AAssociateRQ, policy: AcceptorPolicy,
     """Decide an A-ASSOCIATE-RQ (PS3.8 7.1.1, 9.3.3; PS3.7 D.3.3).
 
     Order: application context (1/1/2), calling AE (1/1/3), called AE (1/1/7);
-    then one answer per presentation context: 0 accepted, 3 abstract syntax
-    not supported, 4 no transfer syntax supported.
+    then one answer per presentation context: 0 accepted, 1 user rejection
+    (Query/Retrieve for an AE not on its allow-list), 3 abstract syntax not
+    supported, 4 no transfer syntax supported.
     """
     if rq.application_context != APPLICATION_CONTEXT_NAME:
         return Rejected(REJECT_APPLICATION_CONTEXT)
@@ -140,18 +163,21 @@ def negotiate(rq: AAssociateRQ, policy: AcceptorPolicy,
 
     answers: list[PresentationContextAC] = []
     accepted: dict[int, AcceptedContext] = {}
+    query_refusal = policy.query_refusal(rq.calling_ae, peer_address)
     for pc in rq.presentation_contexts:
-        supported = policy.contexts.get(pc.abstract_syntax)
-        if supported is None:
-            answers.append(PresentationContextAC(
-                pc.context_id, PC_ABSTRACT_SYNTAX_NOT_SUPPORTED,
-                pc.transfer_syntaxes[0] if pc.transfer_syntaxes else ""))
-            continue
+        supported = policy.contexts.get(pc.abstract_syntax, ())
         chosen = next((ts for ts in pc.transfer_syntaxes if ts in supported), None)
-        if chosen is None:
+        if not supported:
+            result = PC_ABSTRACT_SYNTAX_NOT_SUPPORTED
+        elif pc.abstract_syntax in QUERY_RETRIEVE_SOP_CLASSES and query_refusal is not None:
+            result = query_refusal
+        elif chosen is None:
+            result = PC_TRANSFER_SYNTAXES_NOT_SUPPORTED
+        else:
+            result = PC_ACCEPTANCE
+        if chosen is None or result != PC_ACCEPTANCE:
             answers.append(PresentationContextAC(
-                pc.context_id, PC_TRANSFER_SYNTAXES_NOT_SUPPORTED,
-                pc.transfer_syntaxes[0] if pc.transfer_syntaxes else ""))
+                pc.context_id, result, pc.transfer_syntaxes[0] if pc.transfer_syntaxes else ""))
             continue
         answers.append(PresentationContextAC(pc.context_id, PC_ACCEPTANCE, chosen))
         accepted[pc.context_id] = AcceptedContext(

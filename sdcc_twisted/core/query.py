@@ -60,7 +60,13 @@ keys.  PS3.4 C.2.2.1.2 says an SCP shall consider a Required Key of zero
 length as unknown and matching; pass ``match_unknown=True`` to
 :func:`matches` for that (never for the Unique Keys).
 
-Keys the index does not hold for a level are return keys only: they never
+Counts of related entities and Modalities in Study (:data:`COMPUTED_KEYS`,
+PS3.4 C.3 optional keys) are computed by the caller from the index's
+relation sets and then matched like the keys the index holds: IS counts by
+value ("3" matches "03"), Modalities in Study when any of its values
+matches ("CT" matches a study with CT and MR series).
+
+Other keys the index does not hold for a level are return keys only: they never
 restrict the matches, and come back zero-length unless the caller supplies
 them (``extra``).  Keys of levels below the query level are tolerated: not
 matched, returned with what ``attributes`` holds (normally zero-length).
@@ -113,7 +119,10 @@ from sdcc_twisted.core.errors import DatasetError
 from sdcc_twisted.core.records import INDEX_ATTRIBUTES
 
 __all__ = [
+    "COMPUTED_KEYS",
+    "COUNT_KEYS",
     "LEVELS",
+    "MODALITIES_IN_STUDY",
     "PATIENT_ROOT",
     "STUDY_ROOT",
     "UNIQUE_KEYS",
@@ -171,6 +180,28 @@ _INDEXED: Final[dict[str, frozenset[str]]] = {
     | {UNIQUE_KEYS[level]}
     for level in LEVELS
 }
+#: Keys counted from the index's relation sets (PS3.4 C.3.2-C.3.4 optional
+#: keys, C.6.1.1 and C.6.2.1): keyword -> (its level, the level counted).
+COUNT_KEYS: Final[dict[str, tuple[str, str]]] = {
+    "NumberOfPatientRelatedStudies": ("PATIENT", "STUDY"),
+    "NumberOfPatientRelatedSeries": ("PATIENT", "SERIES"),
+    "NumberOfPatientRelatedInstances": ("PATIENT", "IMAGE"),
+    "NumberOfStudyRelatedSeries": ("STUDY", "SERIES"),
+    "NumberOfStudyRelatedInstances": ("STUDY", "IMAGE"),
+    "NumberOfSeriesRelatedInstances": ("SERIES", "IMAGE"),
+}
+#: Modalities in Study (0008,0061): the distinct Modality of the study's series.
+MODALITIES_IN_STUDY: Final = "ModalitiesInStudy"
+#: level -> the keys computed for an entity of that level (not in its hash).
+COMPUTED_KEYS: Final[dict[str, frozenset[str]]] = {
+    level: frozenset(k for k, (where, _) in COUNT_KEYS.items() if where == level)
+    | ({MODALITIES_IN_STUDY} if level == "STUDY" else frozenset())
+    for level in LEVELS
+}
+#: level -> the keys matched at that level: held in the index or computed.
+_MATCHED: Final[dict[str, frozenset[str]]] = {
+    level: _INDEXED[level] | COMPUTED_KEYS[level] for level in LEVELS
+}
 _ALL_INDEXED: Final = frozenset().union(*_INDEXED.values())
 _UNIQUE_KEYWORDS: Final = frozenset(UNIQUE_KEYS.values())
 
@@ -223,9 +254,16 @@ class Query:
         return LEVELS[:LEVELS.index(self.level) + 1]
 
     def level_keys(self, level: str) -> dict[str, str]:
-        """The keys of :attr:`keys` that the index holds at ``level``."""
-        names = _INDEXED[_check_level(level)]
+        """The keys of :attr:`keys` matched at ``level``: those the index
+        holds there, and those computed for it (:data:`COMPUTED_KEYS`)."""
+        names = _MATCHED[_check_level(level)]
         return {k: v for k, v in self.keys.items() if k in names}
+
+    def computed_keys(self, level: str) -> frozenset[str]:
+        """The keys of :data:`COMPUTED_KEYS` at ``level`` that the query holds
+        (as return or matching keys): the caller computes these for each
+        entity of ``level`` before :func:`matches`."""
+        return COMPUTED_KEYS[_check_level(level)] & self.keys.keys()
 
     def unique_values(self, level: str) -> list[str] | None:
         """The values of ``level``'s Unique Key, or None to search all.

@@ -29,6 +29,8 @@ from sdcc_twisted.core.conformance import (
     STATUS_SUBOPS_WARNING,
     STATUS_SUCCESS,
     STATUS_UNABLE_TO_PROCESS,
+    TRANSFER_SYNTAXES,
+    sop_class_name,
 )
 from sdcc_twisted.core.dimse import (
     MOVE_DESTINATION,
@@ -40,7 +42,16 @@ from sdcc_twisted.core.dimse import (
 )
 from sdcc_twisted.storage.index import IndexUnavailable
 from sdcc_twisted.logs import get_logger
-from sdcc_twisted.core.query import LEVELS, Query, QueryError, parse_identifier, response_identifier, retrieve_keys
+from sdcc_twisted.core.query import (
+    COUNT_KEYS,
+    LEVELS,
+    MODALITIES_IN_STUDY,
+    Query,
+    QueryError,
+    parse_identifier,
+    response_identifier,
+    retrieve_keys,
+)
 from sdcc_twisted.services.channel import Channel, Outcome, Request, SubAssociationError
 from sdcc_twisted.services.scp import describe_missing
 
@@ -49,6 +60,27 @@ log = get_logger("sdcc.qr")
 #: The largest identifier data set we buffer.
 MAX_IDENTIFIER_LENGTH = 1 << 20
 
+
+
+class SubOperationRefused(Exception):
+    """A C-STORE sub-operation that could not even start: the reason for the
+    log, and a short one for the final response's Error Comment."""
+
+    def __init__(self, reason: str, short: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.short = short
+
+
+def no_context(attributes: dict[str, str], whose: str) -> SubOperationRefused:
+    """A sub-operation without a presentation context for the instance's
+    class in its stored syntax (PS3.4 C.4.3.3: a Failure when the SCU offered
+    no appropriate context; instances are sent as stored)."""
+    syntax = attributes.get("transfer_syntax", "")
+    return SubOperationRefused(
+        f"{whose} accepted no context for {sop_class_name(attributes.get('sop_class_uid', ''))}"
+        f" in {TRANSFER_SYNTAXES.get(syntax, syntax)} (its stored transfer syntax)",
+        f"no context for {syntax}")
 
 
 class QueryRetrieveSCP:
@@ -116,8 +148,10 @@ class QueryRetrieveSCP:
                 if attributes is None:
                     continue
                 here = dict(merged)
+                attributes.update(await self.computed(query, level, ident))
                 if depth == 1 and parent is None and owner is not None:
                     patient_attributes = await catalog.attributes("PATIENT", owner) or {}
+                    patient_attributes.update(await self.computed(query, "PATIENT", owner))
                     if not matches(query, "PATIENT", patient_attributes):
                         continue
                     here.update(patient_attributes)
@@ -132,6 +166,38 @@ class QueryRetrieveSCP:
 
         async for found in descend(start, None, {}):
             yield found
+
+
+    async def computed(self, query: Query, level: str, ident: str) -> dict[str, str]:
+        """The computed keys (PS3.4 C.3) the query holds for this entity:
+        counts of related studies, series and instances from the relation
+        sets' sizes, and the distinct Modality of a study's series.  Nothing
+        is read when the query holds none of them."""
+        wanted = query.computed_keys(level)
+        if not wanted:
+            return {}
+        catalog = self.catalog
+        listed = {"SERIES"} if MODALITIES_IN_STUDY in wanted else set()
+        counted = {COUNT_KEYS[k][1] for k in wanted if k in COUNT_KEYS} | listed
+        deepest = max(LEVELS.index(c) for c in counted)
+        ids = [ident]
+        members: dict[str, list[str]] = {}
+        counts: dict[str, int] = {}
+        for child in LEVELS[LEVELS.index(level) + 1:deepest + 1]:
+            if child == LEVELS[deepest] and child not in listed:
+                counts[child] = sum([await catalog.count(child, p) for p in ids])
+                break
+            ids = [m for p in ids for m in await catalog.members(child, p)]
+            members[child], counts[child] = ids, len(ids)
+        values = {k: str(counts[COUNT_KEYS[k][1]]) for k in wanted if k in COUNT_KEYS}
+        if MODALITIES_IN_STUDY in wanted:
+            modalities = []
+            for series in members.get("SERIES", []):
+                modality = ((await catalog.attributes("SERIES", series)) or {}).get("Modality")
+                if modality and modality not in modalities:
+                    modalities.append(modality)
+            values[MODALITIES_IN_STUDY] = "\\".join(sorted(modalities))
+        return values
 
 
 class QueryOperation:
@@ -256,15 +322,22 @@ class QueryOperation:
             if self.cancelled:
                 break
             uid = attributes.get("SOPInstanceUID") or attributes.get("sop_uid", "")
+            reason = short = None
             try:
                 status = await send(attributes)
+                if status != STATUS_SUCCESS and status & 0xF000 != STATUS_SUBOPS_WARNING:
+                    short = f"C-STORE-RSP status 0x{status:04X}"
+                    reason = f"the {short}"
             except SubAssociationError:
                 raise
+            except SubOperationRefused as exc:
+                status, reason, short = STATUS_QR_SUBOPS_OUT_OF_RESOURCES, exc.reason, exc.short
             except Exception as exc:  # noqa: BLE001 - one sub-operation, not the whole move
-                log.warn("sub-operation for {uid} failed: {why}", uid=uid,
-                         why=f"{type(exc).__name__}: {exc}")
                 status = STATUS_QR_SUBOPS_OUT_OF_RESOURCES
-            done.add(uid, status)
+                reason, short = f"{type(exc).__name__}: {exc}", type(exc).__name__
+            if reason is not None:
+                self._log_failed(uid, reason)
+            done.add(uid, status, short)
             remaining = len(instances) - n - 1
             if remaining:
                 self.channel.send_pending(self.context_id, self.command, self.response_field,
@@ -273,6 +346,10 @@ class QueryOperation:
         done.remaining = len(instances) - done.total
         return done
 
+    def _log_failed(self, uid: str, reason: str) -> None:
+        log.warn("C-{op} from {ae}: sub-operation for {uid} failed: {why}", op=self.operation,
+                 ae=self.channel.calling_ae, uid=uid, why=reason)
+
     def _final(self, done: "SubOperations") -> Outcome:
         counts = self._counts(done.remaining, done)
         if self.cancelled:
@@ -280,7 +357,9 @@ class QueryOperation:
                            data_set=self._failed_list(done))
         del counts[NUMBER_OF_REMAINING]
         if done.failed or done.warning:
-            return Outcome(STATUS_SUBOPS_WARNING, "One or more sub-operations failed",
+            comment = (f"{done.failed} of {done.total} failed: {done.first_reason}"
+                       if done.first_reason else "One or more sub-operations had warnings")
+            return Outcome(STATUS_SUBOPS_WARNING, comment[:64],
                            elements=counts, data_set=self._failed_list(done))
         return Outcome(STATUS_SUCCESS, elements=counts)
 
@@ -300,7 +379,9 @@ class QueryOperation:
         except SubAssociationError as exc:
             log.warn("C-MOVE to {dest}: {why}", dest=destination.ae_title, why=exc)
             done = SubOperations()
+            reason = f"cannot reach {destination.ae_title}: {exc}"
             for a in instances:
+                self._log_failed(a.get("SOPInstanceUID", ""), reason)
                 done.add(a.get("SOPInstanceUID", ""), STATUS_QR_SUBOPS_OUT_OF_RESOURCES)
             counts = self._counts(0, done)
             del counts[NUMBER_OF_REMAINING]
@@ -314,7 +395,7 @@ class QueryOperation:
             context_id = client.store_context(attributes.get("sop_class_uid", ""),
                                               attributes.get("transfer_syntax", ""))
             if context_id is None:
-                return STATUS_QR_SUBOPS_OUT_OF_RESOURCES
+                raise no_context(attributes, destination.ae_title)
             return await client.send_store(context_id, attributes["sop_class_uid"],
                                            attributes["SOPInstanceUID"], attributes["path"],
                                            originator, message_id)
@@ -323,8 +404,11 @@ class QueryOperation:
             await self._send_all(instances, send, done)
         except SubAssociationError as exc:
             log.warn("C-MOVE to {dest} lost: {why}", dest=destination.ae_title, why=exc)
+            reason = f"the association to {destination.ae_title} was lost: {exc}"
             for attributes in instances[done.total:]:
-                done.add(attributes.get("SOPInstanceUID", ""), STATUS_QR_SUBOPS_OUT_OF_RESOURCES)
+                self._log_failed(attributes.get("SOPInstanceUID", ""), reason)
+                done.add(attributes.get("SOPInstanceUID", ""), STATUS_QR_SUBOPS_OUT_OF_RESOURCES,
+                         f"association to {destination.ae_title} lost")
             done.remaining = 0
         finally:
             await client.release()
@@ -340,7 +424,7 @@ class QueryOperation:
             context_id = channel.store_context(attributes.get("sop_class_uid", ""),
                                                attributes.get("transfer_syntax", ""))
             if context_id is None:
-                return STATUS_QR_SUBOPS_OUT_OF_RESOURCES
+                raise no_context(attributes, f"{channel.calling_ae} (as storage SCP)")
             return await channel.send_store(context_id, attributes["sop_class_uid"],
                                             attributes["SOPInstanceUID"], attributes["path"])
         done = await self._send_all(instances, send)
@@ -358,14 +442,18 @@ class SubOperations:
         self.warning = 0
         self.remaining = 0
         self.failed_uids: list[str] = []
+        self.first_reason: str | None = None
 
     @property
     def total(self) -> int:
         """Sub-operations done so far."""
         return self.completed + self.failed + self.warning
 
-    def add(self, uid: str, status: int) -> None:
-        """Count one sub-operation by its C-STORE-RSP status."""
+    def add(self, uid: str, status: int, reason: str | None = None) -> None:
+        """Count one sub-operation by its C-STORE-RSP status; keep the first
+        failure's (short) reason for the final response's Error Comment."""
+        if reason is not None and self.first_reason is None:
+            self.first_reason = reason
         if status == STATUS_SUCCESS:
             self.completed += 1
         elif status & 0xF000 == STATUS_SUBOPS_WARNING:

@@ -53,21 +53,31 @@ class RedisCatalog:
         fields = await self._redis.hgetall(key)
         return dict(fields) if fields else None
 
+    def _set_key(self, level: str, parent: str | None) -> str:
+        layout = self.layout
+        if level == "PATIENT":
+            return layout.patients()
+        if level == "STUDY":
+            return layout.patient_studies(key_id(parent or ""))
+        if level == "SERIES":
+            return layout.study_series(key_id(parent or ""))
+        return layout.series_instances(key_id(parent or ""))
+
     def members(self, level: str, parent: str | None) -> "defer.Deferred[list[str]]":
         """Ids at ``level`` under ``parent``: every patient (PATIENT, parent
         None), the studies of a patient, the series of a study, the
         instances of a series."""
-        layout = self.layout
-        if level == "PATIENT":
-            key = layout.patients()
-        elif level == "STUDY":
-            key = layout.patient_studies(key_id(parent or ""))
-        elif level == "SERIES":
-            key = layout.study_series(key_id(parent or ""))
-        else:
-            key = layout.series_instances(key_id(parent or ""))
+        key = self._set_key(level, parent)
         return self._bounded.run(self._members(key), f"members {key}")
 
     async def _members(self, key: str) -> list[str]:
         found = await self._redis.smembers(key)
         return sorted(str(m) for m in (found or ()))
+
+    def count(self, level: str, parent: str | None) -> "defer.Deferred[int]":
+        """How many ids :meth:`members` would give (the set's SCARD)."""
+        key = self._set_key(level, parent)
+        return self._bounded.run(self._count(key), f"count {key}")
+
+    async def _count(self, key: str) -> int:
+        return int(await self._redis.scard(key) or 0)

@@ -159,7 +159,6 @@ class IndexLog:
         self._open: dict[int, int] = {}      # segment -> records not yet settled
         self._current = max(self._segments(), default=0) + 1
         self._in_current = 0
-        self._start(self._current)
 
     @classmethod
     def in_data_dir(cls, data_dir: str, fsync: bool = True) -> IndexLog:
@@ -184,7 +183,11 @@ class IndexLog:
         self._open[segment] = 0
 
     def reserve(self) -> int:
-        """The segment the next record goes to (counted as on its way)."""
+        """The segment the next record goes to (counted as on its way).  The
+        first segment opens with the first record, so a server that never
+        starts leaves no file behind."""
+        if self._current not in self._fds:
+            self._start(self._current)
         if self._in_current >= self.SEGMENT_RECORDS:
             previous = self._current
             self._current += 1

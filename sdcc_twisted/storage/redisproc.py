@@ -136,12 +136,10 @@ class _ServerProcess(protocol.ProcessProtocol):
         self.tail.append(line)
         if self.owner.version is None:
             self.owner.version = parse_version(line)
-        # redis log lines look like "pid:M 01 Jan 00:00:00.000 # text";
-        # '#' marks a warning
-        if " # " in line:
-            _log.warn("redis-server: {line}", line=line)
-        else:
-            _log.debug("redis-server: {line}", line=line)
+        # Its own chatter ("Redis is starting", "ready to exit", even its
+        # '#'-marked notes) is for debugging; when it fails, the tail goes
+        # into our error line (_describe).
+        _log.debug("redis-server: {line}", line=line)
 
     def processEnded(self, reason: Any) -> None:
         if self._partial:

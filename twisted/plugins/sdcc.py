@@ -5,6 +5,7 @@ from twisted.application.service import ServiceMaker
 sdcc = ServiceMaker(
     "SDCC DICOM server",
     "sdcc_twisted.tap",
-    "DICOM Verification and Storage SCP that streams images to disk and indexes them in Redis",
+    "DICOM Verification, Storage and Query/Retrieve SCP: streams images to disk, "
+    "indexes them in Redis, answers C-FIND/C-MOVE/C-GET from that index",
     "sdcc",
 )
