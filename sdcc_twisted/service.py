@@ -29,7 +29,9 @@ from sdcc_twisted.config import ConfigError, Settings, settings_summary
 from sdcc_twisted.storage.index import RedisAssociationLock, RedisIndex, connect_redis
 from sdcc_twisted.storage.journal import IndexLog, JournalReplayer, PendingJournal
 from sdcc_twisted.storage.locks import FallbackAssociationLock, IAssociationLock, InProcessAssociationLock
-from sdcc_twisted import logs
+from sdcc_twisted import __version__, logs
+from sdcc_twisted.http import HealthProbe, build_site, read_token
+from sdcc_twisted.monitor import ISpaceReport, Monitor
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.core.negotiation import AcceptorPolicy
 from sdcc_twisted.runtime.protocol import DicomServerFactory, Timeouts
@@ -120,11 +122,13 @@ class StorageCleanupService(service.Service):
 
 
 class LogFileService(service.Service):
-    """``[logging] file``: a filtered text log file beside twistd's log."""
+    """``[logging] file``: a filtered log file (text, or JSON lines with
+    ``[logging] format = json``) beside twistd's log."""
 
-    def __init__(self, path: str, level: str) -> None:
+    def __init__(self, path: str, level: str, format: str = "text") -> None:
         self.path = path
         self.level = LogLevel.levelWithName(level)
+        self.format = format
         self._observer: Any = None
         self._handle: Any = None
 
@@ -132,7 +136,9 @@ class LogFileService(service.Service):
         super().startService()
         self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         predicate = LogLevelFilterPredicate(defaultLogLevel=self.level)
-        self._observer = FilteringLogObserver(textFileLogObserver(self._handle), [predicate])
+        writer = (logs.json_lines_observer(self._handle) if self.format == "json"
+                  else textFileLogObserver(self._handle))
+        self._observer = FilteringLogObserver(writer, [predicate])
         globalLogPublisher.addObserver(self._observer)
 
     def stopService(self) -> Any:
@@ -151,7 +157,8 @@ def _lock_fallback(calling_ae: str, failure: Any) -> None:
              calling=calling_ae, why=failure.getErrorMessage())
 
 
-def require_client_certificates(endpoint: Any, settings: Settings) -> None:
+def require_client_certificates(endpoint: Any, settings: Settings,
+                                listen_key: str = "[server] listen") -> None:
     """``[tls] ca_certificates``: make an ``ssl:`` listener verify client
     certificates against those CAs (PS3.15 B.1, the TLS secure transport
     connection profile: both ends authenticate)."""
@@ -177,7 +184,7 @@ def require_client_certificates(endpoint: Any, settings: Settings) -> None:
                           "no PEM certificate")
     original = getattr(endpoint, "_sslContextFactory", None)
     if original is None:
-        raise ConfigError(f"{settings.source}: [tls] ca_certificates: [server] listen "
+        raise ConfigError(f"{settings.source}: [tls] ca_certificates: {listen_key} "
                           "is not an ssl: endpoint")
     endpoint._sslContextFactory = ssl.CertificateOptions(
         privateKey=original.privateKey,
@@ -189,8 +196,12 @@ def require_client_certificates(endpoint: Any, settings: Settings) -> None:
     )
 
 
-def build_service(settings: Settings, reactor: Any) -> service.MultiService:
+def build_service(settings: Settings, reactor: Any,
+                  space_report: ISpaceReport | None = None) -> service.MultiService:
     """Build the server's service tree from validated settings.
+
+    ``space_report`` gives free space and the disk floor to ``/readyz`` and
+    ``sdcc_disk_free_bytes``; without it no floor is checked.
 
     Raises:
         ConfigError: naming the section and key, for what can only be checked
@@ -200,7 +211,8 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
     top.setName("sdcc")
     logs.set_level(settings.logging.level)
     if settings.logging.file:
-        LogFileService(settings.logging.file, settings.logging.level).setServiceParent(top)
+        LogFileService(settings.logging.file, settings.logging.level,
+                       settings.logging.format).setServiceParent(top)
 
     data_dir = settings.server.data_dir
     try:
@@ -253,6 +265,8 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
 
     server = settings.server
+    monitor = Monitor(reactor, __version__, server.allowed_calling_ae_titles,
+                      settings.http.show_patient_data)
     storage = StorageSCP(store, index, journal, run_blocking, reactor, index_log)
     catalog = RedisCatalog(late, reactor, key_prefix=settings.index.key_prefix,
                            timeout=settings.index.timeout)
@@ -273,6 +287,7 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
         max_command_length=server.max_command_length,
         max_connections_per_address=server.max_connections_per_address,
         query_retrieve=query_retrieve,
+        monitor=monitor,
     )
     try:
         endpoint = endpoints.serverFromString(reactor, server.listen)
@@ -285,6 +300,9 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
     listener.setName("dicom")
     listener._raiseSynchronously = True
     listener.setServiceParent(top)
+    if settings.http.listen:
+        _add_http(top, settings, reactor, monitor, late, journal, space_report, run_blocking)
+    top.monitor = monitor  # type: ignore[attr-defined]
     top.factory = factory  # type: ignore[attr-defined]
     top.store = store  # type: ignore[attr-defined]
     top.index = index  # type: ignore[attr-defined]
@@ -294,3 +312,29 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
     log.info("sdcc {summary}", summary=" ".join(
         f"{k}={v}" for k, v in settings_summary(settings).items()))
     return top
+
+
+def _add_http(top: service.MultiService, settings: Settings, reactor: Any, monitor: Monitor,
+              late: LateRedis, journal: PendingJournal, space: ISpaceReport | None,
+              run_blocking: Any) -> None:
+    """``[http] listen``: the operations site and the probe that feeds it."""
+    http = settings.http
+    token = read_token(http.token_file, settings.source) if http.token_file else None
+
+    def measure() -> "defer.Deferred[tuple[int, dict[str, int]]]":
+        return run_blocking(lambda: (len(journal), space.free_bytes() if space else {}))
+
+    HealthProbe(monitor, reactor, lambda: late.ping(), measure,
+                timeout=settings.index.timeout).setServiceParent(top)
+    site = build_site(monitor, reactor, run_blocking, space, token)
+    try:
+        endpoint = endpoints.serverFromString(reactor, http.listen)
+    except (ValueError, TypeError, KeyError, OSError, ImportError) as exc:
+        raise ConfigError(f"{settings.source}: [http] listen: cannot use "
+                          f"{http.listen!r} as a Twisted endpoint ({exc})") from None
+    if settings.tls.ca_certificates and http.listen.startswith("ssl:"):
+        require_client_certificates(endpoint, settings, "[http] listen")
+    listener = StreamServerEndpointService(endpoint, site)
+    listener.setName("http")
+    listener._raiseSynchronously = True
+    listener.setServiceParent(top)

@@ -39,6 +39,7 @@ def ini_text(data_dir: str, redis_url: str, port: int = 0, **sections: dict[str,
                    "ae_title": "SDCC"},
         "storage": {"fsync": "no"},
         "index": {"redis": redis_url, "timeout": "1"},
+        "http": {"listen": ""},
     }
     for name, keys in sections.items():
         values.setdefault(name, {}).update(keys)

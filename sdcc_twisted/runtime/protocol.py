@@ -63,6 +63,7 @@ from sdcc_twisted.core.events import (
 )
 from sdcc_twisted.storage.locks import IAssociationLock
 from sdcc_twisted.logs import get_logger
+from sdcc_twisted.monitor import Monitor
 from sdcc_twisted.core.negotiation import AcceptorPolicy, Accepted, Rejected, negotiate, reject_pdu
 from sdcc_twisted.services.scp import Outcome, Reception, StorageSCP, VerificationSCP, describe_missing
 from sdcc_twisted.runtime.sending import MessageSender
@@ -139,6 +140,7 @@ class DicomProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         """Bytes from the peer: feed the core and act on what it says."""
         self._last_activity = self.factory.clock.seconds()
+        self.factory.monitor.received(self, len(data))
         assoc = self.assoc
         if assoc is None:
             return
@@ -172,6 +174,7 @@ class DicomProtocol(Protocol):
             d.errback(ConnectionError("association closed before the C-STORE-RSP"))
         self._release_slot()
         self.factory.connections.discard(self)
+        self.factory.monitor.association_closed(self, self._outcome)
         if self._calling_ae:
             elapsed = self.factory.clock.seconds() - self._started
             log.info("association peer={peer} calling_ae={calling} called_ae={called} "
@@ -356,6 +359,7 @@ class DicomProtocol(Protocol):
         assert assoc is not None
         self._guard(assoc.accept, decision)
         self._outcome = "established"
+        self.factory.monitor.association_accepted(self, self._peer, self._calling_ae)
         self._last_activity = self.factory.clock.seconds()
         self._start_idle()
         contexts = sorted({
@@ -378,6 +382,7 @@ class DicomProtocol(Protocol):
                  peer=self._peer, calling=self._calling_ae, called=self._called_ae,
                  r=reason.result, s=reason.source, d=reason.reason, text=reason.text,
                  limit=f" limit {limit}" if limit else "")
+        self.factory.monitor.association_rejected(reason, limit)
         self._guard(assoc.reject, reject_pdu(reason))
 
     def _log_reject(self, rj: Any) -> None:
@@ -456,6 +461,7 @@ class DicomProtocol(Protocol):
             return
         self._reception = None
         self._pending += 1
+        self.factory.monitor.last_fragment(reception)
         d = reception.complete()
         d.addCallback(self._operation_done, reception, self._reception_context)
         d.addErrback(self._internal_error)
@@ -463,6 +469,7 @@ class DicomProtocol(Protocol):
     def _operation_done(self, outcome: Outcome, reception: Any, context_id: int) -> None:
         self._pending -= 1
         self._last_activity = self.factory.clock.seconds()
+        self.factory.monitor.answered(self, reception, outcome)
         if isinstance(reception, Reception):
             if outcome.success:
                 self._stored += 1
@@ -628,6 +635,7 @@ class DicomServerFactory(Factory):
         max_command_length: the largest command set we buffer.
         max_connections_per_address: connections one peer address may hold;
             an association asked beyond it is rejected 2/3/2.
+        monitor: where associations and operations are counted.
     """
 
     protocol = DicomProtocol
@@ -638,7 +646,7 @@ class DicomServerFactory(Factory):
                  timeouts: Timeouts = Timeouts(), max_associations: int = 64,
                  max_command_length: int = 64 * 1024,
                  max_connections_per_address: int = 32,
-                 query_retrieve: Any = None) -> None:
+                 query_retrieve: Any = None, monitor: Monitor | None = None) -> None:
         self.policy = policy
         self.storage = storage
         self.verification = VerificationSCP()
@@ -650,6 +658,15 @@ class DicomServerFactory(Factory):
         self.max_command_length = max_command_length
         self.max_connections_per_address = max_connections_per_address
         self.connections: set[DicomProtocol] = set()
+        self.monitor = monitor if monitor is not None else Monitor(clock)
+
+    def startFactory(self) -> None:
+        """The listener is up."""
+        self.monitor.set_listening(True)
+
+    def stopFactory(self) -> None:
+        """The listener stopped."""
+        self.monitor.set_listening(False)
 
     def association_count(self) -> int:
         """Associations that count against the cap (established or being set up)."""
