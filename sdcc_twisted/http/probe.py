@@ -39,6 +39,7 @@ class HealthProbe(service.Service):
         self.timeout = timeout
         self._loop: task.LoopingCall | None = None
         self._running: defer.Deferred[None] | None = None
+        self._warned = False
 
     def startService(self) -> None:
         super().startService()
@@ -66,9 +67,13 @@ class HealthProbe(service.Service):
         return self._running
 
     def _redis(self, up: bool) -> None:
-        if self.monitor.redis_up is not None and up != self.monitor.redis_up:
-            log.warn("index: Redis {state}", state="answers again" if up else
-                     f"did not answer a PING within {self.timeout:g} s")
+        if not up and self.monitor.redis_up:
+            self._warned = True
+            log.warn("index: Redis did not answer a PING within {t:g} s; stores "
+                     "are journaled until it does", t=self.timeout)
+        elif up and self._warned:
+            self._warned = False
+            log.info("index: Redis answers again")
         self.monitor.redis_up = up
 
     def _measured(self, result: tuple[int, dict[str, int]]) -> None:
