@@ -153,9 +153,15 @@ def _json(request: server.Request, body: dict[str, Any], code: int = 200) -> byt
 
 
 class Leaf(resource.Resource):
-    """A resource without children."""
+    """A read-only resource without children: anything but GET/HEAD is 405."""
 
     isLeaf = True
+
+    def render(self, request: server.Request) -> Any:
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"allow", b"GET, HEAD")
+            return _json(request, {"error": "only GET and HEAD"}, 405)
+        return super().render(request)
 
 
 class Health(Leaf):
@@ -257,8 +263,10 @@ class Page(Leaf):
         return self.html
 
 
-class Unauthorized(Leaf):
+class Unauthorized(resource.Resource):
     """401 with a Bearer challenge."""
+
+    isLeaf = True
 
     def render(self, request: server.Request) -> bytes:
         request.setHeader(b"www-authenticate", b'Bearer realm="sdcc"')
@@ -275,9 +283,9 @@ class Root(resource.Resource):
 
     def getChildWithDefault(self, path: bytes, request: server.Request) -> Any:
         if self.token is not None and path not in OPEN_PATHS:
-            scheme, _, given = (request.getHeader(b"authorization") or "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                    given.strip().encode("utf-8", "replace"), self.token):
+            scheme, _, given = (request.getHeader(b"authorization") or b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(),
+                                                                      self.token):
                 return Unauthorized()
         return super().getChildWithDefault(path, request)
 
