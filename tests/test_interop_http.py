@@ -11,48 +11,12 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from twisted.internet import defer, error, protocol, reactor, task
 from twisted.trial.unittest import TestCase
 
 from . import corpus
-from .http_support import fetch, fetch_json, sample, scrape
-from .server_support import DCMTK_ENV, dcmtk, free_port, in_thread, start_server
-from .support import require_tool
+from .http_support import fetch, fetch_json, held_storescu, sample, scrape
+from .server_support import dcmtk, free_port, in_thread, start_server
 from .test_interop_tls import make_pki
-
-
-class DcmtkProcess(protocol.ProcessProtocol):
-    """A DCMTK tool we start ourselves (to SIGSTOP/SIGCONT it by PID)."""
-
-    def __init__(self) -> None:
-        self.output = bytearray()
-        self.ended: defer.Deferred[int] = defer.Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Any) -> None:
-        code = reason.value.exitCode if reason.check(error.ProcessTerminated) else 0
-        self.ended.callback(code)
-
-
-def spawn_dcmtk(testcase: TestCase, tool: str, *args: str) -> tuple[DcmtkProcess, Any]:
-    """Start a DCMTK tool; (its protocol, its process transport).  The
-    cleanup kills it (by its PID, through the transport) if it still runs."""
-    path = require_tool(testcase, tool)
-    proto = DcmtkProcess()
-    transport = reactor.spawnProcess(proto, path, [path, *args], env=DCMTK_ENV)
-
-    def stop() -> Any:
-        if not proto.ended.called:
-            transport.signalProcess(signal.SIGCONT)
-            transport.signalProcess("KILL")
-            return proto.ended
-        return None
-    testcase.addCleanup(stop)
-    return proto, transport
 
 
 def data_set_total(samples: list[corpus.Sample]) -> int:
@@ -81,19 +45,13 @@ class MetricsWhileStoringTests(TestCase):
         samples = corpus.sop_class_corpus(os.path.abspath(self.mktemp()))
         before = await scrape(base)
 
-        proto, process = spawn_dcmtk(self, "storescu", "-R", "-aet", "CT1", "-aec", "SDCC",
-                                     "127.0.0.1", str(server.port),
-                                     *[s.path for s in samples])
-        process.signalProcess(signal.SIGSTOP)
+        proto, process = await held_storescu(self, server.port, "CT1", samples,
+                                             server.service.monitor)
         live = await scrape(base)
-        for _ in range(200):
-            if sample(live, "sdcc_associations_active") == 1:
-                break
-            process.signalProcess(signal.SIGCONT)     # let it run a little, then hold it again
-            await task.deferLater(reactor, 0.02, lambda: None)
-            process.signalProcess(signal.SIGSTOP)
-            live = await scrape(base)
         self.assertEqual(sample(live, "sdcc_associations_active"), 1)
+        self.assertGreater(sample(live, "sdcc_store_duration_seconds_count"), 0)
+        self.assertLess(sample(live, "sdcc_instances_stored_total", calling_ae="CT1"),
+                        len(samples))   # scraped mid-transfer
         process.signalProcess(signal.SIGCONT)
         self.assertEqual(await proto.ended, 0, proto.output.decode(errors="replace"))
         after = await scrape(base)
