@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what sdcc-twisted needs on this machine; sourced by serve.sh and test.sh.
 #   setup-deps.sh serve   the server: Python packages and redis-server
-#   setup-deps.sh test    also the peers the tests drive: DCMTK, Orthanc and pynetdicom
+#   setup-deps.sh test    also the peers the tests drive: DCMTK, Orthanc, pynetdicom,
+#                         and Chromium with chromium-driver and selenium (the status page)
 set -euo pipefail
 what="${1:-serve}"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,6 +15,13 @@ if [ "$what" = test ] && ! /usr/bin/storescu --version 2>/dev/null | grep -qi dc
 fi
 if [ "$what" = test ] && ! command -v Orthanc >/dev/null 2>&1 && [ ! -x /usr/sbin/Orthanc ]; then
   apt_packages+=(orthanc)
+fi
+# the status page test drives Debian's Chromium through its driver
+if [ "$what" = test ] && [ ! -x /usr/bin/chromium ]; then
+  apt_packages+=(chromium)
+fi
+if [ "$what" = test ] && [ ! -x /usr/bin/chromedriver ]; then
+  apt_packages+=(chromium-driver)
 fi
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

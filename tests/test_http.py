@@ -281,3 +281,29 @@ class ProbeTests(SynchronousTestCase):
         clock.advance(2)          # the second ping never answers
         self.assertFalse(monitor.redis_up)
         self.assertEqual(monitor.backlog(), 3)
+
+
+class ShippedConfigurationTests(SynchronousTestCase):
+    """etc/grafana-dashboard.json and etc/prometheus.yml match what /metrics serves."""
+
+    def test_dashboard_queries_metrics_that_exist(self) -> None:
+        """Every sdcc_* series the dashboard queries is one /metrics exposes,
+        and the scrape configuration points at the default listener's /metrics."""
+        import os
+        import re
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(repo, "etc", "grafana-dashboard.json")) as handle:
+            dashboard = json.load(handle)
+        queried = {name for panel in dashboard["panels"] for target in panel["targets"]
+                   for name in re.findall(r"sdcc_[a-z_]+", target["expr"])}
+        suffixes = {"counter": ("_total",), "gauge": ("",),
+                    "histogram": ("_bucket", "_count", "_sum")}
+        exposed = {family.name + suffix
+                   for family in Monitor(task.Clock()).registry.collect()
+                   for suffix in suffixes[family.type]}
+        self.assertGreater(len(queried), 10)
+        self.assertEqual(queried - exposed, set())
+        with open(os.path.join(repo, "etc", "prometheus.yml")) as handle:
+            scrape = handle.read()
+        self.assertIn('targets: ["127.0.0.1:8080"]', scrape)
+        self.assertIn("metrics_path: /metrics", scrape)
