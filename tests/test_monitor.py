@@ -11,10 +11,15 @@ from twisted.trial.unittest import SynchronousTestCase
 from sdcc_twisted.core.conformance import (
     C_FIND_RQ,
     C_STORE_RQ,
+    REJECT_APPLICATION_CONTEXT,
     REJECT_CALLING_AE,
     REJECT_TOO_MANY,
 )
+from sdcc_twisted.core.pdu import AAbort, AReleaseRQ, encode
 from sdcc_twisted.monitor import OTHER_AE, Monitor
+
+from .support import associate_rq, dataset_bytes, message_pdus, store_command
+from .test_protocol import ProtocolTestBase
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -139,3 +144,44 @@ class MonitorTests(SynchronousTestCase):
         self.assertEqual(monitor.status()["today"]["per_ae"][0]["stored"], 1)
         self.clock.advance(86400)
         self.assertEqual(monitor.status()["today"]["per_ae"], [])
+
+
+class RuntimeReportsTests(ProtocolTestBase):
+    """The association runtime (StringTransport, task.Clock) reports into the
+    factory's monitor."""
+
+    def test_runtime_hooks(self) -> None:
+        """A stored instance, fed one byte at a time, counts for its AE with
+        its duration; a release, an abort, a cap reject and a policy reject
+        each count under their outcome and reason; bytes read are counted."""
+        monitor = self.factory.monitor
+        proto, transport = self.associate("CT1", 1)
+        self.sent(transport)
+        self.assertEqual(value(monitor, "sdcc_associations_active"), 1)
+        data = dataset_bytes("1.2.3.4.5", pixels=b"\x01\x02" * 500)
+        stream = message_pdus(3, store_command("1.2.3.4.5"), data, 4000)
+        for n in range(len(stream)):
+            proto.dataReceived(stream[n:n + 1])
+        self.assertEqual(value(monitor, "sdcc_instances_stored_total", calling_ae="CT1"), 1)
+        self.assertEqual(value(monitor, "sdcc_store_duration_seconds_count"), 1)
+        self.assertGreater(value(monitor, "sdcc_bytes_received_total"), len(data))
+        proto.dataReceived(encode(AReleaseRQ()))
+        self.close(proto, transport)
+        aborted, t2 = self.associate("MR1", 2)
+        aborted.dataReceived(encode(AAbort(0, 0)))
+        self.close(aborted, t2)
+        for n in range(3):
+            self.associate(f"AE{n}", 10 + n)
+        capped, t3 = self.associate("AE9", 19)
+        self.close(capped, t3)
+        wrong, t4 = self.connect(20)
+        wrong.dataReceived(encode(associate_rq(application_context="1.2.3")))
+        self.close(wrong, t4)
+        self.assertEqual(value(monitor, "sdcc_associations_total", outcome="released"), 1)
+        self.assertEqual(value(monitor, "sdcc_associations_total", outcome="aborted"), 1)
+        self.assertEqual(value(monitor, "sdcc_associations_total", outcome="rejected"), 2)
+        self.assertEqual(value(monitor, "sdcc_association_rejects_total",
+                               reason="2/3/2 max_associations"), 1)
+        self.assertEqual(value(monitor, "sdcc_association_rejects_total",
+                               reason=f"1/1/2 {REJECT_APPLICATION_CONTEXT.text}"), 1)
+        self.assertEqual(value(monitor, "sdcc_associations_active"), 3)
