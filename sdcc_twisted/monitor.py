@@ -226,7 +226,8 @@ class Monitor:
             return
         self.store_duration.observe(now - started)
         live = self.live.get(key)
-        calling_ae = live.calling_ae if live is not None else ""
+        calling_ae = getattr(operation, "calling_ae", "") or (
+            live.calling_ae if live is not None else "")
         ae = self.ae_label(calling_ae)
         size = getattr(operation, "size", 0)
         today = self._today(now)
