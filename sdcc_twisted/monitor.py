@@ -37,6 +37,9 @@ OTHER_AE: Final = "other"
 #: ``sdcc_query_duration_seconds{operation}`` by request command field.
 QUERY_OPERATIONS: Final = {C_FIND_RQ: "find", C_MOVE_RQ: "move", C_GET_RQ: "get"}
 
+#: Seconds over which an association's bytes/s is measured.
+RATE_WINDOW: Final = 2.0
+
 #: Store latency buckets (seconds): a small file without fsync takes about a
 #: millisecond, a large one with fsync on a slow disk several seconds.
 STORE_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -70,6 +73,24 @@ class LiveAssociation:
     instances: int = 0
     failed: int = 0
     bytes: int = 0
+    window_start: float = 0.0
+    window_bytes: int = 0
+    rate: float = 0.0
+
+    def count(self, size: int, now: float) -> None:
+        """``size`` bytes arrived at ``now``."""
+        self.bytes += size
+        self.rate_at(now)
+        self.window_bytes += size
+
+    def rate_at(self, now: float) -> float:
+        """Bytes per second over the last completed window; 0 once the peer
+        went quiet for a whole window."""
+        elapsed = now - self.window_start
+        if elapsed >= RATE_WINDOW:
+            self.rate = self.window_bytes / elapsed if elapsed < 2 * RATE_WINDOW else 0.0
+            self.window_start, self.window_bytes = now, 0
+        return self.rate
 
 
 @dataclass
@@ -187,11 +208,12 @@ class Monitor:
         self.bytes_received.inc(size)
         live = self.live.get(key)
         if live is not None:
-            live.bytes += size
+            live.count(size, self.clock.seconds())
 
     def association_accepted(self, key: object, peer: str, calling_ae: str) -> None:
         """An association was accepted on connection ``key``."""
-        self.live[key] = LiveAssociation(peer, calling_ae, self.clock.seconds())
+        now = self.clock.seconds()
+        self.live[key] = LiveAssociation(peer, calling_ae, now, window_start=now)
 
     def association_rejected(self, reason: RejectReason, limit: str = "") -> None:
         """An A-ASSOCIATE-RJ went out; ``limit`` names the cap reached, if any."""
@@ -304,7 +326,7 @@ class Monitor:
             "associations": [
                 {"peer": a.peer, "calling_ae": a.calling_ae, "since": a.since,
                  "instances": a.instances, "failed": a.failed, "bytes": a.bytes,
-                 "bytes_per_second": round(a.bytes / max(now - a.since, 1e-3))}
+                 "bytes_per_second": round(a.rate_at(now))}
                 for a in sorted(self.live.values(), key=lambda a: a.since)],
             "recent": [
                 {"time": r.time, "calling_ae": r.calling_ae, "sop_class": r.sop_class,

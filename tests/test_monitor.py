@@ -97,6 +97,21 @@ class MonitorTests(SynchronousTestCase):
         live = monitor.status()["associations"][0]
         self.assertEqual((live["instances"], live["failed"], live["bytes"]), (1, 1, 5000))
 
+    def test_bytes_per_second_follows_the_peer(self) -> None:
+        """An association's bytes/s is what arrived over the last window, and
+        drops to 0 when the peer stops sending."""
+        monitor = Monitor(self.clock)
+        conn = object()
+        monitor.association_accepted(conn, "127.0.0.1:1", "CT1")
+        for _ in range(4):
+            monitor.received(conn, 1000)
+            self.clock.advance(0.5)
+        monitor.received(conn, 1000)
+        self.assertEqual(monitor.status()["associations"][0]["bytes_per_second"], 2000)
+        self.clock.advance(10)
+        self.assertEqual(monitor.status()["associations"][0]["bytes_per_second"], 0)
+        self.assertEqual(monitor.status()["associations"][0]["bytes"], 5000)
+
     def test_query_duration_by_operation(self) -> None:
         """A C-FIND's identifier-to-final-response time goes to
         sdcc_query_duration_seconds{operation="find"}, not to the store counts."""
