@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import Interface
 
+from sdcc_twisted.core import conformance
 from sdcc_twisted.core.conformance import (
     C_FIND_RQ,
     C_GET_RQ,
@@ -36,6 +37,10 @@ OTHER_AE: Final = "other"
 
 #: ``sdcc_query_duration_seconds{operation}`` by request command field.
 QUERY_OPERATIONS: Final = {C_FIND_RQ: "find", C_MOVE_RQ: "move", C_GET_RQ: "get"}
+
+#: The words of each reject triple the conformance tables name.
+REJECT_WORDS: Final = {(r.result, r.source, r.reason): r.text
+                       for r in vars(conformance).values() if isinstance(r, RejectReason)}
 
 #: Seconds over which an association's bytes/s is measured.
 RATE_WINDOW: Final = 2.0
@@ -217,7 +222,9 @@ class Monitor:
 
     def association_rejected(self, reason: RejectReason, limit: str = "") -> None:
         """An A-ASSOCIATE-RJ went out; ``limit`` names the cap reached, if any."""
-        words = limit.partition("=")[0] if limit else reason.text
+        triple = (reason.result, reason.source, reason.reason)
+        words = (limit.partition("=")[0] if limit
+                 else reason.text or REJECT_WORDS.get(triple, "unnamed"))
         self.association_rejects.labels(
             f"{reason.result}/{reason.source}/{reason.reason} {words}").inc()
 

@@ -167,8 +167,9 @@ class RuntimeReportsTests(ProtocolTestBase):
 
     def test_runtime_hooks(self) -> None:
         """A stored instance, fed one byte at a time, counts for its AE with
-        its duration; a release, an abort, a cap reject and a policy reject
-        each count under their outcome and reason; bytes read are counted."""
+        its duration; a release, an abort, a cap reject, a policy reject and
+        the state machine's protocol-version reject each count under their
+        outcome and reason (in words); bytes read are counted."""
         monitor = self.factory.monitor
         proto, transport = self.associate("CT1", 1)
         self.sent(transport)
@@ -192,11 +193,16 @@ class RuntimeReportsTests(ProtocolTestBase):
         wrong, t4 = self.connect(20)
         wrong.dataReceived(encode(associate_rq(application_context="1.2.3")))
         self.close(wrong, t4)
+        old, t5 = self.connect(21)
+        old.dataReceived(encode(associate_rq(protocol_version=2)))
+        self.close(old, t5)
         self.assertEqual(value(monitor, "sdcc_associations_total", outcome="released"), 1)
         self.assertEqual(value(monitor, "sdcc_associations_total", outcome="aborted"), 1)
-        self.assertEqual(value(monitor, "sdcc_associations_total", outcome="rejected"), 2)
+        self.assertEqual(value(monitor, "sdcc_associations_total", outcome="rejected"), 3)
         self.assertEqual(value(monitor, "sdcc_association_rejects_total",
                                reason="2/3/2 max_associations"), 1)
         self.assertEqual(value(monitor, "sdcc_association_rejects_total",
                                reason=f"1/1/2 {REJECT_APPLICATION_CONTEXT.text}"), 1)
+        self.assertEqual(value(monitor, "sdcc_association_rejects_total",
+                               reason="1/2/2 protocol-version-not-supported"), 1)
         self.assertEqual(value(monitor, "sdcc_associations_active"), 3)

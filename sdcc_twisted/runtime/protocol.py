@@ -388,6 +388,7 @@ class DicomProtocol(Protocol):
     def _log_reject(self, rj: Any) -> None:
         """AE-6 refused the request below the policy (e.g. protocol version)."""
         self._outcome = f"rejected {rj.result}/{rj.source}/{rj.reason}"
+        self.factory.monitor.association_rejected(RejectReason(rj.result, rj.source, rj.reason, ""))
         log.warn("association rejected by the upper layer peer={peer} "
                  "result/source/reason={r}/{s}/{d}", peer=self._peer,
                  r=rj.result, s=rj.source, d=rj.reason)
