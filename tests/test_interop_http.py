@@ -36,7 +36,8 @@ class MetricsWhileStoringTests(TestCase):
         the store histogram's count and released associations move by
         exactly what was sent, bytes received by the data sets plus the
         protocol's overhead; a refused AE moves the rejects by its reason
-        (1/1/3) and the rejected associations by one, nothing else."""
+        (1/1/3) and the rejected associations by one, nothing else; no
+        patient or study identifier appears in the exposition."""
         http_port = free_port()
         server = await start_server(
             self, server={"allowed_calling_ae_titles": "CT1"},
@@ -83,7 +84,11 @@ class MetricsWhileStoringTests(TestCase):
                          - sample(after, "sdcc_associations_total", outcome="rejected"), 1)
         self.assertEqual(sample(refused, "sdcc_instances_stored_total", calling_ae="CT1"),
                          sample(after, "sdcc_instances_stored_total", calling_ae="CT1"))
-        self.assertNotIn(b"EVIL", (await fetch(base + "/metrics"))[1])
+        exposition = (await fetch(base + "/metrics"))[1]
+        self.assertNotIn(b"EVIL", exposition)           # refused AEs make no label
+        for private in (samples[0].patient_name, samples[0].patient_id,
+                        samples[0].study_uid, samples[0].sop_instance_uid):
+            self.assertNotIn(private.encode(), exposition)   # no patient data
 
     async def test_api_status_and_readyz_with_real_redis(self) -> None:
         """/readyz is 200 with the listener up and Redis answering, and
