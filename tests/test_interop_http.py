@@ -16,6 +16,7 @@ from twisted.trial.unittest import TestCase
 from . import corpus
 from .http_support import fetch, fetch_json, held_storescu, sample, scrape
 from .server_support import dcmtk, free_port, in_thread, start_server
+from .test_http import Volumes
 from .test_interop_tls import make_pki
 
 
@@ -91,12 +92,15 @@ class MetricsWhileStoringTests(TestCase):
             self.assertNotIn(private.encode(), exposition)   # no patient data
 
     async def test_api_status_and_readyz_with_real_redis(self) -> None:
-        """/readyz is 200 with the listener up and Redis answering, and
-        /api/status lists what echoscu and storescu did, without patient
-        names (show_patient_data is off)."""
+        """/readyz is 200 with the listener up and Redis answering, 503 when
+        the injected space report says the disk floor is crossed, 200 again
+        when it is not, 503 once the DICOM listener stops; /api/status lists
+        what storescu stored, without patient names (show_patient_data is off)."""
+        volumes = Volumes()
         http_port = free_port()
         server = await start_server(
-            self, http={"listen": f"tcp:{http_port}:interface=127.0.0.1"})
+            self, space_report=volumes,
+            http={"listen": f"tcp:{http_port}:interface=127.0.0.1"})
         base = f"http://127.0.0.1:{http_port}"
         samples = corpus.sop_class_corpus(os.path.abspath(self.mktemp()))[:3]
         out, code = await dcmtk(self, "storescu", "-R", "-aet", "MR1", "-aec", "SDCC",
@@ -105,6 +109,11 @@ class MetricsWhileStoringTests(TestCase):
         code, ready = await fetch_json(base + "/readyz")
         self.assertEqual(code, 200, ready)
         self.assertTrue(ready["checks"]["listener"]["ok"])
+        volumes.free["data_dir"] = 10
+        code, ready = await fetch_json(base + "/readyz")
+        self.assertEqual((code, ready["checks"]["disk"]["below_floor"]), (503, ["data_dir"]))
+        volumes.free["data_dir"] = 20 << 30
+        self.assertEqual((await fetch(base + "/readyz"))[0], 200)
         code, status = await fetch_json(base + "/api/status")
         self.assertEqual(code, 200)
         self.assertEqual([r["calling_ae"] for r in status["recent"]], ["MR1"] * 3)
@@ -112,6 +121,9 @@ class MetricsWhileStoringTests(TestCase):
                          [{"calling_ae": "MR1", "stored": 3, "failed": 0,
                            "bytes": sum(r["size"] for r in status["recent"])}])
         self.assertNotIn("Corpus^Patient", json.dumps(status))
+        await server.service.getServiceNamed("dicom").stopService()
+        code, ready = await fetch_json(base + "/readyz")
+        self.assertEqual((code, ready["checks"]["listener"]["ok"]), (503, False))
 
 
 class AccessTests(TestCase):
