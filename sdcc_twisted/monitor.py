@@ -14,7 +14,8 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol as TypingProtocol
+from typing import Any, Final
+from typing import Protocol as TypingProtocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from twisted.internet.interfaces import IReactorTime
@@ -30,7 +31,7 @@ from sdcc_twisted.core.conformance import (
     sop_class_name,
 )
 
-__all__ = ["ISpaceReport", "Monitor", "OTHER_AE", "QUERY_OPERATIONS"]
+__all__ = ["OTHER_AE", "QUERY_OPERATIONS", "ISpaceReport", "Monitor"]
 
 #: The ``calling_ae`` label once :attr:`Monitor.max_ae_labels` titles were seen.
 OTHER_AE: Final = "other"

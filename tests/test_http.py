@@ -4,6 +4,8 @@ routes, /readyz checks, the bearer token and the request bounds."""
 from __future__ import annotations
 
 import json
+import os
+import re
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,7 +17,12 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from sdcc_twisted.http import HealthProbe, build_site
-from sdcc_twisted.http.site import IDLE_TIMEOUT, MAX_BODY, READY_TIMEOUT, REQUEST_TIMEOUT
+from sdcc_twisted.http.site import (
+    IDLE_TIMEOUT,
+    MAX_BODY,
+    READY_TIMEOUT,
+    REQUEST_TIMEOUT,
+)
 from sdcc_twisted.monitor import ISpaceReport, Monitor
 
 TOKEN = b"s3cret-token-0123456789"
@@ -68,7 +75,7 @@ class SiteTests(SynchronousTestCase):
         self.blocking: list[Any] = []
 
     def site(self, token: bytes | None = None, space: Any = "volumes") -> Any:
-        def run_blocking(fn: Any, *args: Any) -> "defer.Deferred[Any]":
+        def run_blocking(fn: Any, *args: Any) -> defer.Deferred[Any]:
             self.blocking.append(fn)
             return defer.maybeDeferred(fn, *args)
         return build_site(self.monitor, self.clock, run_blocking,
@@ -265,7 +272,7 @@ class ProbeTests(SynchronousTestCase):
         monitor = Monitor(clock)
         pings: list[defer.Deferred[Any]] = []
 
-        def ping() -> "defer.Deferred[Any]":
+        def ping() -> defer.Deferred[Any]:
             pings.append(defer.Deferred())
             return pings[-1]
         probe = HealthProbe(monitor, clock, ping,
@@ -289,8 +296,6 @@ class ShippedConfigurationTests(SynchronousTestCase):
     def test_dashboard_queries_metrics_that_exist(self) -> None:
         """Every sdcc_* series the dashboard queries is one /metrics exposes,
         and the scrape configuration points at the default listener's /metrics."""
-        import os
-        import re
         repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         with open(os.path.join(repo, "etc", "grafana-dashboard.json")) as handle:
             dashboard = json.load(handle)

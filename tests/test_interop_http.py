@@ -177,7 +177,7 @@ class AccessTests(TestCase):
         self.assertIn(b"sdcc_associations_active", body)
         for client in (None, "rogue"):
             code, why = await in_thread(get, client)
-            self.assertIsNone(code, client)
+            self.assertIsNone(code, f"{client}: {why!r}")
 
 
 class JsonLogTests(TestCase):

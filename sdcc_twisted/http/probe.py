@@ -54,7 +54,7 @@ class HealthProbe(service.Service):
             self._loop.stop()
         return self._running
 
-    def probe_now(self) -> "defer.Deferred[None]":
+    def probe_now(self) -> defer.Deferred[None]:
         """Probe once; fires when both answers (or their timeouts) are in."""
         pinged = defer.maybeDeferred(self.ping)
         pinged.addTimeout(self.timeout, self.clock)
