@@ -2,8 +2,9 @@
 # Installs what sdcc-twisted needs on this machine.  serve.sh and test.sh
 # source it; it leaves the project's Python in $venv_python.
 #   setup-deps.sh serve   the server: redis-server, then the package in .venv
-#   setup-deps.sh test    also the peers the tests drive (DCMTK, Orthanc) and
-#                         the [test] extras (pynetdicom, hypothesis, ...)
+#   setup-deps.sh test    also the peers the tests drive (DCMTK, Orthanc,
+#                         Chromium with chromium-driver for the status page)
+#                         and the [test] extras (pynetdicom, selenium, ...)
 #
 # Python packages go into a project venv, .venv, made from $PYTHON (default
 # python3), so a system Python marked externally managed (PEP 668) is never
@@ -25,6 +26,8 @@ apt_serve=(
 apt_test=(
   "dcmtk|/usr/bin/storescu --version 2>/dev/null | grep -i dcmtk"
   "orthanc|command -v Orthanc || test -x /usr/sbin/Orthanc"
+  "chromium|test -x /usr/bin/chromium"
+  "chromium-driver|test -x /usr/bin/chromedriver"
 )
 # setup.cfg extras installed per use.
 extras_serve=()

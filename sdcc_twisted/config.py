@@ -9,7 +9,9 @@ server and ``sdcc-admin`` find the same places from any working directory.
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -94,6 +96,20 @@ class LoggingSettings:
 
     level: str = "info"
     file: str = ""
+    format: str = "text"
+
+
+#: ``[http] listen`` by default: the operations surface on loopback only.
+DEFAULT_HTTP_LISTEN: Final = "tcp:8080:interface=127.0.0.1"
+
+
+@dataclass(frozen=True)
+class HTTPSettings:
+    """``[http]``: metrics, health checks and the status page."""
+
+    listen: str = DEFAULT_HTTP_LISTEN
+    token_file: str = ""
+    show_patient_data: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,6 +134,7 @@ class Settings:
     tls: TLSSettings = field(default_factory=TLSSettings)
     move_destinations: dict[str, MoveDestination] = field(default_factory=dict)
     query: QuerySettings = field(default_factory=QuerySettings)
+    http: HTTPSettings = field(default_factory=HTTPSettings)
 
     @property
     def storage_root(self) -> str:
@@ -126,6 +143,7 @@ class Settings:
 
 
 LOG_LEVELS: Final = ("debug", "info", "warn", "error", "critical")
+LOG_FORMATS: Final = ("text", "json")
 LOCK_KINDS: Final = ("auto", "memory", "redis")
 
 _TRUE = {"1", "yes", "true", "on"}
@@ -205,9 +223,40 @@ _KNOWN: Final[dict[str, frozenset[str]]] = {
     "storage": frozenset({"root", "fsync", "max_head_bytes", "retention_days"}),
     "tls": frozenset({"ca_certificates", "require_client_certificate"}),
     "index": frozenset({"redis", "redis_server", "key_prefix", "timeout", "lock"}),
-    "logging": frozenset({"level", "file"}),
+    "logging": frozenset({"level", "file", "format"}),
     "query": frozenset({"enabled", "allowed_calling_ae_titles"}),
+    "http": frozenset({"listen", "token_file", "show_patient_data"}),
 }
+
+
+def endpoint_fields(description: str) -> tuple[list[str], dict[str, str]]:
+    """Split a Twisted endpoint string into its positional and keyword
+    fields (``:`` separates them, ``\\:`` is a literal colon)."""
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    for part in re.split(r"(?<!\\):", description):
+        part = part.replace("\\:", ":")
+        name, equals, value = part.partition("=")
+        if equals:
+            kwargs[name] = value
+        else:
+            args.append(part)
+    return args, kwargs
+
+
+def endpoint_is_local(description: str) -> bool:
+    """Whether a server endpoint string listens on loopback only (a TCP or
+    SSL port bound to a loopback ``interface``, or a unix socket)."""
+    args, kwargs = endpoint_fields(description)
+    kind = args[0].lower() if args else ""
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return False
+    try:
+        return ipaddress.ip_address(kwargs.get("interface", "")).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_settings(text: str, source: str = "<string>",
@@ -327,6 +376,7 @@ def parse_settings(text: str, source: str = "<string>",
     logging = LoggingSettings(
         level=r.choice("logging", "level", dl.level, LOG_LEVELS),
         file=where(r.text("logging", "file", dl.file)),
+        format=r.choice("logging", "format", dl.format, LOG_FORMATS),
     )
     query = QuerySettings(
         enabled=r.boolean("query", "enabled", dq.enabled),
@@ -334,6 +384,9 @@ def parse_settings(text: str, source: str = "<string>",
             "query", "allowed_calling_ae_titles", dq.allowed_calling_ae_titles, ae_list,
             ae_list_expect),
     )
+    if logging.format == "json" and not logging.file:
+        raise r.fail("logging", "format", "json needs [logging] file (the file "
+                     "the JSON lines go to)")
     tls = TLSSettings(
         ca_certificates=where(r.text("tls", "ca_certificates", dt.ca_certificates)),
         require_client_certificate=r.boolean("tls", "require_client_certificate",
@@ -342,6 +395,22 @@ def parse_settings(text: str, source: str = "<string>",
     if tls.ca_certificates and not server.listen.startswith("ssl:"):
         raise r.fail("tls", "ca_certificates",
                      "client certificates need an ssl: endpoint in [server] listen")
+    dh = HTTPSettings()
+    http = HTTPSettings(
+        listen=r.text("http", "listen", dh.listen),
+        token_file=where(r.text("http", "token_file", dh.token_file)),
+        show_patient_data=r.boolean("http", "show_patient_data", dh.show_patient_data),
+    )
+    if http.listen and ":" not in http.listen:
+        raise r.fail("http", "listen", f"expected a Twisted endpoint string such as "
+                     f"{DEFAULT_HTTP_LISTEN}, or nothing to turn it off; got {http.listen!r}")
+    client_certificates = (endpoint_fields(http.listen)[0][:1] == ["ssl"]
+                           and bool(tls.ca_certificates) and tls.require_client_certificate)
+    if (http.listen and not endpoint_is_local(http.listen) and not http.token_file
+            and not client_certificates):
+        raise r.fail("http", "listen", f"{http.listen!r} is not loopback-only: set "
+                     "[http] token_file (a bearer token), or listen on ssl: with "
+                     "[tls] ca_certificates so that clients need a certificate")
     destinations: dict[str, MoveDestination] = {}
     if parser.has_section("move_destinations"):
         for title in parser.options("move_destinations"):
@@ -355,7 +424,7 @@ def parse_settings(text: str, source: str = "<string>",
                              f"expected AE_TITLE = host:port [tls], got {raw!r}")
             destinations[title.strip()] = MoveDestination(title.strip(), host.strip("[]"),
                                                           int(port_text), tls_flag)
-    return Settings(server, storage, index, logging, source, tls, destinations, query)
+    return Settings(server, storage, index, logging, source, tls, destinations, query, http)
 
 
 def load_settings(path: str) -> Settings:

@@ -13,15 +13,26 @@ instance is therefore a ``debug`` event, and the per-association line at
 
 from __future__ import annotations
 
+import json
+from datetime import datetime, timezone
+from typing import IO, Any, Final
+
 from twisted.logger import (
     FilteringLogObserver,
+    ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
     Logger,
+    formatEvent,
     globalLogPublisher,
 )
+from zope.interface import provider
 
-__all__ = ["enabled", "get_logger", "iso_time", "set_level"]
+__all__ = ["enabled", "get_logger", "iso_time", "json_lines_observer", "set_level"]
+
+#: JSON field names for the short keys sdcc's log lines format with.
+JSON_FIELD_NAMES: Final = {"calling": "calling_ae", "called": "called_ae",
+                           "uid": "sop_instance_uid"}
 
 _NAMESPACE = "sdcc"
 _levels = LogLevelFilterPredicate()
@@ -52,3 +63,33 @@ def iso_time(seconds: float) -> str:
 
     return (datetime.fromtimestamp(seconds, tz=timezone.utc).astimezone()
             .isoformat(timespec="milliseconds"))
+
+
+def json_lines_observer(stream: IO[str]) -> ILogObserver:
+    """An observer writing each event as one JSON object per line, for log
+    shippers (``[logging] format = json``): ``time`` (ISO 8601, UTC),
+    ``level``, ``namespace``, ``message`` and the event's own fields
+    (``peer``, ``calling_ae``, ``sop_instance_uid``, ``status``...)."""
+
+    @provider(ILogObserver)
+    def observe(event: dict[str, Any]) -> None:
+        level = event.get("log_level")
+        record: dict[str, Any] = {
+            "time": datetime.fromtimestamp(event.get("log_time", 0), timezone.utc)
+                            .isoformat(timespec="milliseconds"),
+            "level": level.name if level is not None else "info",
+            "namespace": event.get("log_namespace", ""),
+            "message": formatEvent(event),
+        }
+        for key, value in event.items():
+            if key.startswith("log_") or key in ("format", "isError", "message"):
+                continue
+            if not isinstance(value, (str, int, float, bool, type(None))):
+                value = str(value)
+            record.setdefault(JSON_FIELD_NAMES.get(key, key), value)
+        failure = event.get("log_failure")
+        if failure is not None:
+            record["traceback"] = failure.getTraceback()
+        stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+        stream.flush()
+    return observe

@@ -33,7 +33,9 @@ from sdcc_twisted.config import ConfigError, Settings, settings_summary
 from sdcc_twisted.storage.index import RedisAssociationLock, RedisIndex, connect_redis
 from sdcc_twisted.storage.journal import IndexLog, JournalReplayer, PendingJournal
 from sdcc_twisted.storage.locks import FallbackAssociationLock, IAssociationLock, InProcessAssociationLock
-from sdcc_twisted import logs
+from sdcc_twisted import __version__, logs
+from sdcc_twisted.http import HealthProbe, build_site, read_token
+from sdcc_twisted.monitor import ISpaceReport, Monitor
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.core.negotiation import AcceptorPolicy
 from sdcc_twisted.runtime.admission import Admission
@@ -127,16 +129,19 @@ class StorageCleanupService(service.Service):
 
 
 class LogFileService(service.Service):
-    """``[logging] file``: a filtered text log file beside twistd's log.
+    """``[logging] file``: a filtered log file (text, or JSON lines with
+    ``[logging] format = json``) beside twistd's log.
 
     SIGHUP reopens it (after logrotate moved it away); the handler only
     schedules the reopen on the reactor thread.
     """
 
-    def __init__(self, path: str, level: str, reactor: Any = None) -> None:
+    def __init__(self, path: str, level: str, reactor: Any = None,
+                 format: str = "text") -> None:
         self.path = path
         self.level = LogLevel.levelWithName(level)
         self.reactor = reactor
+        self.format = format
         self._observer: Any = None
         self._handle: Any = None
         self._previous_handler: Any = None
@@ -167,7 +172,9 @@ class LogFileService(service.Service):
             raise ConfigError(f"[logging] file: cannot open {self.path}: "
                               f"{exc.strerror}") from None
         predicate = LogLevelFilterPredicate(defaultLogLevel=self.level)
-        observer = FilteringLogObserver(textFileLogObserver(handle), [predicate])
+        writer = (logs.json_lines_observer(handle) if self.format == "json"
+                  else textFileLogObserver(handle))
+        observer = FilteringLogObserver(writer, [predicate])
         globalLogPublisher.addObserver(observer)
         self._close()
         self._observer, self._handle = observer, handle
@@ -268,8 +275,10 @@ class SdccService(service.MultiService):
 
     def __init__(self, factory: DicomServerFactory, store: FileStore, index: RedisIndex,
                  journal: PendingJournal, connection: RedisConnectionService,
-                 embedded: EmbeddedRedis | None, listener: ListenerService) -> None:
+                 embedded: EmbeddedRedis | None, listener: ListenerService,
+                 monitor: Monitor) -> None:
         super().__init__()
+        self.monitor = monitor
         self.factory = factory
         self.store = store
         self.index = index
@@ -285,7 +294,8 @@ def _lock_fallback(calling_ae: str, failure: Any) -> None:
              calling=calling_ae, why=failure.getErrorMessage())
 
 
-def require_client_certificates(endpoint: Any, settings: Settings) -> None:
+def require_client_certificates(endpoint: Any, settings: Settings,
+                                listen_key: str = "[server] listen") -> None:
     """``[tls] ca_certificates``: make an ``ssl:`` listener verify client
     certificates against those CAs (PS3.15 B.1, the TLS secure transport
     connection profile: both ends authenticate)."""
@@ -311,7 +321,7 @@ def require_client_certificates(endpoint: Any, settings: Settings) -> None:
                           "no PEM certificate")
     original = server_tls_options(endpoint)
     if original is None:
-        raise ConfigError(f"{settings.source}: [tls] ca_certificates: [server] listen "
+        raise ConfigError(f"{settings.source}: [tls] ca_certificates: {listen_key} "
                           "is not an ssl: endpoint")
     replace_server_tls_options(endpoint, ssl.CertificateOptions(
         privateKey=original.privateKey,
@@ -323,8 +333,12 @@ def require_client_certificates(endpoint: Any, settings: Settings) -> None:
     ))
 
 
-def build_service(settings: Settings, reactor: Any) -> SdccService:
+def build_service(settings: Settings, reactor: Any,
+                  space_report: ISpaceReport | None = None) -> SdccService:
     """Build the server's service tree from validated settings.
+
+    ``space_report`` gives free space and the disk floor to ``/readyz`` and
+    ``sdcc_disk_free_bytes``; without it no floor is checked.
 
     Raises:
         ConfigError: naming the section and key, for what can only be checked
@@ -334,7 +348,8 @@ def build_service(settings: Settings, reactor: Any) -> SdccService:
     children.append(DataDirLock(settings.server.data_dir, settings.source))
     logs.set_level(settings.logging.level)
     if settings.logging.file:
-        children.append(LogFileService(settings.logging.file, settings.logging.level, reactor))
+        children.append(LogFileService(settings.logging.file, settings.logging.level, reactor,
+                                       settings.logging.format))
 
     data_dir = settings.server.data_dir
     try:
@@ -394,6 +409,8 @@ def build_service(settings: Settings, reactor: Any) -> SdccService:
                          run_blocking))
 
     server = settings.server
+    monitor = Monitor(reactor, __version__, server.allowed_calling_ae_titles,
+                      settings.http.show_patient_data)
     storage = StorageSCP(store, index, journal, run_blocking, reactor, index_log)
     catalog = RedisCatalog(late, reactor, key_prefix=settings.index.key_prefix,
                            timeout=settings.index.timeout)
@@ -412,6 +429,7 @@ def build_service(settings: Settings, reactor: Any) -> SdccService:
         admission, service_table(storage, query_retrieve), reactor,
         timeouts=Timeouts(artim=server.artim_timeout, idle=server.idle_timeout),
         max_command_length=server.max_command_length,
+        monitor=monitor,
     )
     try:
         endpoint = endpoints.serverFromString(reactor, server.listen)
@@ -424,10 +442,39 @@ def build_service(settings: Settings, reactor: Any) -> SdccService:
                                f"{settings.source}: [server] listen = {server.listen}")
     listener.setName("dicom")
     children.append(listener)
-    top = SdccService(factory, store, index, journal, connection, embedded, listener)
+    if settings.http.listen:
+        children.extend(_http_services(settings, reactor, monitor, late, journal, space_report,
+                                       run_blocking))
+    top = SdccService(factory, store, index, journal, connection, embedded, listener, monitor)
     top.setName("sdcc")
     for child in children:
         child.setServiceParent(top)
     log.info("sdcc {summary}", summary=" ".join(
         f"{k}={v}" for k, v in settings_summary(settings).items()))
     return top
+
+
+def _http_services(settings: Settings, reactor: Any, monitor: Monitor,
+                   late: LateRedis, journal: PendingJournal, space: ISpaceReport | None,
+                   run_blocking: Any) -> list[service.Service]:
+    """``[http] listen``: the probe that feeds the operations site, and its listener."""
+    http = settings.http
+    token = read_token(http.token_file, settings.source) if http.token_file else None
+
+    def measure() -> "defer.Deferred[tuple[int, dict[str, int]]]":
+        return run_blocking(lambda: (len(journal), space.free_bytes() if space else {}))
+
+    probe = HealthProbe(monitor, reactor, lambda: late.ping(), measure,
+                        timeout=settings.index.timeout)
+    site = build_site(monitor, reactor, run_blocking, space, token)
+    try:
+        endpoint = endpoints.serverFromString(reactor, http.listen)
+    except (ValueError, TypeError, KeyError, OSError, ImportError) as exc:
+        raise ConfigError(f"{settings.source}: [http] listen: cannot use "
+                          f"{http.listen!r} as a Twisted endpoint ({exc})") from None
+    if settings.tls.ca_certificates and http.listen.startswith("ssl:"):
+        require_client_certificates(endpoint, settings, "[http] listen")
+    listener = ListenerService(endpoint, site,
+                               f"{settings.source}: [http] listen = {http.listen}")
+    listener.setName("http")
+    return [probe, listener]

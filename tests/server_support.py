@@ -39,6 +39,7 @@ def ini_text(data_dir: str, redis_url: str, port: int = 0, **sections: dict[str,
                    "ae_title": "SDCC"},
         "storage": {"fsync": "no"},
         "index": {"redis": redis_url, "timeout": "1"},
+        "http": {"listen": ""},
     }
     for name, keys in sections.items():
         values.setdefault(name, {}).update(keys)
@@ -62,7 +63,8 @@ class InProcessServer:
 
 
 async def start_server(testcase: unittest.TestCase, redis: RedisServer | None = None,
-                       embedded: bool = False, **sections: dict[str, Any]) -> InProcessServer:
+                       embedded: bool = False, space_report: Any = None,
+                       **sections: dict[str, Any]) -> InProcessServer:
     """Start a server in this process; stopped in the test's cleanup."""
     data_dir = os.path.abspath(testcase.mktemp())
     if embedded:
@@ -71,7 +73,7 @@ async def start_server(testcase: unittest.TestCase, redis: RedisServer | None = 
         redis = redis or start_redis(testcase)
         url = redis.url
     settings = parse_settings(ini_text(data_dir, url, **sections), "test.ini")
-    top = build_service(settings, reactor)
+    top = build_service(settings, reactor, space_report=space_report)
     server = InProcessServer(top, data_dir, redis)
     top.startService()
     testcase.addCleanup(top.stopService)

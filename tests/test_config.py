@@ -33,6 +33,9 @@ class SettingsTests(SynchronousTestCase):
         self.assertEqual(shipped.storage, defaults.storage)
         self.assertEqual(shipped.index, defaults.index)
         self.assertEqual(shipped.query, defaults.query)
+        self.assertEqual(shipped.http, defaults.http)
+        self.assertEqual(shipped.logging, defaults.logging)
+        self.assertEqual(shipped.http.listen, "tcp:8080:interface=127.0.0.1")
         self.assertEqual(shipped.server.listen, "tcp:11112")
         self.assertEqual(shipped.server.max_pdu_length, 16384)
         self.assertEqual(shipped.index.redis, "embedded")
@@ -78,6 +81,11 @@ class SettingsTests(SynchronousTestCase):
             "[query]\nallowed_calling_ae_titles = WS1, @10.0.0.1\n":
                 "[query] allowed_calling_ae_titles",
             "[server\n": "bad.ini",
+            "[http]\nlisten = 8080\n": "[http] listen",
+            "[http]\nshow_patient_data = perhaps\n": "[http] show_patient_data",
+            "[http]\nport = 8080\n": "[http] port: unknown key",
+            "[logging]\nformat = xml\n": "[logging] format",
+            "[logging]\nformat = json\n": "[logging] format: json needs [logging] file",
         }
         for text, expected in cases.items():
             with self.assertRaises(ConfigError, msg=text) as ctx:
@@ -118,6 +126,41 @@ class SettingsTests(SynchronousTestCase):
         self.assertFalse(settings.query.enabled)
         self.assertEqual(settings.query.allowed_calling_ae_titles,
                          frozenset({"WS1", "WS2@10.0.0.2"}))
+    def test_http_listener_is_loopback_unless_protected(self) -> None:
+        """[http] listen: loopback (or a unix socket) needs nothing; any other
+        address is refused unless a bearer token file or client certificates
+        ([tls] ca_certificates on an ssl: listener) protect it; empty is off."""
+        for local in ("tcp:8080:interface=127.0.0.1", "tcp:0:interface=127.0.0.2",
+                      "tcp6:8080:interface=\\:\\:1", "unix:/run/sdcc/http.sock", ""):
+            self.assertEqual(parse_settings(f"[http]\nlisten = {local}\n").http.listen, local)
+        for exposed in ("tcp:8080", "tcp:8080:interface=0.0.0.0",
+                        "tcp:8080:interface=10.1.2.3", "tcp6:8080:interface=\\:\\:",
+                        "ssl:8443:privateKey=k.pem", "tcp:8080:interface=localhost"):
+            with self.assertRaises(ConfigError, msg=exposed) as ctx:
+                parse_settings(f"[http]\nlisten = {exposed}\n", "x.ini")
+            self.assertIn("x.ini: [http] listen", str(ctx.exception))
+            self.assertIn("token_file", str(ctx.exception))
+        with_token = parse_settings("[http]\nlisten = tcp:8080\ntoken_file = /etc/sdcc/token\n")
+        self.assertEqual(with_token.http.token_file, "/etc/sdcc/token")
+        with_certificates = parse_settings(
+            "[server]\nlisten = ssl:2762:privateKey=k.pem\n"
+            "[tls]\nca_certificates = ca.pem\n"
+            "[http]\nlisten = ssl:8443:privateKey=k.pem\n")
+        self.assertEqual(with_certificates.http.listen, "ssl:8443:privateKey=k.pem")
+        with self.assertRaises(ConfigError):
+            parse_settings("[server]\nlisten = ssl:2762:privateKey=k.pem\n"
+                           "[tls]\nca_certificates = ca.pem\nrequire_client_certificate = no\n"
+                           "[http]\nlisten = ssl:8443:privateKey=k.pem\n")
+
+    def test_http_and_json_logging_values(self) -> None:
+        """[http] show_patient_data and [logging] format = json (with a file) are read."""
+        settings = parse_settings("[http]\nshow_patient_data = yes\n"
+                                  "[logging]\nformat = json\nfile = sdcc.jsonl\n")
+        self.assertTrue(settings.http.show_patient_data)
+        self.assertEqual((settings.logging.format, settings.logging.file),
+                         ("json", "sdcc.jsonl"))
+        self.assertFalse(parse_settings("").http.show_patient_data)
+        self.assertEqual(parse_settings("").logging.format, "text")
 
     def test_missing_file(self) -> None:
         """A missing file names the path and the reason."""

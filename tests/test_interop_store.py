@@ -548,8 +548,9 @@ class TwistdStoreTests(TestCase):
         data_dir = os.path.join(base, "d")
         ini = os.path.join(base, "minimal.ini")
         with open(ini, "w", encoding="utf-8") as handle:
+            # (the HTTP listener's default port could be taken on a shared machine)
             handle.write(f"[server]\nlisten = tcp:{port}:interface=127.0.0.1\n"
-                         f"data_dir = {data_dir}\n")
+                         f"data_dir = {data_dir}\n[http]\nlisten = tcp:0:interface=127.0.0.1\n")
         server = TwistdServer(self, ini)
         self.addCleanup(lambda: stop_embedded_redis(server.log(), data_dir))
         server.start(port)

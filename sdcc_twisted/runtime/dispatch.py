@@ -29,6 +29,7 @@ from sdcc_twisted.core.conformance import (
 )
 from sdcc_twisted.core.dimse import COMMAND_DATA_SET_TYPE, MESSAGE_ID_BEING_RESPONDED_TO, Command, response
 from sdcc_twisted.core.events import CommandReceived, DataFragment
+from sdcc_twisted.monitor import Monitor
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.services.channel import DimseService, Operation, Outcome, Request, SubAssociation
 from sdcc_twisted.services.qr import QueryRetrieveSCP
@@ -59,9 +60,10 @@ class Dispatcher:
     """
 
     def __init__(self, connection: "DicomProtocol",
-                 services: Mapping[int, DimseService]) -> None:
+                 services: Mapping[int, DimseService], monitor: Monitor) -> None:
         self.connection = connection
         self.services = services
+        self.monitor = monitor
         self.pending = 0
         self.stored = 0
         self.failed = 0
@@ -129,6 +131,7 @@ class Dispatcher:
 
     def _run(self, operation: Operation, context_id: int) -> None:
         self.pending += 1
+        self.monitor.last_fragment(operation)
         d = operation.complete()
         d.addCallback(self._done, operation, context_id)
         d.addErrback(self.connection.internal_error)
@@ -136,6 +139,7 @@ class Dispatcher:
     def _done(self, outcome: Outcome, operation: Operation, context_id: int) -> None:
         self.pending -= 1
         connection = self.connection
+        self.monitor.answered(connection, operation, outcome)
         connection.idle.touch()
         self._operations.pop(operation.command.message_id or 0, None)
         if operation.counted:

@@ -24,6 +24,7 @@ from sdcc_twisted.core.conformance import (
     ABORT_REASON_NOT_SPECIFIED,
     ABORT_REASON_TEXT,
     TRANSFER_SYNTAXES,
+    RejectReason,
     sop_class_name,
 )
 from sdcc_twisted.core.events import (
@@ -36,6 +37,7 @@ from sdcc_twisted.core.events import (
 )
 from sdcc_twisted.core.negotiation import Accepted, reject_pdu
 from sdcc_twisted.logs import get_logger
+from sdcc_twisted.monitor import Monitor
 from sdcc_twisted.runtime.admission import Admission, Admitted, Answer
 from sdcc_twisted.runtime.client import open_store_association
 from sdcc_twisted.runtime.dispatch import Dispatcher
@@ -60,7 +62,7 @@ class DicomProtocol(AssociationShell):
 
     def __init__(self, factory: "DicomServerFactory") -> None:
         self.factory = factory
-        self.dispatcher = Dispatcher(self, factory.services)
+        self.dispatcher = Dispatcher(self, factory.services, factory.monitor)
         super().__init__(factory.clock, factory.timeouts.artim, factory.timeouts.idle)
         self.calling_ae = ""
         self.called_ae = ""
@@ -80,6 +82,11 @@ class DicomProtocol(AssociationShell):
         return {DataFragment: self.dispatcher.on_fragment,
                 AssociationRequested: self._on_request, AssociationRejected: self._rejected,
                 ReleaseRequested: self._on_release, Aborted: self._on_aborted}
+
+    def dataReceived(self, data: bytes) -> None:
+        """Bytes from the peer, counted for the operations surface."""
+        self.factory.monitor.received(self, len(data))
+        super().dataReceived(data)
 
     def on_command(self, event: CommandReceived) -> None:
         """A DIMSE request: the dispatcher's."""
@@ -116,11 +123,13 @@ class DicomProtocol(AssociationShell):
                      peer=self.peer, calling=self.calling_ae, called=self.called_ae,
                      r=reason.result, s=reason.source, d=reason.reason, text=reason.text,
                      limit=f" limit {answer.limit}" if answer.limit else "")
+            self.factory.monitor.association_rejected(reason, answer.limit or "")
             self.guard(self.assoc.reject, reject_pdu(reason))
             return
         self._admitted = answer
         decision = answer.decision
         self.guard(self.assoc.accept, decision)
+        self.factory.monitor.association_accepted(self, self.peer, self.calling_ae)
         self.idle.start()
         contexts = sorted({
             f"{sop_class_name(c.abstract_syntax)}/{TRANSFER_SYNTAXES.get(c.transfer_syntax, c.transfer_syntax)}"
@@ -137,6 +146,8 @@ class DicomProtocol(AssociationShell):
         """AE-6 refused the request below the policy (e.g. protocol version)."""
         rj = event.reject
         self._end(f"rejected {rj.result}/{rj.source}/{rj.reason}")
+        self.factory.monitor.association_rejected(
+            RejectReason(rj.result, rj.source, rj.reason, ""))
         log.warn("association rejected by the upper layer peer={peer} "
                  "result/source/reason={r}/{s}/{d}", peer=self.peer,
                  r=rj.result, s=rj.source, d=rj.reason)
@@ -216,10 +227,11 @@ class DicomProtocol(AssociationShell):
         admitted, self._admitted = self._admitted, None
         admission.release(self, self.calling_ae, admitted.token if admitted else None)
         admission.connection_lost(self)
+        outcome = self._ending or ("released" if self._released else
+                                   "aborted (connection closed)" if admitted
+                                   else "closed before association")
+        self.factory.monitor.association_closed(self, outcome)
         if self.calling_ae:
-            outcome = self._ending or ("released" if self._released else
-                                       "aborted (connection closed)" if admitted
-                                       else "closed before association")
             log.info("association peer={peer} calling_ae={calling} called_ae={called} "
                      "outcome={outcome} stored={stored} failed={failed} "
                      "duration={duration:.3f}s",
@@ -240,6 +252,7 @@ class DicomServerFactory(Factory[DicomProtocol]):
             sub-associations.
         timeouts: ARTIM and idle timeouts.
         max_command_length: the largest command set we buffer.
+        monitor: where associations and operations are counted.
     """
 
     noisy = False
@@ -247,13 +260,22 @@ class DicomServerFactory(Factory[DicomProtocol]):
     def __init__(self, admission: Admission, services: Mapping[int, DimseService],
                  clock: IReactorTime, timeouts: Timeouts = Timeouts(),
                  max_command_length: int = ServerSettings.max_command_length,
-                 reactor: Any = None) -> None:
+                 reactor: Any = None, monitor: Monitor | None = None) -> None:
         self.admission = admission
         self.services = services
         self.clock = clock
         self.reactor = reactor if reactor is not None else clock
         self.timeouts = timeouts
         self.max_command_length = max_command_length
+        self.monitor = monitor if monitor is not None else Monitor(clock)
+
+    def startFactory(self) -> None:
+        """The listener is up."""
+        self.monitor.set_listening(True)
+
+    def stopFactory(self) -> None:
+        """The listener stopped."""
+        self.monitor.set_listening(False)
 
     @property
     def connections(self) -> dict[object, str | None]:

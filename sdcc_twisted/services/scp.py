@@ -177,6 +177,7 @@ class StorageSCP:
     def _committed(self, result: tuple[InstanceRecord, bool], reception: "Reception",
                    segment: int | None) -> "Outcome | defer.Deferred[Outcome]":
         record, logged = result
+        reception.record = record
         d = self.register(record)
         d.addBoth(self._settle, segment)
         if logged:
@@ -291,6 +292,8 @@ class Reception:
         self.sink = sink
         self.failed = failed
         self.completing = False
+        #: The index record once the file is committed (the status page's).
+        self.record: InstanceRecord | None = None
 
     def write(self, data: Any) -> None:
         """Append a data set fragment; a disk error is kept for the answer."""
