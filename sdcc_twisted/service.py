@@ -253,7 +253,8 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
 
     server = settings.server
-    storage = StorageSCP(store, index, journal, run_blocking, reactor, index_log)
+    storage = StorageSCP(store, index, journal, run_blocking, reactor, index_log,
+                         durable_index=embedded is None)
     catalog = RedisCatalog(late, reactor, key_prefix=settings.index.key_prefix,
                            timeout=settings.index.timeout)
     destinations = {title: Destination(d.ae_title, d.host, d.port, d.tls)

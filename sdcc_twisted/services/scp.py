@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from sdcc_twisted.core.conformance import (
     C_ECHO_RSP,
     C_STORE_RSP,
+    STATUS_OUT_OF_RESOURCES,
     STATUS_PROCESSING_FAILURE,
     STATUS_SOP_CLASS_NOT_SUPPORTED,
     STATUS_SUCCESS,
@@ -33,7 +34,13 @@ from sdcc_twisted.storage.journal import IndexLog, PendingJournal
 from sdcc_twisted import logs
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.core.records import InstanceRecord
-from sdcc_twisted.storage.files import FileStore, Sink, StorageError, StoredFile
+from sdcc_twisted.storage.files import (
+    FileStore,
+    Sink,
+    StorageError,
+    StoredFile,
+    disk_error,
+)
 
 log = get_logger("sdcc.storage")
 
@@ -93,14 +100,23 @@ class StorageSCP:
         journal: where instances wait when the index does not answer.
         run_blocking: runs a blocking callable off the reactor thread.
         clock: for the per-instance duration in the log.
+        index_log: the write-ahead log that lets the answer go before the
+            index write.
+        durable_index: whether an entry the index accepted survives a crash
+            of it (an external Redis, as configured there).  The embedded
+            one shares ``data_dir`` with the log: when the log cannot be
+            written its entries are not trusted, and the journal must hold
+            the record before a Success.
     """
 
     response_field = C_STORE_RSP
 
     def __init__(self, store: FileStore, index: IInstanceIndex,
                  journal: PendingJournal, run_blocking: RunBlocking,
-                 clock: Any, index_log: IndexLog | None = None) -> None:
+                 clock: Any, index_log: IndexLog | None = None,
+                 durable_index: bool = True) -> None:
         self.store = store
+        self.durable_index = durable_index
         self.index = index
         self.journal = journal
         self.run_blocking = run_blocking
@@ -154,17 +170,48 @@ class StorageSCP:
     def _committed(self, result: tuple[InstanceRecord, bool], reception: "Reception",
                    segment: int | None) -> "Outcome | defer.Deferred[Outcome]":
         record, logged = result
+        if not logged and not self.durable_index:
+            # an entry it accepts may not survive a Redis crash
+            d = self.journal_record(record)
+            return d.addBoth(self._answer_unlogged, reception, segment, record)
         d = self.register(record)
-        d.addBoth(self._settle, segment)
         if logged:
             # answered now; the index write finishes behind the answer
+            d.addCallback(self._settle_if_kept, segment, record)
             d.chainDeferred(reception.indexed)
             return _SUCCESS
+        # no log line: the answer waits for the index or the journal
+        return d.addBoth(self._answer_unlogged, reception, segment, record)
 
-        def indexed(result: Any) -> Any:
-            reception.indexed.callback(None)    # the release must not wait forever
-            return _SUCCESS if not isinstance(result, Failure) else result
-        return d.addBoth(indexed)
+    def _settle_if_kept(self, problem: StorageError | None, segment: int | None,
+                        record: InstanceRecord) -> None:
+        """Behind a Success: settle the log line once the record is in the
+        index or the journal; otherwise the line is its only copy, and its
+        segment stays for the recovery at the next start."""
+        if problem is None:
+            self._settle(None, segment)
+            return
+        log.error("{uid} is neither indexed nor journaled ({why}); its record "
+                  "stays in the index log and is indexed at the next start",
+                  uid=record.sop_instance_uid, why=problem.comment)
+
+    def _answer_unlogged(self, problem: StorageError | Failure | None,
+                         reception: "Reception", segment: int | None,
+                         record: InstanceRecord) -> "Outcome | Failure | defer.Deferred[Outcome]":
+        """The log line could not be written: Success only if the index or
+        the journal holds the record; else the file goes and the peer gets
+        the failure, so that it sends the instance again."""
+        self._settle(None, segment)
+        reception.indexed.callback(None)    # the release must not wait forever
+        if problem is None:
+            return _SUCCESS
+        if isinstance(problem, Failure):
+            return problem
+        log.error("{uid} not stored: no durable record of it could be made "
+                  "({why}); its file is removed", uid=record.sop_instance_uid,
+                  why=problem.comment)
+        d = self.run_blocking(_remove_quietly, record.path)
+        return d.addCallback(lambda _: Outcome(problem.status, problem.comment))
 
     def _not_committed(self, failure: Failure, reception: "Reception",
                        segment: int | None) -> "Outcome | Failure":
@@ -213,8 +260,12 @@ class StorageSCP:
             attributes=dict(stored.attributes),
         )
 
-    def register(self, record: InstanceRecord) -> "defer.Deferred[None]":
-        """Index ``record``; on any index failure, journal it (never fails)."""
+    def register(self, record: InstanceRecord) -> "defer.Deferred[StorageError | None]":
+        """Index ``record``; on any index failure, journal it.
+
+        Fires with None once the index or the journal holds the record, or
+        with the StorageError (A7xx) saying why neither could; never fails.
+        """
         d = self.index.record(record)
         d.addCallbacks(self._registered, self._not_registered,
                        callbackArgs=(record,), errbackArgs=(record,))
@@ -227,15 +278,26 @@ class StorageSCP:
         return None
 
     def _not_registered(self, failure: Failure,
-                        record: InstanceRecord) -> "defer.Deferred[None]":
+                        record: InstanceRecord) -> "defer.Deferred[StorageError | None]":
         # any index failure is journaled
         log.warn("index unavailable ({error}); {uid} journaled for later indexing",
                  error=failure.value, uid=record.sop_instance_uid)
+        return self.journal_record(record)
+
+    def journal_record(self, record: InstanceRecord) -> "defer.Deferred[StorageError | None]":
+        """Append ``record`` to the pending journal: fires with None once it
+        is there, or with the StorageError (A7xx) saying why not."""
         d = self.run_blocking(self.journal.append, record)
 
-        def not_journaled(failure: Failure) -> None:
-            log.failure("could not journal {uid}; run 'sdcc-admin rebuild' "
-                        "to index it from the file", failure, uid=record.sop_instance_uid)
+        def not_journaled(failure: Failure) -> StorageError:
+            if failure.check(OSError):
+                log.error("cannot journal {uid} in {where}: {why}",
+                          uid=record.sop_instance_uid, where=self.journal.directory,
+                          why=failure.getErrorMessage())
+                return disk_error(failure.value)
+            log.failure("cannot journal {uid}", failure, uid=record.sop_instance_uid)
+            return StorageError(STATUS_OUT_OF_RESOURCES,
+                                "Out of resources: cannot record the instance")
         d.addCallbacks(lambda _: None, not_journaled)
         return d
 

@@ -42,6 +42,8 @@ from sdcc_twisted.core.errors import DatasetError
 
 __all__ = [
     "FileStore",
+    "disk_error",
+    "fsync_directory",
     "MISSING_SERIES_DIR",
     "MISSING_STUDY_DIR",
     "Sink",
@@ -82,7 +84,7 @@ class StorageError(Exception):
         self.comment = comment
 
 
-def _os_error(exc: OSError) -> StorageError:
+def disk_error(exc: OSError) -> StorageError:
     """Map a disk error to an A7xx Refused: Out of Resources status."""
     if exc.errno in _DISK_FULL_ERRNOS:
         return StorageError(STATUS_DISK_FULL, "Out of resources: disk full")
@@ -370,13 +372,13 @@ class Sink:
                          os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
                          0o644)
         except OSError as exc:
-            raise _os_error(exc) from exc
+            raise disk_error(exc) from exc
         self._file = _GatherWriter(fd, early_writeback=store.fsync)
         try:
             self._file.write(meta)
         except OSError as exc:
             self.abort()
-            raise _os_error(exc) from exc
+            raise disk_error(exc) from exc
 
     def write(self, data: bytes | memoryview) -> None:
         """Append a data set fragment verbatim and walk it.
@@ -402,7 +404,7 @@ class Sink:
         try:
             self._file.write(data)
         except OSError as exc:
-            self._failure = _os_error(exc)
+            self._failure = disk_error(exc)
             self._discard()
             raise self._failure from exc
         self.bytes_written += len(data)
@@ -484,9 +486,9 @@ class Sink:
             self._closed = True
             if store.fsync:
                 for each in [directory, *created]:
-                    _fsync_directory(each)
+                    fsync_directory(each)
         except OSError as exc:
-            raise _os_error(exc) from exc
+            raise disk_error(exc) from exc
         return StoredFile(
             path=path,
             size=self._meta_size + self.bytes_written,
@@ -529,7 +531,7 @@ def _makedirs(directory: str, root: str) -> list[str]:
     return changed
 
 
-def _fsync_directory(path: str) -> None:
+def fsync_directory(path: str) -> None:
     """fsync a directory so that a rename or new entry in it is durable."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:

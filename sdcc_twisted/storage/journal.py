@@ -13,9 +13,11 @@ lists, reads and deletes small files, which it does on the reactor thread.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
+import threading
 import time
 from typing import Final
 
@@ -23,6 +25,7 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
+from sdcc_twisted.storage.files import fsync_directory
 from sdcc_twisted.storage.index import IInstanceIndex, IndexUnavailable
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.core.records import InstanceRecord
@@ -50,27 +53,33 @@ class PendingJournal:
         return cls(os.path.join(data_dir, PENDING_DIR))
 
     def append(self, rec: InstanceRecord) -> str:
-        """Write ``rec`` durably (tmp, fsync, rename, fsync dir); its name."""
+        """Write ``rec`` durably (tmp, fsync, rename, fsync dir); its name.
+
+        Raises:
+            OSError: no entry was made (nothing is left behind).
+        """
         os.makedirs(self.directory, exist_ok=True)
         name = (f"{time.time_ns():020d}-{os.getpid()}-"
                 f"{next(self._sequence):08d}{_SUFFIX}")
         body = json.dumps({"format": _FORMAT, "record": rec.to_dict()},
                           sort_keys=True).encode("utf-8")
         tmp = os.path.join(self.directory, "." + name + ".tmp")
+        path = os.path.join(self.directory, name)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(body)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp, os.path.join(self.directory, name))
+            os.replace(tmp, path)
+            fsync_directory(self.directory)
         except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            for each in (tmp, path):
+                try:
+                    os.unlink(each)
+                except OSError:
+                    pass
             raise
-        _fsync_dir(self.directory)
         return name
 
     def names(self) -> list[str]:
@@ -100,12 +109,7 @@ class PendingJournal:
 
     def _load(self, name: str) -> InstanceRecord:
         with open(os.path.join(self.directory, name), "rb") as handle:
-            data = json.loads(handle.read().decode("utf-8"))
-        if data.get("format") != _FORMAT:
-            raise ValueError(f"unknown format {data.get('format')!r}")
-        fields = data["record"]
-        fields["attributes"] = dict(fields.get("attributes") or {})
-        return InstanceRecord(**fields)
+            return _record_of(json.loads(handle.read().decode("utf-8")))
 
     def _quarantine(self, name: str, exc: Exception) -> None:
         path = os.path.join(self.directory, name)
@@ -156,6 +160,7 @@ class IndexLog:
         self.fsync = fsync
         os.makedirs(directory, exist_ok=True)
         self._fds: dict[int, int] = {}
+        self._write_lock = threading.Lock()   # appends come from pool threads
         self._open: dict[int, int] = {}      # segment -> records not yet settled
         self._current = max(self._segments(), default=0) + 1
         self._in_current = 0
@@ -197,29 +202,64 @@ class IndexLog:
 
     def append(self, rec: InstanceRecord, segment: int) -> None:
         """Log ``rec`` in ``segment``; blocking (run it where the store's
-        fsync runs)."""
+        fsync runs).
+
+        The whole line is written (a short write is completed) and, with
+        ``fsync``, made durable before this returns.  On any failure the
+        segment is cut back to where the line began, so that no torn line
+        precedes the next record, and the error is raised: the record then
+        has no copy here.
+
+        Raises:
+            OSError: the line could not be written or synced (ENOSPC, EIO,
+                EBADF once the log is closed, ...).
+        """
         line = json.dumps({"format": _FORMAT, "record": rec.to_dict()},
                           sort_keys=True).encode("utf-8") + b"\n"
-        fd = self._fds[segment]
-        os.write(fd, line)
+        with self._write_lock:
+            fd = self._fds.get(segment)
+            if fd is None:
+                raise OSError(errno.EBADF, "the index log is closed")
+            start = os.fstat(fd).st_size
+            try:
+                _write_all(fd, line)
+            except OSError:
+                self._cut(fd, start, segment)
+                raise
         if self.fsync:
             os.fdatasync(fd)
 
+    def _cut(self, fd: int, size: int, segment: int) -> None:
+        """Truncate a segment back to ``size`` after a failed append."""
+        try:
+            os.ftruncate(fd, size)
+        except OSError as exc:
+            # recovery skips a torn line, and finds the record after it
+            _log.error("cannot cut a torn line off the index log segment "
+                       "{path}: {why}", path=self._path(segment), why=exc)
+
     def settle(self, segment: int) -> None:
         """One record of ``segment`` reached the index or the journal, or
-        was never written."""
+        was never written.  Never settle a record whose only copy is here:
+        its segment must stay for :meth:`recover`."""
+        if segment not in self._open:
+            return                  # closed meanwhile: recovery handles it
         self._open[segment] -= 1
         self._retire_if_done(segment)
 
     def _retire_if_done(self, segment: int) -> None:
         if segment != self._current and self._open.get(segment) == 0:
             del self._open[segment]
-            os.close(self._fds.pop(segment))
-            try:
-                os.unlink(self._path(segment))
-            except OSError as exc:
-                _log.warn("cannot delete the index log segment {path}: {why}",
-                          path=self._path(segment), why=exc)
+            with self._write_lock:
+                os.close(self._fds.pop(segment))
+            self._unlink(segment)
+
+    def _unlink(self, segment: int) -> None:
+        try:
+            os.unlink(self._path(segment))
+        except OSError as exc:
+            _log.warn("cannot delete the index log segment {path}: {why}",
+                      path=self._path(segment), why=exc)
 
     def recover(self, journal: PendingJournal) -> int:
         """Move what a crash left in older segments to ``journal``; how many."""
@@ -229,12 +269,8 @@ class IndexLog:
                 continue
             with open(self._path(segment), "rb") as handle:
                 for raw in handle:
-                    try:
-                        data = json.loads(raw.decode("utf-8"))
-                        fields = data["record"]
-                        fields["attributes"] = dict(fields.get("attributes") or {})
-                        rec = InstanceRecord(**fields)
-                    except (ValueError, TypeError, KeyError):
+                    rec = _parse_line(raw)
+                    if rec is None:
                         continue  # cut short by the crash: its C-STORE was not answered
                     journal.append(rec)
                     moved += 1
@@ -242,23 +278,51 @@ class IndexLog:
         return moved
 
     def close(self) -> None:
-        """Close the segment files."""
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        """Close the segment files; delete those whose every record settled.
+
+        After a clean stop (every store answered and indexed or journaled)
+        nothing is left for :meth:`recover` at the next start.
+        """
+        with self._write_lock:
+            for segment, fd in self._fds.items():
+                os.close(fd)
+                if self._open.get(segment) == 0:
+                    self._unlink(segment)
+            self._fds.clear()
+            self._open.clear()
 
 
-def _fsync_dir(directory: str) -> None:
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written (a short write is not an
+    error; the next call either continues or raises)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _parse_line(raw: bytes) -> InstanceRecord | None:
+    """The record of one index log line, or None for a torn one.
+
+    A line that a failed append left torn and could not cut off runs into
+    the next record; that record starts at the last ``{"format"`` (sort_keys
+    puts it first, and a JSON string cannot hold an unescaped quote).
+    """
+    start = raw.rfind(b'{"format"')
+    if start < 0:
+        return None
     try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        return _record_of(json.loads(raw[start:].decode("utf-8")))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def _record_of(data: dict[str, object]) -> InstanceRecord:
+    """An :class:`InstanceRecord` from a decoded log line or journal file."""
+    if data.get("format") != _FORMAT:
+        raise ValueError(f"unknown format {data.get('format')!r}")
+    fields = dict(data["record"])  # type: ignore[call-overload]
+    fields["attributes"] = dict(fields.get("attributes") or {})
+    return InstanceRecord(**fields)
 
 
 def _delete_file(path: str) -> None:
