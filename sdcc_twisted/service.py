@@ -35,6 +35,7 @@ from sdcc_twisted.core.negotiation import AcceptorPolicy
 from sdcc_twisted.runtime.protocol import DicomServerFactory, Timeouts
 from sdcc_twisted.services.qr import QueryRetrieveSCP
 from sdcc_twisted.storage.redisproc import EmbeddedRedis, RedisNotFound
+from sdcc_twisted.storage.space import SpaceGuard
 from sdcc_twisted.services.scp import StorageSCP
 from sdcc_twisted.storage.files import FileStore
 
@@ -253,8 +254,11 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
 
     server = settings.server
+    space = SpaceGuard({"storage_root": store.root, "data_dir": data_dir},
+                       settings.storage.min_free_space, reactor, run_blocking)
+    space.setServiceParent(top)
     storage = StorageSCP(store, index, journal, run_blocking, reactor, index_log,
-                         durable_index=embedded is None)
+                         durable_index=embedded is None, space=space)
     catalog = RedisCatalog(late, reactor, key_prefix=settings.index.key_prefix,
                            timeout=settings.index.timeout)
     destinations = {title: Destination(d.ae_title, d.host, d.port, d.tls)
@@ -290,6 +294,7 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
     top.store = store  # type: ignore[attr-defined]
     top.index = index  # type: ignore[attr-defined]
     top.journal = journal  # type: ignore[attr-defined]
+    top.space = space  # type: ignore[attr-defined]
     top.connection = connection  # type: ignore[attr-defined]
     top.embedded = embedded  # type: ignore[attr-defined]
     log.info("sdcc {summary}", summary=" ".join(

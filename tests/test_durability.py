@@ -4,7 +4,9 @@ Each test makes the fault happen for real (a tmpfs filled to ENOSPC, a
 read-only bind mount, a stopped redis-server) while a real peer (pynetdicom)
 stores, then checks the Deliver rule of issue 11: 0x0000 only when a complete
 synced record of the instance exists (index log line, journal entry or index
-entry); otherwise A700/A702 with an Error Comment and no file left.
+entry); otherwise A700/A702 with an Error Comment and no file left.  The
+free-space floor (tests.test_space) is off here (``min_free_space = 0``), so
+that the stores reach the holes behind it.
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ class FullVolumeTests(TestCase):
         data_dir = small_volume(self, 256 * 1024)
         root = os.path.abspath(self.mktemp())
         server = await start_server(self, redis, server={"data_dir": data_dir},
-                                    storage={"root": root, "fsync": "yes"},
+                                    storage={"root": root, "fsync": "yes",
+                                             "min_free_space": "0"},
                                     index={"timeout": "0.3"})
         redis.stop()
         fill(data_dir)
@@ -101,7 +104,7 @@ class FullVolumeTests(TestCase):
         data_dir = small_volume(self, 1024 * 1024)
         root = os.path.abspath(self.mktemp())
         sections = dict(server={"data_dir": data_dir}, index={"timeout": "0.5"},
-                        storage={"root": root, "fsync": "yes"})
+                        storage={"root": root, "fsync": "yes", "min_free_space": "0"})
         server = await start_server(self, embedded=True, **sections)
         fill(data_dir)
         items = samples(self, 20)

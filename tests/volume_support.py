@@ -51,25 +51,26 @@ def read_only(testcase: unittest.TestCase, path: str) -> None:
     _mount(testcase, "-o", "remount,ro,bind", path)
 
 
-def fill(volume: str) -> int:
-    """Write ``{volume}/filler`` until ENOSPC; the bytes written."""
+def fill(volume: str, leave: int = 0) -> int:
+    """Write ``{volume}/filler`` until ENOSPC, or until about ``leave``
+    bytes stay free; the bytes written."""
     written = 0
     block = b"\0" * 4096
     fd = os.open(os.path.join(volume, FILLER), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        while True:
-            try:
-                written += os.write(fd, block)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                break
-        # the last partial pages too
-        for size in (512, 64, 1):
+        if leave:
+            st = os.statvfs(volume)
+            target = st.f_bavail * st.f_frsize - leave
+            while written < target:
+                written += os.write(fd, block[:min(len(block), target - written)])
+            return written
+        for size in (4096, 512, 64, 1):      # down to the last partial page
             while True:
                 try:
                     written += os.write(fd, block[:size])
-                except OSError:
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
                     break
     finally:
         os.close(fd)

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from sdcc_twisted.core.conformance import (
     C_ECHO_RSP,
     C_STORE_RSP,
+    STATUS_DISK_FULL,
     STATUS_OUT_OF_RESOURCES,
     STATUS_PROCESSING_FAILURE,
     STATUS_SOP_CLASS_NOT_SUPPORTED,
@@ -31,6 +32,7 @@ from sdcc_twisted.core.conformance import (
 from sdcc_twisted.core.dimse import ELEMENT_NAMES, Command
 from sdcc_twisted.storage.index import IInstanceIndex
 from sdcc_twisted.storage.journal import IndexLog, PendingJournal
+from sdcc_twisted.storage.space import SpaceGuard
 from sdcc_twisted import logs
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.core.records import InstanceRecord
@@ -107,6 +109,8 @@ class StorageSCP:
             one shares ``data_dir`` with the log: when the log cannot be
             written its entries are not trusted, and the journal must hold
             the record before a Success.
+        space: the free-space floor; below it a C-STORE is refused (A702)
+            before anything is written.
     """
 
     response_field = C_STORE_RSP
@@ -114,8 +118,9 @@ class StorageSCP:
     def __init__(self, store: FileStore, index: IInstanceIndex,
                  journal: PendingJournal, run_blocking: RunBlocking,
                  clock: Any, index_log: IndexLog | None = None,
-                 durable_index: bool = True) -> None:
+                 durable_index: bool = True, space: SpaceGuard | None = None) -> None:
         self.store = store
+        self.space = space
         self.durable_index = durable_index
         self.index = index
         self.journal = journal
@@ -136,6 +141,11 @@ class StorageSCP:
             return Reception(self, command, calling_ae, started, None, Outcome(
                 STATUS_SOP_CLASS_NOT_SUPPORTED,
                 f"SOP class {sop_class} not negotiated on this context"[:64]))
+        low = self.space.below_floor() if self.space is not None else None
+        if low:
+            return Reception(self, command, calling_ae, started, None, Outcome(
+                STATUS_DISK_FULL,
+                f"Out of resources: {', '.join(low)} below min_free_space"[:64]))
         try:
             sink = self.store.open_sink(sop_class, command.affected_sop_instance_uid,
                                         transfer_syntax, calling_ae)
