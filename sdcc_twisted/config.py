@@ -31,6 +31,8 @@ class ConfigError(Exception):
 DEFAULT_ARTIM_TIMEOUT: Final = 30.0
 #: Seconds an established association may stay silent.
 DEFAULT_IDLE_TIMEOUT: Final = 300.0
+#: Seconds open associations may go on once the server was told to stop.
+DEFAULT_STOP_GRACE: Final = 30.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class ServerSettings:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_command_length: int = 64 * 1024
     max_connections_per_address: int = 32
+    stop_grace: float = DEFAULT_STOP_GRACE
 
 
 @dataclass(frozen=True)
@@ -208,7 +211,8 @@ _KNOWN: Final[dict[str, frozenset[str]]] = {
     "server": frozenset({
         "ae_title", "listen", "data_dir", "max_pdu_length", "max_associations",
         "require_called_ae_title", "allowed_calling_ae_titles", "artim_timeout",
-        "idle_timeout", "max_command_length", "max_connections_per_address"}),
+        "idle_timeout", "max_command_length", "max_connections_per_address",
+        "stop_grace"}),
     "storage": frozenset({"root", "fsync", "max_head_bytes", "min_free_space",
                           "file_mode", "dir_mode"}),
     "tls": frozenset({"ca_certificates", "require_client_certificate"}),
@@ -288,6 +292,7 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
                                      1024, 16 * 1024 * 1024),
         max_connections_per_address=r.integer("server", "max_connections_per_address",
                                               32, 1, 100000),
+        stop_grace=r.seconds("server", "stop_grace", DEFAULT_STOP_GRACE, low=0.0),
     )
     def space_floor(raw: str) -> SpaceFloor:
         if raw.endswith("%"):

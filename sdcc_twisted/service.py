@@ -2,8 +2,9 @@
 
 Mount it in your own Twisted application with
 ``build_service(settings, reactor).setServiceParent(application)``; twistd's
-plugin does the same.  Children start in order: logging, the storage
-clean-up, Redis (embedded or external), the journal replayer, the listener.
+plugin does the same.  Children start in order: logging, Redis (embedded or
+external), the storage clean-up, the journal replayer, the free-space guard,
+the graceful stop, the listener; they stop one at a time in reverse order.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from sdcc_twisted import logs
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.core.negotiation import AcceptorPolicy
 from sdcc_twisted.runtime.protocol import DicomServerFactory, Timeouts
+from sdcc_twisted.runtime.shutdown import GracefulStop, OrderedMultiService
 from sdcc_twisted.services.qr import QueryRetrieveSCP
 from sdcc_twisted.storage.redisproc import EmbeddedRedis, RedisNotFound
 from sdcc_twisted.storage.space import SpaceGuard
@@ -197,7 +199,7 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
         ConfigError: naming the section and key, for what can only be checked
             here (the endpoint string, the redis-server binary, directories).
     """
-    top = service.MultiService()
+    top = OrderedMultiService()
     top.setName("sdcc")
     logs.set_level(settings.logging.level)
     if settings.logging.file:
@@ -286,6 +288,7 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
                           f"{server.listen!r} as a Twisted endpoint ({exc})") from None
     if settings.tls.ca_certificates:
         require_client_certificates(endpoint, settings)
+    GracefulStop(factory, storage, reactor, server.stop_grace).setServiceParent(top)
     listener = StreamServerEndpointService(endpoint, factory)
     listener.setName("dicom")
     listener._raiseSynchronously = True

@@ -171,7 +171,7 @@ class DicomProtocol(Protocol):
         for d in waiting.values():
             d.errback(ConnectionError("association closed before the C-STORE-RSP"))
         self._release_slot()
-        self.factory.connections.discard(self)
+        self.factory.forget(self)
         if self._calling_ae:
             elapsed = self.factory.clock.seconds() - self._started
             log.info("association peer={peer} calling_ae={calling} called_ae={called} "
@@ -542,6 +542,18 @@ class DicomProtocol(Protocol):
         sending.addErrback(not_sent)
         return sending.addCallback(sent)
 
+    def abort_for_stop(self) -> None:
+        """The server stops and the grace period is over: A-ABORT (PS3.8
+        7.3.1, source 2, reason not specified) and close."""
+        if self._closed:
+            return
+        log.warn("aborting the association from {peer} calling_ae={calling}: "
+                 "the server stops", peer=self._peer, calling=self._calling_ae or "-")
+        self._outcome = "aborted (server stopping)"
+        if self.assoc is not None and self.assoc.state not in ("Sta1",):
+            self._guard(self.assoc.abort, ABORT_REASON_NOT_SPECIFIED, "server stopping")
+        self._close()
+
     def _protocol_abort(self, detail: str) -> None:
         log.warn("aborting the association from {peer} calling_ae={calling}: {detail}",
                  peer=self._peer, calling=self._calling_ae, detail=detail)
@@ -650,6 +662,23 @@ class DicomServerFactory(Factory):
         self.max_command_length = max_command_length
         self.max_connections_per_address = max_connections_per_address
         self.connections: set[DicomProtocol] = set()
+        self._all_closed: list[defer.Deferred[None]] = []
+
+    def forget(self, protocol: DicomProtocol) -> None:
+        """A connection closed."""
+        self.connections.discard(protocol)
+        if not self.connections:
+            waiting, self._all_closed = self._all_closed, []
+            for d in waiting:
+                d.callback(None)
+
+    def all_closed(self) -> "defer.Deferred[None]":
+        """Fires once no connection is open (at once if none is)."""
+        if not self.connections:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._all_closed.append(d)
+        return d
 
     def association_count(self) -> int:
         """Associations that count against the cap (established or being set up)."""

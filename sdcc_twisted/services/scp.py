@@ -121,6 +121,8 @@ class StorageSCP:
                  durable_index: bool = True, space: SpaceGuard | None = None) -> None:
         self.store = store
         self.space = space
+        self._in_flight = 0
+        self._quiet: list[defer.Deferred[None]] = []
         self.durable_index = durable_index
         self.index = index
         self.journal = journal
@@ -164,6 +166,8 @@ class StorageSCP:
         """
         sink = reception.sink
         assert sink is not None
+        self._in_flight += 1
+        reception.indexed.addBoth(self._landed)
         segment = self.index_log.reserve() if self.index_log is not None else None
         if self.store.fsync:
             d = self.run_blocking(self._finish_and_log, sink, reception.calling_ae, segment)
@@ -192,6 +196,25 @@ class StorageSCP:
             return _SUCCESS
         # no log line: the answer waits for the index or the journal
         return d.addBoth(self._answer_unlogged, reception, segment, record)
+
+    def _landed(self, passthrough: Any) -> Any:
+        """One committed instance is in the index or the journal, or failed."""
+        self._in_flight -= 1
+        if not self._in_flight:
+            waiting, self._quiet = self._quiet, []
+            for d in waiting:
+                d.callback(None)
+        return passthrough
+
+    def quiet(self) -> "defer.Deferred[None]":
+        """Fires once no commit or index write behind an answer is on its
+        way (at once if none is): for a clean stop, before the index log
+        closes."""
+        if not self._in_flight:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._quiet.append(d)
+        return d
 
     def _settle_if_kept(self, problem: StorageError | None, segment: int | None,
                         record: InstanceRecord) -> None:
