@@ -39,7 +39,7 @@ from sdcc_twisted.services.qr import QueryRetrieveSCP
 from sdcc_twisted.storage.redisproc import EmbeddedRedis, RedisNotFound
 from sdcc_twisted.storage.space import SpaceGuard
 from sdcc_twisted.services.scp import StorageSCP
-from sdcc_twisted.storage.files import FileStore
+from sdcc_twisted.storage.files import FileStore, make_private_dirs
 
 log = get_logger("sdcc.service")
 
@@ -207,9 +207,11 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
 
     data_dir = settings.server.data_dir
     try:
-        os.makedirs(data_dir, exist_ok=True)
+        make_private_dirs(data_dir)     # 0700 before the embedded Redis writes there
         store = FileStore(settings.storage_root, fsync=settings.storage.fsync,
-                          max_head_bytes=settings.storage.max_head_bytes)
+                          max_head_bytes=settings.storage.max_head_bytes,
+                          file_mode=settings.storage.file_mode,
+                          dir_mode=settings.storage.dir_mode)
     except OSError as exc:
         raise ConfigError(f"{settings.source}: [server] data_dir / [storage] root: "
                           f"cannot create {exc.filename}: {exc.strerror}") from None

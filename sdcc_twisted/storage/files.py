@@ -44,6 +44,7 @@ __all__ = [
     "FileStore",
     "disk_error",
     "fsync_directory",
+    "make_private_dirs",
     "MISSING_SERIES_DIR",
     "MISSING_STUDY_DIR",
     "Sink",
@@ -182,7 +183,8 @@ class FileStore:
     """The storage area: ``{root}/{Study}/{Series}/{SOPInstance}.dcm``."""
 
     def __init__(self, root: str, fsync: bool = True, tmp_dir: str | None = None,
-                 max_head_bytes: int = 1 << 20) -> None:
+                 max_head_bytes: int = 1 << 20, file_mode: int = 0o600,
+                 dir_mode: int = 0o700) -> None:
         """Create the root and the temp directory if they are missing.
 
         Args:
@@ -192,13 +194,19 @@ class FileStore:
             tmp_dir: where files are written while they arrive; must be on
                 the root's filesystem for the rename to be atomic.  Default
                 ``{root}/.tmp``.
+            file_mode, dir_mode: the modes of the files and of the
+                directories this store creates.  Images hold patient data:
+                owner-only by default; ``[storage] file_mode`` and
+                ``dir_mode`` may open them to a group.
         """
         self.root = os.path.abspath(root)
         self.fsync = fsync
         self.max_head_bytes = max_head_bytes
+        self.file_mode = file_mode
+        self.dir_mode = dir_mode
         self.tmp_dir = os.path.abspath(tmp_dir or os.path.join(self.root, ".tmp"))
-        os.makedirs(self.root, exist_ok=True)
-        os.makedirs(self.tmp_dir, exist_ok=True)
+        for directory in (self.root, self.tmp_dir):
+            make_private_dirs(directory, dir_mode)
         self._real_root = os.path.realpath(self.root)
         self._verified: set[str] = set()
         # temp names: a random prefix per store, then a counter (no
@@ -370,7 +378,8 @@ class Sink:
         try:
             fd = os.open(self.temp_path,
                          os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-                         0o644)
+                         store.file_mode)
+            os.fchmod(fd, store.file_mode)      # exactly, whatever the umask
         except OSError as exc:
             raise disk_error(exc) from exc
         self._file = _GatherWriter(fd, early_writeback=store.fsync)
@@ -478,10 +487,10 @@ class Sink:
                 except FileNotFoundError:
                     # removed behind our back (not the temp file: it is open
                     # only to us): make it again
-                    created = _makedirs(directory, store.root)
+                    created = _makedirs(directory, store.root, store.dir_mode)
                     os.replace(self.temp_path, path)
             else:
-                created = _makedirs(directory, store.root)
+                created = _makedirs(directory, store.root, store.dir_mode)
                 os.replace(self.temp_path, path)
             self._closed = True
             if store.fsync:
@@ -516,8 +525,8 @@ class Sink:
                 pass
 
 
-def _makedirs(directory: str, root: str) -> list[str]:
-    """Create ``directory`` and missing parents below ``root``.
+def _makedirs(directory: str, root: str, mode: int) -> list[str]:
+    """Create ``directory`` and missing parents below ``root`` with ``mode``.
 
     Returns the parents whose entries changed (to fsync them), deepest first.
     """
@@ -527,8 +536,29 @@ def _makedirs(directory: str, root: str) -> list[str]:
         changed.append(os.path.dirname(current))
         current = os.path.dirname(current)
     if changed:
-        os.makedirs(directory, exist_ok=True)
+        make_private_dirs(directory, mode)
     return changed
+
+
+def make_private_dirs(directory: str, mode: int = 0o700) -> None:
+    """``os.makedirs`` where every directory it creates gets exactly
+    ``mode`` (whatever the umask); existing ones are left as they are."""
+    missing = []
+    current = os.path.abspath(directory)
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for each in reversed(missing):
+        try:
+            os.mkdir(each, mode)
+        except FileExistsError:
+            if not os.path.isdir(each):
+                raise
+            continue                # made meanwhile by another store
+        os.chmod(each, mode)
 
 
 def fsync_directory(path: str) -> None:

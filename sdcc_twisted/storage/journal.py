@@ -25,7 +25,7 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
-from sdcc_twisted.storage.files import fsync_directory
+from sdcc_twisted.storage.files import fsync_directory, make_private_dirs
 from sdcc_twisted.storage.index import IInstanceIndex, IndexUnavailable
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.core.records import InstanceRecord
@@ -58,7 +58,7 @@ class PendingJournal:
         Raises:
             OSError: no entry was made (nothing is left behind).
         """
-        os.makedirs(self.directory, exist_ok=True)
+        make_private_dirs(self.directory)
         name = (f"{time.time_ns():020d}-{os.getpid()}-"
                 f"{next(self._sequence):08d}{_SUFFIX}")
         body = json.dumps({"format": _FORMAT, "record": rec.to_dict()},
@@ -158,7 +158,7 @@ class IndexLog:
     def __init__(self, directory: str, fsync: bool = True) -> None:
         self.directory = directory
         self.fsync = fsync
-        os.makedirs(directory, exist_ok=True)
+        make_private_dirs(directory)
         self._fds: dict[int, int] = {}
         self._write_lock = threading.Lock()   # appends come from pool threads
         self._open: dict[int, int] = {}      # segment -> records not yet settled
