@@ -30,9 +30,12 @@ Every key ends with its id and every kind of key has its own fixed head, so an
 id containing ``:`` (Patient IDs may) never makes one key look like another.
 
 Ids: an empty Patient ID, Study or Series Instance UID is keyed as
-:data:`NO_ID` (``\\none``).  A backslash separates values in DICOM and cannot
-occur in a single Patient ID or UID, so the placeholder never collides.  The
-``patient_id``, ``study_uid`` and ``series_uid`` fields keep the raw values.
+:data:`NO_ID` (``\\none``); a value that starts with a backslash gets one
+more in front; any other value is its own id.  So no value collides with the
+empty one or with another value (a peer may send the two-valued Patient ID
+``\\none``: it is keyed ``\\\\none``), and :func:`raw_id` undoes it.  The
+relation sets hold ids; the ``patient_id``, ``study_uid`` and ``series_uid``
+fields keep the raw values.
 
 A record is written by DEL + HSET of the instance hash, HSET of the series,
 study and patient hashes and SADD into the four sets.  When the instance was
@@ -63,8 +66,18 @@ _LEVEL_KEYWORDS: Final[dict[str, tuple[str, ...]]] = {
 
 
 def key_id(value: str) -> str:
-    """The id under which ``value`` is keyed: itself, or :data:`NO_ID` if empty."""
-    return value if value else NO_ID
+    """The id under which ``value`` is keyed: :data:`NO_ID` if empty, one
+    more backslash in front if it starts with one, else itself (one to one)."""
+    if not value:
+        return NO_ID
+    return "\\" + value if value[0] == "\\" else value
+
+
+def raw_id(ident: str) -> str:
+    """The value keyed as ``ident`` (the inverse of :func:`key_id`)."""
+    if ident == NO_ID:
+        return ""
+    return ident[1:] if ident[:1] == "\\" else ident
 
 
 def _glob_escape(text: str) -> str:
@@ -210,7 +223,11 @@ def record_commands(layout: KeyLayout, rec: InstanceRecord) -> list[Command]:
 #: ``[outcome, old path]`` pairs.  Two arguments and one reply string keep
 #: the client's encoding and parsing to a few calls per batch.
 ATTACH_SCRIPT: Final = """
-local function kid(v) if (not v) or v == '' then return ARGV[1] end return v end
+local function kid(v)
+  if (not v) or v == '' then return ARGV[1] end
+  if string.byte(v, 1) == 92 then return '\\\\' .. v end
+  return v
+end
 local batch = cjson.decode(ARGV[2])
 local answer = {}
 for i, key in ipairs(KEYS) do

@@ -15,7 +15,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from sdcc_twisted.storage.index import _Bounded
-from sdcc_twisted.core.index_keys import KeyLayout, key_id
+from sdcc_twisted.core.index_keys import KeyLayout, key_id, raw_id
 
 
 class RedisCatalog:
@@ -54,9 +54,10 @@ class RedisCatalog:
         return dict(fields) if fields else None
 
     def members(self, level: str, parent: str | None) -> "defer.Deferred[list[str]]":
-        """Ids at ``level`` under ``parent``: every patient (PATIENT, parent
-        None), the studies of a patient, the series of a study, the
-        instances of a series."""
+        """Values at ``level`` under ``parent`` (Patient IDs and UIDs as
+        received, empty included): every patient (PATIENT, parent None), the
+        studies of a patient, the series of a study, the instances of a
+        series."""
         layout = self.layout
         if level == "PATIENT":
             key = layout.patients()
@@ -66,8 +67,9 @@ class RedisCatalog:
             key = layout.study_series(key_id(parent or ""))
         else:
             key = layout.series_instances(key_id(parent or ""))
-        return self._bounded.run(self._members(key), f"members {key}")
+        return self._bounded.run(self._members(key, level != "IMAGE"), f"members {key}")
 
-    async def _members(self, key: str) -> list[str]:
+    async def _members(self, key: str, ids: bool) -> list[str]:
         found = await self._redis.smembers(key)
-        return sorted(str(m) for m in (found or ()))
+        # patients, studies and series are held as key ids; instances raw
+        return sorted(raw_id(str(m)) if ids else str(m) for m in (found or ()))

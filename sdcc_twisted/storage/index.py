@@ -16,7 +16,8 @@ itself lives in :mod:`sdcc_twisted.core.index_keys`, shared with ``sdcc-admin``)
     {p}series_instances:{series_uid}  set   the series' SOP Instance UIDs
     {p}lock:ae:{ae_title}             str   association lock token (PX ttl)
 
-An empty Patient ID (or Study/Series UID) is keyed as ``\\none``.
+An empty Patient ID (or Study/Series UID) is keyed as ``\\none``, and a value
+starting with a backslash gets one more (:func:`~sdcc_twisted.core.index_keys.key_id`).
 
 Every public operation is bounded in time: the Redis calls it makes share one
 deadline (``timeout``, on the injected ``clock``), and running out of it, or
