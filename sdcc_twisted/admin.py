@@ -3,6 +3,7 @@
     sdcc-admin --config etc/sdcc.ini rebuild
     sdcc-admin --redis unix:///var/lib/sdcc/redis.sock --root /srv/store list
     sdcc-admin --config etc/sdcc.ini show 1.2.840.99.1
+    sdcc-admin --config etc/sdcc.ini quarantine [--retry [NAME ...]]
 
 ``rebuild`` reads every ``*.dcm`` under the storage root (header only) and
 writes the index anew with the same mapping as the server
@@ -15,6 +16,11 @@ From ``--config`` it takes ``[storage] root``, ``[index] redis``,
 ``--key-prefix`` override them.  ``redis = embedded`` means the Redis that a
 running server keeps on ``{data_dir}/redis.sock`` (or wherever
 ``{data_dir}/redis.url`` says).
+
+``quarantine`` lists the pending journal entries the server set aside because
+they kept failing (``{data_dir}/pending/quarantine/``); ``--retry`` moves them
+(all, or the named ones) back into the journal, and the running server indexes
+them at its next replay round.  It needs no Redis.
 """
 
 from __future__ import annotations
@@ -373,6 +379,37 @@ def show(client: Any, layout: KeyLayout, uid: str, out: TextIO,
     return EXIT_OK
 
 
+# -- quarantine ------------------------------------------------------------------
+
+def quarantine(data_dir: str, retry: list[str] | None, out: TextIO, err: TextIO) -> int:
+    """List the quarantined journal entries, or move them back (``retry``:
+    the names, empty for all)."""
+    from sdcc_twisted.storage.journal import PendingJournal
+
+    journal = PendingJournal.in_data_dir(data_dir)
+    entries = journal.quarantined()
+    if retry is None:
+        for name, rec, present in entries:
+            if isinstance(rec, Exception):
+                out.write(f"{name}  unreadable: {rec}\n")
+            else:
+                state = "" if present else "  (file gone)"
+                out.write(f"{name}  {rec.sop_instance_uid}  {rec.path}{state}\n")
+        out.write(f"{len(entries)} quarantined entries in {journal.quarantine_dir}\n")
+        return EXIT_OK
+    names = retry or [name for name, _, _ in entries]
+    status = EXIT_OK
+    for name in names:
+        try:
+            journal.retry(name)
+        except OSError as exc:
+            err.write(f"sdcc-admin: cannot retry {name}: {exc.strerror or exc}\n")
+            status = EXIT_NOT_FOUND
+            continue
+        out.write(f"{name} back in {journal.directory}\n")
+    return status
+
+
 # -- command line --------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -397,6 +434,14 @@ def build_parser() -> argparse.ArgumentParser:
     show_cmd = sub.add_parser("show", help="what the index holds for an id")
     show_cmd.add_argument("uid", help="a patient id, study, series or SOP "
                                       "instance UID")
+    quarantine_cmd = sub.add_parser(
+        "quarantine", help="journal entries set aside after failing (no Redis needed)")
+    quarantine_cmd.add_argument("--retry", nargs="*", metavar="NAME",
+                                help="move these entries (default: all) back "
+                                     "into the journal")
+    quarantine_cmd.add_argument("--data-dir", metavar="DIR",
+                                help="the server's data_dir (overrides [server] "
+                                     "data_dir)")
     return parser
 
 
@@ -406,6 +451,20 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
     out = out or sys.stdout
     err = err or sys.stderr
     args = build_parser().parse_args(argv)
+    if args.command == "quarantine":
+        data_dir = args.data_dir
+        if data_dir is None and args.config:
+            try:
+                data_dir = (_read_config(args.config).get(
+                    "server", "data_dir", fallback="").strip() or "var/sdcc")
+            except AdminError as exc:
+                err.write(f"sdcc-admin: {exc}\n")
+                return EXIT_USAGE
+        if data_dir is None:
+            err.write("sdcc-admin: say where the journal is: --config FILE or "
+                      "quarantine --data-dir DIR\n")
+            return EXIT_USAGE
+        return quarantine(data_dir, args.retry, out, err)
     try:
         target = resolve_target(args)
         layout = KeyLayout(target.key_prefix)

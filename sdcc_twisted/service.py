@@ -240,7 +240,11 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
         raise ConfigError(f"{settings.source}: [server] data_dir: cannot open the index "
                           f"log in {data_dir}: {exc.strerror}") from None
     StorageCleanupService(store, index_log, journal).setServiceParent(top)
-    JournalReplayer(journal, index, reactor).setServiceParent(top)
+
+    def run_blocking(fn: Any, *args: Any) -> "defer.Deferred[Any]":
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
+
+    JournalReplayer(journal, index, reactor, run_blocking=run_blocking).setServiceParent(top)
 
     lock_kind = settings.index.lock
     if lock_kind == "auto":
@@ -253,9 +257,6 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
             InProcessAssociationLock(), _lock_fallback)
     else:
         lock = InProcessAssociationLock()
-
-    def run_blocking(fn: Any, *args: Any) -> "defer.Deferred[Any]":
-        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
 
     server = settings.server
     space = SpaceGuard({"storage_root": store.root, "data_dir": data_dir},

@@ -98,13 +98,15 @@ class PendingJournalTests(unittest.TestCase):
         self.assertEqual(PendingJournal(self.dir + "/none").entries(), [])
 
     def test_unreadable_entry_is_set_aside(self) -> None:
-        """A corrupt file is renamed *.bad and does not hide the others."""
+        """A corrupt file is moved to the quarantine and does not hide the
+        others."""
         good = self.journal.append(make_record())
         with open(os.path.join(self.dir, "00000000000000000000-1-x.json"),
                   "w") as handle:
             handle.write("{not json")
         self.assertEqual([n for n, _ in self.journal.entries()], [good])
-        self.assertIn("00000000000000000000-1-x.json.bad", os.listdir(self.dir))
+        self.assertEqual(os.listdir(self.journal.quarantine_dir),
+                         ["00000000000000000000-1-x.json"])
 
     def test_no_temp_files_left(self) -> None:
         """An append leaves no temporary file behind."""
@@ -116,8 +118,8 @@ class PendingJournalTests(unittest.TestCase):
         self.assertEqual(PendingJournal.in_data_dir("/d").directory, "/d/pending")
 
 
-class JournalReplayerTests(unittest.TestCase):
-    """JournalReplayer with a fake index and task.Clock."""
+class ReplayerTestBase(unittest.TestCase):
+    """A JournalReplayer with a fake index on a task.Clock."""
 
     def setUp(self) -> None:
         self.root = os.path.abspath(self.mktemp())
@@ -130,6 +132,10 @@ class JournalReplayerTests(unittest.TestCase):
     def rec(self, sop: str, series: str = "1.2.3", **kw: Any) -> InstanceRecord:
         path = touch(os.path.join(self.root, "store", series, sop + ".dcm"))
         return make_record(sop=sop, series=series, path=path, **kw)
+
+
+class JournalReplayerTests(ReplayerTestBase):
+    """JournalReplayer with a fake index and task.Clock."""
 
     def test_fake_provides_interface(self) -> None:
         """The fake index is a faithful IInstanceIndex."""
@@ -221,3 +227,78 @@ class ReplayWithRedisTests(unittest.TestCase):
         self.assertEqual(await replayer.replay_now(), 1)
         self.assertEqual(journal.entries(), [])
         self.assertEqual((await index.get(rec.sop_instance_uid))["path"], rec.path)
+
+
+class ReplayerFaultTests(ReplayerTestBase):
+    """The replayer cannot die, and a bad entry blocks no other (issue 11,
+    finding 4); faults caused on the real file system."""
+
+    def test_loop_survives_emfile(self) -> None:
+        """With the descriptor limit reached, the round's directory scan
+        fails with EMFILE: the failure is logged, the loop keeps ticking,
+        and once descriptors are free again the next tick indexes."""
+        import errno
+        import resource
+
+        self.journal.append(self.rec("a"))
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        lowest_free = os.dup(0)          # the kernel hands out the lowest free
+        os.close(lowest_free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+        try:
+            self.replayer.startService()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        (failure,) = self.flushLoggedErrors(OSError)
+        self.assertEqual(failure.value.errno, errno.EMFILE)
+        self.assertEqual(self.index.recorded, [])
+        self.clock.advance(5)
+        self.assertEqual(self.index.recorded, ["a"])
+        self.successResultOf(self.replayer.stopService())
+
+    def test_failing_entry_skipped_then_quarantined(self) -> None:
+        """An entry that cannot be opened (a directory where the file should
+        be: EISDIR) does not hold back the entries after it; after three
+        rounds it is in pending/quarantine/, listed by 'sdcc-admin
+        quarantine', and '--retry' puts it back in the journal."""
+        import io
+
+        from sdcc_twisted import admin
+
+        bad = "00000000000000000000-1-00000000.json"
+        os.makedirs(os.path.join(self.journal.directory, bad))
+        self.journal.append(self.rec("a"))
+        self.journal.append(self.rec("b"))
+        self.assertEqual(self.successResultOf(self.replayer.replay_now()), 2)
+        self.assertEqual(self.index.recorded, ["a", "b"])
+        self.assertEqual(self.journal.names(), [bad])
+        self.successResultOf(self.replayer.replay_now())
+        self.assertEqual(self.journal.names(), [bad])
+        self.successResultOf(self.replayer.replay_now())
+        self.assertEqual(self.journal.names(), [])
+        self.assertEqual(os.listdir(self.journal.quarantine_dir), [bad])
+
+        out, err = io.StringIO(), io.StringIO()
+        data_dir = os.path.dirname(self.journal.directory)
+        self.assertEqual(admin.main(["quarantine", "--data-dir", data_dir], out, err), 0)
+        self.assertIn(bad, out.getvalue())
+        self.assertIn("1 quarantined", out.getvalue())
+        self.assertEqual(admin.main(["quarantine", "--data-dir", data_dir, "--retry"],
+                                    out, err), 0)
+        self.assertEqual(self.journal.names(), [bad])
+        self.assertEqual(os.listdir(self.journal.quarantine_dir), [])
+
+    def test_reads_in_bounded_batches(self) -> None:
+        """A backlog larger than a batch is read batch by batch (each read
+        bounded by REPLAY_BATCH) and all of it is indexed in one round."""
+        from sdcc_twisted.storage import journal as journal_module
+
+        self.patch(journal_module, "REPLAY_BATCH", 4)
+        reads: list[int] = []
+        self.replayer.run_blocking = lambda fn, *a: defer.maybeDeferred(fn, *a).addCallback(
+            lambda r: reads.append(len(r)) or r if fn == self.journal.batch else r)
+        for n in range(10):
+            self.journal.append(self.rec(f"s{n}"))
+        self.assertEqual(self.successResultOf(self.replayer.replay_now()), 10)
+        self.assertEqual(reads, [4, 4, 2])
+        self.assertEqual(self.journal.names(), [])

@@ -7,8 +7,8 @@ order, once Redis is back.
 
 :meth:`PendingJournal.append` does blocking file work (write, fsync of the
 file and of the directory); run it where the store's own fsync runs, on the
-thread pool (``deferToThreadPool``), not on the reactor thread.  Replay only
-lists, reads and deletes small files, which it does on the reactor thread.
+thread pool (``deferToThreadPool``), not on the reactor thread.  The replayer
+reads and deletes entries in bounded batches through the same thread pool.
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ _log = get_logger("sdcc.journal")
 
 #: The journal's directory under ``[server] data_dir``.
 PENDING_DIR: Final = "pending"
+#: Entries that kept failing, under the journal's directory.
+QUARANTINE_DIR: Final = "quarantine"
+#: Entries a replay round reads at once (memory and reactor time per step).
+REPLAY_BATCH: Final = 256
+#: Rounds an entry may fail before it goes to the quarantine.
+MAX_ENTRY_FAILURES: Final = 3
 
 _SUFFIX: Final = ".json"
 _FORMAT: Final = 1
@@ -82,54 +88,114 @@ class PendingJournal:
             raise
         return name
 
+    @property
+    def quarantine_dir(self) -> str:
+        """Where entries that keep failing are set aside."""
+        return os.path.join(self.directory, QUARANTINE_DIR)
+
     def names(self) -> list[str]:
-        """The pending entries' names, oldest first."""
+        """The pending entries' names, oldest first (lists them all)."""
         try:
             listing = os.listdir(self.directory)
         except FileNotFoundError:
             return []
-        return sorted(n for n in listing
-                      if n.endswith(_SUFFIX) and not n.startswith("."))
+        return sorted(n for n in listing if _is_entry(n))
 
     def entries(self) -> list[tuple[str, InstanceRecord]]:
-        """The pending records, oldest first.
+        """The pending records, oldest first (reads them all).
 
-        A file that cannot be read back is renamed to ``*.bad``, logged and
-        left out, so that it does not block the others.
+        A file that cannot be read back is moved to the quarantine, logged
+        and left out, so that it does not block the others.
         """
         result = []
-        for name in self.names():
-            try:
-                result.append((name, self._load(name)))
-            except FileNotFoundError:
-                continue
-            except (OSError, ValueError, TypeError, KeyError) as exc:
-                self._quarantine(name, exc)
+        for name, rec, _ in self.load(self.names()):
+            if isinstance(rec, Exception):
+                self.quarantine(name, rec)
+            else:
+                result.append((name, rec))
         return result
 
-    def _load(self, name: str) -> InstanceRecord:
-        with open(os.path.join(self.directory, name), "rb") as handle:
-            return _record_of(json.loads(handle.read().decode("utf-8")))
-
-    def _quarantine(self, name: str, exc: Exception) -> None:
-        path = os.path.join(self.directory, name)
-        _log.error("pending journal entry {path} is unreadable ({why}); "
-                   "renamed to .bad, index its file with sdcc-admin rebuild",
-                   path=path, why=exc)
+    def batch(self, limit: int, skip: frozenset[str] = frozenset()
+              ) -> list[tuple[str, InstanceRecord | Exception, bool]]:
+        """Up to ``limit`` entries not in ``skip``, as :meth:`load` gives
+        them; blocking.  The directory is read only as far as needed, so the
+        cost and memory do not grow with the backlog; the entries come in
+        directory order, sorted within the batch (the replay is conditional
+        on each record's sequence, so the order across batches is free)."""
+        names = []
         try:
-            os.replace(path, path + ".bad")
-        except OSError:
-            pass
-
-    def discard(self, name: str) -> None:
-        """Delete an entry (gone already is fine)."""
-        try:
-            os.unlink(os.path.join(self.directory, name))
+            with os.scandir(self.directory) as listing:
+                for entry in listing:
+                    if _is_entry(entry.name) and entry.name not in skip:
+                        names.append(entry.name)
+                        if len(names) >= limit:
+                            break
         except FileNotFoundError:
-            pass
+            return []
+        return self.load(sorted(names))
 
-    def __len__(self) -> int:
-        return len(self.names())
+    def load(self, names: list[str]) -> list[tuple[str, InstanceRecord | Exception, bool]]:
+        """``(name, record or why it cannot be read, whether its file
+        exists)`` for each entry still there; blocking."""
+        result: list[tuple[str, InstanceRecord | Exception, bool]] = []
+        for name in names:
+            try:
+                with open(os.path.join(self.directory, name), "rb") as handle:
+                    rec = _record_of(json.loads(handle.read().decode("utf-8")))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+                result.append((name, exc, False))
+                continue
+            result.append((name, rec, os.path.exists(rec.path)))
+        return result
+
+    def quarantine(self, name: str, why: object) -> None:
+        """Move an entry to :attr:`quarantine_dir` and log it; blocking."""
+        path = os.path.join(self.directory, name)
+        try:
+            make_private_dirs(self.quarantine_dir)
+            os.replace(path, os.path.join(self.quarantine_dir, name))
+        except OSError as exc:
+            _log.error("cannot move the pending journal entry {path} to the "
+                       "quarantine: {why}", path=path, why=exc)
+            return
+        _log.error("pending journal entry {name} keeps failing ({why}); moved to "
+                   "{where}. List with 'sdcc-admin quarantine', retry with "
+                   "'sdcc-admin quarantine --retry'", name=name, why=why,
+                   where=self.quarantine_dir)
+
+    def quarantined(self) -> list[tuple[str, InstanceRecord | Exception, bool]]:
+        """The quarantined entries, as :meth:`load` gives them."""
+        try:
+            names = sorted(n for n in os.listdir(self.quarantine_dir) if _is_entry(n))
+        except FileNotFoundError:
+            return []
+        return PendingJournal(self.quarantine_dir).load(names)
+
+    def retry(self, name: str) -> None:
+        """Move a quarantined entry back to the journal.
+
+        Raises:
+            OSError: it is not in the quarantine (FileNotFoundError) or
+                cannot be moved.
+        """
+        if not _is_entry(name) or os.sep in name:
+            raise FileNotFoundError(errno.ENOENT, "not a journal entry name", name)
+        os.replace(os.path.join(self.quarantine_dir, name),
+                   os.path.join(self.directory, name))
+
+    def discard(self, *names: str) -> None:
+        """Delete entries (gone already is fine); blocking."""
+        for name in names:
+            try:
+                os.unlink(os.path.join(self.directory, name))
+            except FileNotFoundError:
+                pass
+
+
+def _is_entry(name: str) -> bool:
+    return name.endswith(_SUFFIX) and not name.startswith(".")
 
 
 #: The write-ahead log's segment files under ``[server] data_dir``.
@@ -338,9 +404,14 @@ def _delete_file(path: str) -> None:
 class JournalReplayer(service.Service):
     """Indexes the journal's entries on start and every ``interval`` seconds.
 
-    Entries go in order; each is discarded once indexed, and the previous
-    file that :meth:`IInstanceIndex.record` reports is deleted.  The first
-    :class:`IndexUnavailable` ends the round; the next tick tries again.
+    A round reads :data:`REPLAY_BATCH` entries at a time off the reactor
+    thread (``run_blocking``), indexes them one by one and deletes them in
+    one go; the first :class:`IndexUnavailable` ends the round and the next
+    tick tries again.  The loop cannot die: every round is guarded and a
+    failure is logged.  An entry that fails for any other reason is skipped
+    for the round, so it blocks no other; after :data:`MAX_ENTRY_FAILURES`
+    rounds (at once if it cannot be read) it moves to ``pending/quarantine/``
+    with a log line.
 
     An entry whose file is gone is dropped.  An entry older than what the
     index holds for its SOP Instance UID (a newer copy was indexed directly
@@ -349,20 +420,22 @@ class JournalReplayer(service.Service):
     """
 
     def __init__(self, journal: PendingJournal, index: IInstanceIndex,
-                 clock: IReactorTime, interval: float = 5.0) -> None:
+                 clock: IReactorTime, interval: float = 5.0,
+                 run_blocking: Callable[..., "defer.Deferred[Any]"] | None = None) -> None:
         self.journal = journal
         self.index = index
         self.clock = clock
         self.interval = interval
+        self.run_blocking = run_blocking or defer.maybeDeferred
         self._lock = defer.DeferredLock()
         self._loop: task.LoopingCall | None = None
+        self._failures: dict[str, int] = {}
 
     def startService(self) -> None:
         super().startService()
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = self.clock
-        self._loop.start(self.interval, now=True).addErrback(
-            lambda f: _log.failure("journal replay loop died", f))
+        self._loop.start(self.interval, now=True)
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
@@ -373,10 +446,12 @@ class JournalReplayer(service.Service):
         return self._lock.run(lambda: None)
 
     def _tick(self) -> None:
-        if self._lock.locked or not self.journal.names():
+        """One round, unless one runs; never raises (the loop must live)."""
+        if self._lock.locked:
             return
         self.replay_now().addErrback(
-            lambda f: _log.failure("journal replay failed", f))
+            lambda f: _log.failure("journal replay round failed; the next "
+                                   "round in {s:g} s tries again", f, s=self.interval))
 
     def replay_now(self) -> defer.Deferred[int]:
         """Index what is pending now; fires with how many were indexed."""
@@ -385,44 +460,72 @@ class JournalReplayer(service.Service):
 
     async def _replay(self) -> int:
         done = 0
-        for name, rec in self.journal.entries():
-            if not os.path.exists(rec.path):
-                _log.warn("pending instance {uid}: its file {path} is gone; "
-                          "dropping the entry", uid=rec.sop_instance_uid,
-                          path=rec.path)
-                self.journal.discard(name)
-                continue
+        skip: set[str] = set()
+        while True:
+            batch = await self.run_blocking(self.journal.batch, REPLAY_BATCH,
+                                            frozenset(skip))
+            finished: list[str] = []
             try:
-                if await self._superseded(rec):
-                    self.journal.discard(name)
-                    continue
-                previous = await self.index.record(rec)
-            except IndexUnavailable as exc:
-                _log.info("index unavailable, {n} journal entries still "
-                          "pending: {why}", n=len(self.journal), why=exc)
-                break
-            if previous and previous != rec.path and os.path.exists(previous):
-                _delete_file(previous)
-            self.journal.discard(name)
-            done += 1
-        if done:
-            _log.info("indexed {n} pending instances", n=done)
-        return done
+                for name, rec, present in batch:
+                    if isinstance(rec, Exception):
+                        skip.add(name)
+                        await self._failed(name, rec, permanent=not isinstance(rec, OSError))
+                        continue
+                    if not present:
+                        _log.warn("pending instance {uid}: its file {path} is gone; "
+                                  "dropping the entry", uid=rec.sop_instance_uid,
+                                  path=rec.path)
+                        finished.append(name)
+                        continue
+                    try:
+                        indexed = await self._index(rec)
+                    except IndexUnavailable as exc:
+                        _log.info("index unavailable, journal entries stay pending: "
+                                  "{why}", why=exc)
+                        return done
+                    except Exception as exc:  # noqa: BLE001 - one entry, not the round
+                        skip.add(name)
+                        await self._failed(name, exc, permanent=False)
+                        continue
+                    finished.append(name)
+                    self._failures.pop(name, None)
+                    done += indexed
+            finally:
+                if finished:
+                    await self.run_blocking(self.journal.discard, *finished)
+                if done:
+                    _log.info("indexed {n} pending instances", n=done)
+            if len(batch) < REPLAY_BATCH:
+                return done
 
-    async def _superseded(self, rec: InstanceRecord) -> bool:
+    async def _index(self, rec: InstanceRecord) -> int:
+        """Index one record unless superseded; 1 if indexed."""
         current = await self.index.get(rec.sop_instance_uid)
-        if not current:
-            return False
-        try:
-            newer = float(current.get("received_at", "")) > rec.received_at
-        except ValueError:
-            return False
-        if not newer:
-            return False
-        if current.get("path") != rec.path:
-            _delete_file(rec.path)
-        return True
+        if current and _newer(current, rec):
+            if current.get("path") != rec.path:
+                await self.run_blocking(_delete_file, rec.path)
+            return 0
+        previous = await self.index.record(rec)
+        if previous and previous != rec.path:
+            await self.run_blocking(_delete_file, previous)
+        return 1
 
-    def pending(self) -> int:
-        """How many entries wait."""
-        return len(self.journal)
+    async def _failed(self, name: str, why: Exception, permanent: bool) -> None:
+        """An entry failed this round: quarantine it if it keeps failing."""
+        count = self._failures.get(name, 0) + 1
+        if permanent or count >= MAX_ENTRY_FAILURES:
+            self._failures.pop(name, None)
+            await self.run_blocking(self.journal.quarantine, name, why)
+            return
+        self._failures[name] = count
+        _log.warn("pending journal entry {name} failed ({why}); attempt {n} of "
+                  "{most}, it is skipped this round", name=name, why=why, n=count,
+                  most=MAX_ENTRY_FAILURES)
+
+
+def _newer(current: dict[str, str], rec: InstanceRecord) -> bool:
+    """Whether the indexed entry is newer than ``rec``."""
+    try:
+        return float(current.get("received_at", "")) > rec.received_at
+    except ValueError:
+        return False
