@@ -37,6 +37,7 @@ from sdcc_twisted.runtime.protocol import DicomServerFactory, Timeouts
 from sdcc_twisted.runtime.shutdown import GracefulStop, OrderedMultiService
 from sdcc_twisted.services.qr import QueryRetrieveSCP
 from sdcc_twisted.storage.redisproc import EmbeddedRedis, RedisNotFound
+from sdcc_twisted.storage.sequence import SequenceSource
 from sdcc_twisted.storage.space import SpaceGuard
 from sdcc_twisted.services.scp import StorageSCP
 from sdcc_twisted.storage.files import FileStore, make_private_dirs
@@ -239,6 +240,11 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
     except OSError as exc:
         raise ConfigError(f"{settings.source}: [server] data_dir: cannot open the index "
                           f"log in {data_dir}: {exc.strerror}") from None
+    try:
+        sequence = SequenceSource.in_data_dir(data_dir)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{settings.source}: [server] data_dir: cannot use the "
+                          f"sequence file in {data_dir}: {exc}") from None
     StorageCleanupService(store, index_log, journal).setServiceParent(top)
 
     def run_blocking(fn: Any, *args: Any) -> "defer.Deferred[Any]":
@@ -263,7 +269,7 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
                        settings.storage.min_free_space, reactor, run_blocking)
     space.setServiceParent(top)
     storage = StorageSCP(store, index, journal, run_blocking, reactor, index_log,
-                         durable_index=embedded is None, space=space)
+                         durable_index=embedded is None, space=space, sequence=sequence)
     catalog = RedisCatalog(late, reactor, key_prefix=settings.index.key_prefix,
                            timeout=settings.index.timeout)
     destinations = {title: Destination(d.ae_title, d.host, d.port, d.tls)

@@ -28,7 +28,8 @@ EVRLE = "1.2.840.10008.1.2.1"
 
 def make_record(sop: str = "1.2.3.1", series: str = "1.2.3", study: str = "1.2",
                 patient: str = "P1", path: str | None = None,
-                received_at: float = 1000.0, **extra: str) -> InstanceRecord:
+                received_at: float = 1000.0, sequence: int = 0,
+                **extra: str) -> InstanceRecord:
     attributes = {"SOPInstanceUID": sop, "SOPClassUID": CT,
                   "StudyInstanceUID": study, "SeriesInstanceUID": series,
                   "PatientID": patient, "PatientName": "Doe^Jane",
@@ -39,7 +40,8 @@ def make_record(sop: str = "1.2.3.1", series: str = "1.2.3", study: str = "1.2",
     return InstanceRecord(
         sop_instance_uid=sop, sop_class_uid=CT, transfer_syntax=EVRLE,
         path=path or f"/store/{study}/{series}/{sop}.dcm", size=1234,
-        received_at=received_at, calling_ae="MODALITY", attributes=attributes)
+        received_at=received_at, calling_ae="MODALITY", attributes=attributes,
+        sequence=sequence)
 
 
 class _Never:

@@ -31,7 +31,10 @@ class FakeIndex:
     def record(self, rec: InstanceRecord) -> defer.Deferred[str | None]:
         if not self.up:
             return defer.fail(IndexUnavailable("down"))
-        old = self.entries.get(rec.sop_instance_uid, {}).get("path")
+        current = self.entries.get(rec.sop_instance_uid, {})
+        if int(current.get("sequence", "0")) > rec.sequence:      # a newer copy
+            return defer.succeed(rec.path if rec.path != current["path"] else None)
+        old = current.get("path")
         self.entries[rec.sop_instance_uid] = index_keys.instance_fields(rec)
         self.recorded.append(rec.sop_instance_uid)
         return defer.succeed(old if old != rec.path else None)
@@ -179,13 +182,14 @@ class JournalReplayerTests(ReplayerTestBase):
         self.assertFalse(os.path.exists(old.path))
 
     def test_stale_entry_does_not_overwrite_newer(self) -> None:
-        """An entry older than the indexed copy is dropped with its file,
-        and the newer copy stays indexed and on disk."""
-        stale = self.rec("a", series="1.1", received_at=1000.0)
+        """An entry older (by sequence) than the indexed copy is dropped
+        with its file, and the newer copy stays indexed and on disk, although
+        the older one's wall-clock time is later (a clock stepped back)."""
+        stale = self.rec("a", series="1.1", received_at=3000.0, sequence=1)
         self.journal.append(stale)
-        newer = self.rec("a", series="1.2", received_at=2000.0)
+        newer = self.rec("a", series="1.2", received_at=2000.0, sequence=2)
         self.successResultOf(self.index.record(newer))
-        self.assertEqual(self.successResultOf(self.replayer.replay_now()), 0)
+        self.successResultOf(self.replayer.replay_now())
         self.assertEqual(self.index.entries["a"]["path"], newer.path)
         self.assertTrue(os.path.exists(newer.path))
         self.assertFalse(os.path.exists(stale.path))

@@ -32,6 +32,7 @@ from sdcc_twisted.core.conformance import (
 from sdcc_twisted.core.dimse import ELEMENT_NAMES, Command
 from sdcc_twisted.storage.index import IInstanceIndex
 from sdcc_twisted.storage.journal import IndexLog, PendingJournal
+from sdcc_twisted.storage.sequence import SequenceSource
 from sdcc_twisted.storage.space import SpaceGuard
 from sdcc_twisted import logs
 from sdcc_twisted.logs import get_logger
@@ -111,6 +112,8 @@ class StorageSCP:
             the record before a Success.
         space: the free-space floor; below it a C-STORE is refused (A702)
             before anything is written.
+        sequence: numbers each C-STORE as it arrives; the index orders the
+            versions of an instance by it (without one, every record has 0).
     """
 
     response_field = C_STORE_RSP
@@ -118,8 +121,10 @@ class StorageSCP:
     def __init__(self, store: FileStore, index: IInstanceIndex,
                  journal: PendingJournal, run_blocking: RunBlocking,
                  clock: Any, index_log: IndexLog | None = None,
-                 durable_index: bool = True, space: SpaceGuard | None = None) -> None:
+                 durable_index: bool = True, space: SpaceGuard | None = None,
+                 sequence: SequenceSource | None = None) -> None:
         self.store = store
+        self.sequence = sequence
         self.space = space
         self._in_flight = 0
         self._quiet: list[defer.Deferred[None]] = []
@@ -154,7 +159,10 @@ class StorageSCP:
         except StorageError as exc:
             return Reception(self, command, calling_ae, started, None,
                              Outcome(exc.status, exc.comment))
-        return Reception(self, command, calling_ae, started, sink, None)
+        reception = Reception(self, command, calling_ae, started, sink, None)
+        if self.sequence is not None:
+            reception.sequence = self.sequence.next()
+        return reception
 
     def commit(self, reception: "Reception") -> "defer.Deferred[Outcome]":
         """Make the file durable and its index record safe; the Outcome.
@@ -170,13 +178,13 @@ class StorageSCP:
         reception.indexed.addBoth(self._landed)
         segment = self.index_log.reserve() if self.index_log is not None else None
         if self.store.fsync:
-            d = self.run_blocking(self._finish_and_log, sink, reception.calling_ae, segment)
+            d = self.run_blocking(self._finish_and_log, sink, reception, segment)
             d.addCallbacks(self._committed, self._not_committed,
                            callbackArgs=(reception, segment),
                            errbackArgs=(reception, segment))
             return d
         try:
-            result = self._finish_and_log(sink, reception.calling_ae, segment)
+            result = self._finish_and_log(sink, reception, segment)
         except BaseException:
             return defer.maybeDeferred(self._not_committed, Failure(), reception, segment)
         return defer.maybeDeferred(self._committed, result, reception, segment)
@@ -255,15 +263,16 @@ class StorageSCP:
             return Outcome(exc.status, exc.comment)
         return failure
 
-    def _finish_and_log(self, sink: Sink, calling_ae: str,
+    def _finish_and_log(self, sink: Sink, reception: "Reception",
                         segment: int | None) -> tuple[InstanceRecord, bool]:
         """Commit the file, then log its record (blocking when fsync is on)."""
+        calling_ae = reception.calling_ae
         stored = sink.finish()
         if stored.warnings:
             log.warn("{uid} from {ae} stored as received despite: {what}",
                      uid=stored.sop_instance_uid, ae=calling_ae,
                      what="; ".join(stored.warnings))
-        record = self.record_for(stored, calling_ae)
+        record = self.record_for(stored, calling_ae, reception.sequence)
         if self.index_log is None or segment is None:
             return record, False
         try:
@@ -280,7 +289,8 @@ class StorageSCP:
             self.index_log.settle(segment)
         return passthrough
 
-    def record_for(self, stored: StoredFile, calling_ae: str) -> InstanceRecord:
+    def record_for(self, stored: StoredFile, calling_ae: str,
+                   sequence: int = 0) -> InstanceRecord:
         """The index record of a file just committed."""
         return InstanceRecord(
             sop_instance_uid=stored.sop_instance_uid,
@@ -291,6 +301,7 @@ class StorageSCP:
             received_at=self.clock.seconds(),
             calling_ae=calling_ae,
             attributes=dict(stored.attributes),
+            sequence=sequence,
         )
 
     def register(self, record: InstanceRecord) -> "defer.Deferred[StorageError | None]":
@@ -304,10 +315,10 @@ class StorageSCP:
                        callbackArgs=(record,), errbackArgs=(record,))
         return d
 
-    def _registered(self, previous: str | None,
+    def _registered(self, superseded: str | None,
                     record: InstanceRecord) -> "defer.Deferred[None] | None":
-        if previous and previous != record.path:
-            return self.run_blocking(_remove_quietly, previous)
+        if superseded:
+            return self.run_blocking(_remove_quietly, superseded)
         return None
 
     def _not_registered(self, failure: Failure,
@@ -362,6 +373,8 @@ class Reception:
         self.started = started
         self.sink = sink
         self.failed = failed
+        #: the server's number for this C-STORE (see :class:`SequenceSource`)
+        self.sequence = 0
 
     def write(self, data: Any) -> None:
         """Append a data set fragment; a disk error is kept for the answer."""

@@ -413,10 +413,11 @@ class JournalReplayer(service.Service):
     rounds (at once if it cannot be read) it moves to ``pending/quarantine/``
     with a log line.
 
-    An entry whose file is gone is dropped.  An entry older than what the
-    index holds for its SOP Instance UID (a newer copy was indexed directly
-    meanwhile) is not indexed: its file is deleted unless the newer copy uses
-    the same path, and the entry is dropped.
+    An entry whose file is gone is dropped.  An entry older (by sequence)
+    than what the index holds for its SOP Instance UID is not indexed, in the
+    same step as the check (:meth:`IInstanceIndex.record`): its file is
+    deleted unless the newer copy uses the same path, and the entry is
+    dropped.
     """
 
     def __init__(self, journal: PendingJournal, index: IInstanceIndex,
@@ -478,7 +479,7 @@ class JournalReplayer(service.Service):
                         finished.append(name)
                         continue
                     try:
-                        indexed = await self._index(rec)
+                        await self._index(rec)
                     except IndexUnavailable as exc:
                         _log.info("index unavailable, journal entries stay pending: "
                                   "{why}", why=exc)
@@ -489,7 +490,7 @@ class JournalReplayer(service.Service):
                         continue
                     finished.append(name)
                     self._failures.pop(name, None)
-                    done += indexed
+                    done += 1
             finally:
                 if finished:
                     await self.run_blocking(self.journal.discard, *finished)
@@ -498,17 +499,12 @@ class JournalReplayer(service.Service):
             if len(batch) < REPLAY_BATCH:
                 return done
 
-    async def _index(self, rec: InstanceRecord) -> int:
-        """Index one record unless superseded; 1 if indexed."""
-        current = await self.index.get(rec.sop_instance_uid)
-        if current and _newer(current, rec):
-            if current.get("path") != rec.path:
-                await self.run_blocking(_delete_file, rec.path)
-            return 0
-        previous = await self.index.record(rec)
-        if previous and previous != rec.path:
-            await self.run_blocking(_delete_file, previous)
-        return 1
+    async def _index(self, rec: InstanceRecord) -> None:
+        """Index one record; the index keeps a newer entry (by sequence),
+        and whichever file is no longer indexed is deleted."""
+        superseded = await self.index.record(rec)
+        if superseded:
+            await self.run_blocking(_delete_file, superseded)
 
     async def _failed(self, name: str, why: Exception, permanent: bool) -> None:
         """An entry failed this round: quarantine it if it keeps failing."""
@@ -522,10 +518,3 @@ class JournalReplayer(service.Service):
                   "{most}, it is skipped this round", name=name, why=why, n=count,
                   most=MAX_ENTRY_FAILURES)
 
-
-def _newer(current: dict[str, str], rec: InstanceRecord) -> bool:
-    """Whether the indexed entry is newer than ``rec``."""
-    try:
-        return float(current.get("received_at", "")) > rec.received_at
-    except ValueError:
-        return False
