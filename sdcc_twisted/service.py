@@ -120,7 +120,7 @@ class StorageCleanupService(service.Service):
 
     def stopService(self) -> Any:
         super().stopService()
-        self.index_log.close()
+        return self.index_log.close()
 
 
 class LogFileService(service.Service):
@@ -236,7 +236,8 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
                        timeout=settings.index.timeout)
     journal = PendingJournal.in_data_dir(data_dir)
     try:
-        index_log = IndexLog.in_data_dir(data_dir, fsync=settings.storage.fsync)
+        index_log = IndexLog.in_data_dir(data_dir, fsync=settings.storage.fsync,
+                                         clock=reactor)
     except OSError as exc:
         raise ConfigError(f"{settings.source}: [server] data_dir: cannot open the index "
                           f"log in {data_dir}: {exc.strerror}") from None

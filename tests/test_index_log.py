@@ -222,3 +222,44 @@ class IndexLogFaultTests(TestCase):
         with self.assertRaises(OSError):
             wal.append(make_record(sop="1.2.3.1"), segment)
         wal.settle(segment)
+
+
+class RetireDelayTests(TestCase):
+    """A finished segment outlives Redis's fsync interval (issue 11,
+    finding 3)."""
+
+    def test_segment_kept_for_the_retire_delay(self) -> None:
+        """With fsync on, a segment whose records all reached the index is
+        still on disk until RETIRE_DELAY (more than Redis's one-second
+        append-only fsync) has passed, then deleted; close() fires only once
+        the last segment has waited out the delay too."""
+        from twisted.internet import task
+
+        from sdcc_twisted.storage.journal import RETIRE_DELAY
+
+        from .test_index import make_record
+        self.assertGreater(RETIRE_DELAY, 2.0)
+        clock = task.Clock()
+        directory = self.mktemp()
+        wal = IndexLog.in_data_dir(directory, fsync=True, clock=clock)
+        wal.SEGMENT_RECORDS = 1
+        first = wal.reserve()
+        wal.append(make_record(sop="1.2.3.1"), first)
+        second = wal.reserve()                  # the first segment is full
+        wal.append(make_record(sop="1.2.3.2"), second)
+        wal.settle(first)
+
+        def segments() -> list[str]:
+            return sorted(n for n in os.listdir(directory) if n.startswith("index.wal"))
+        self.assertEqual(segments(), ["index.wal.1", "index.wal.2"])
+        clock.advance(RETIRE_DELAY - 0.1)
+        self.assertEqual(segments(), ["index.wal.1", "index.wal.2"])
+        clock.advance(0.1)
+        self.assertEqual(segments(), ["index.wal.2"])
+        wal.settle(second)
+        closed = wal.close()
+        self.assertNoResult(closed)
+        self.assertEqual(segments(), ["index.wal.2"])
+        clock.advance(RETIRE_DELAY)
+        self.successResultOf(closed)
+        self.assertEqual(segments(), [])

@@ -40,6 +40,11 @@ QUARANTINE_DIR: Final = "quarantine"
 REPLAY_BATCH: Final = 256
 #: Rounds an entry may fail before it goes to the quarantine.
 MAX_ENTRY_FAILURES: Final = 3
+#: Seconds a finished index log segment is kept after its records reached
+#: Redis: more than the append-only file's fsync interval (one second, up to
+#: two when the disk is slow), so that a power cut cannot take the index
+#: entries and their log lines together.
+RETIRE_DELAY: Final = 3.0
 
 _SUFFIX: Final = ".json"
 _FORMAT: Final = 1
@@ -215,15 +220,26 @@ class IndexLog:
     the pending journal and is indexed again: recording an instance twice is
     harmless.
 
+    Redis answering a write does not mean it is on disk: its append-only
+    file is fsynced about every second (``appendfsync everysec``, up to two
+    seconds behind when the disk is slow).  So with ``retire_delay`` and a
+    ``clock`` a finished segment is deleted only that many seconds later
+    (:data:`RETIRE_DELAY` with fsync on; issue 11, finding 3), and
+    :meth:`close` waits for them.
+
     :meth:`reserve` and :meth:`settle` run on the reactor thread;
     :meth:`append` may run on any thread.
     """
 
     SEGMENT_RECORDS = 1000
 
-    def __init__(self, directory: str, fsync: bool = True) -> None:
+    def __init__(self, directory: str, fsync: bool = True,
+                 clock: IReactorTime | None = None, retire_delay: float = 0.0) -> None:
         self.directory = directory
         self.fsync = fsync
+        self.clock = clock
+        self.retire_delay = retire_delay if clock is not None else 0.0
+        self._retiring: dict[int, defer.Deferred[None]] = {}
         make_private_dirs(directory)
         self._fds: dict[int, int] = {}
         self._write_lock = threading.Lock()   # appends come from pool threads
@@ -233,9 +249,11 @@ class IndexLog:
         self._start(self._current)
 
     @classmethod
-    def in_data_dir(cls, data_dir: str, fsync: bool = True) -> IndexLog:
-        """The log ``{data_dir}/index.wal.N``."""
-        return cls(data_dir, fsync)
+    def in_data_dir(cls, data_dir: str, fsync: bool = True,
+                    clock: IReactorTime | None = None) -> IndexLog:
+        """The log ``{data_dir}/index.wal.N``; with a clock and fsync on,
+        segments retire :data:`RETIRE_DELAY` seconds after they finished."""
+        return cls(data_dir, fsync, clock, RETIRE_DELAY if fsync else 0.0)
 
     def _path(self, segment: int) -> str:
         return os.path.join(self.directory, f"{INDEX_LOG}.{segment}")
@@ -318,7 +336,21 @@ class IndexLog:
             del self._open[segment]
             with self._write_lock:
                 os.close(self._fds.pop(segment))
+            self._retire(segment)
+
+    def _retire(self, segment: int) -> None:
+        """Delete a finished segment, after ``retire_delay`` if there is one."""
+        if not self.retire_delay:
             self._unlink(segment)
+            return
+        assert self.clock is not None
+        later = task.deferLater(self.clock, self.retire_delay, self._unlink, segment)
+        self._retiring[segment] = later
+        later.addBoth(self._retired, segment)
+
+    def _retired(self, result: Any, segment: int) -> Any:
+        del self._retiring[segment]
+        return result
 
     def _unlink(self, segment: int) -> None:
         try:
@@ -343,19 +375,23 @@ class IndexLog:
             os.unlink(self._path(segment))
         return moved
 
-    def close(self) -> None:
-        """Close the segment files; delete those whose every record settled.
+    def close(self) -> "defer.Deferred[None]":
+        """Close the segment files; delete those whose every record settled
+        (after the retire delay: the Deferred fires then).
 
         After a clean stop (every store answered and indexed or journaled)
         nothing is left for :meth:`recover` at the next start.
         """
         with self._write_lock:
-            for segment, fd in self._fds.items():
+            fds, self._fds = self._fds, {}
+            for fd in fds.values():
                 os.close(fd)
-                if self._open.get(segment) == 0:
-                    self._unlink(segment)
-            self._fds.clear()
-            self._open.clear()
+        for segment in fds:
+            if self._open.get(segment) == 0:
+                self._retire(segment)
+        self._open.clear()
+        waiting = list(self._retiring.values())
+        return defer.gatherResults(waiting).addCallback(lambda _: None)
 
 
 def _write_all(fd: int, data: bytes) -> None:
