@@ -467,19 +467,24 @@ class JournalReplayer(service.Service):
         self._lock = defer.DeferredLock()
         self._loop: task.LoopingCall | None = None
         self._failures: dict[str, int] = {}
+        self._stopping = False
+        self._indexed = 0           # in the round under way
 
     def startService(self) -> None:
         super().startService()
+        self._stopping = False
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = self.clock
         self._loop.start(self.interval, now=True)
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
+        self._stopping = True
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
-        # wait for a round in progress (bounded by the index's timeout)
+        # a round in progress ends after the entry it is at (bounded by the
+        # index's timeout); the rest waits for the next start
         return self._lock.run(lambda: None)
 
     def _tick(self) -> None:
@@ -496,7 +501,16 @@ class JournalReplayer(service.Service):
             lambda: defer.Deferred.fromCoroutine(self._replay()))
 
     async def _replay(self) -> int:
-        done = 0
+        self._indexed = 0
+        try:
+            await self._batches()
+        finally:
+            if self._indexed:
+                _log.info("indexed {n} pending instances", n=self._indexed)
+        return self._indexed
+
+    async def _batches(self) -> None:
+        """Work through the journal batch by batch (see the class)."""
         skip: set[str] = set()
         while True:
             batch = await self.run_blocking(self.journal.batch, REPLAY_BATCH,
@@ -504,6 +518,8 @@ class JournalReplayer(service.Service):
             finished: list[str] = []
             try:
                 for name, rec, present in batch:
+                    if self._stopping:
+                        return
                     if isinstance(rec, Exception):
                         skip.add(name)
                         await self._failed(name, rec, permanent=not isinstance(rec, OSError))
@@ -519,21 +535,19 @@ class JournalReplayer(service.Service):
                     except IndexUnavailable as exc:
                         _log.info("index unavailable, journal entries stay pending: "
                                   "{why}", why=exc)
-                        return done
+                        return
                     except Exception as exc:  # noqa: BLE001 - one entry, not the round
                         skip.add(name)
                         await self._failed(name, exc, permanent=False)
                         continue
                     finished.append(name)
                     self._failures.pop(name, None)
-                    done += 1
+                    self._indexed += 1
             finally:
                 if finished:
                     await self.run_blocking(self.journal.discard, *finished)
-                if done:
-                    _log.info("indexed {n} pending instances", n=done)
             if len(batch) < REPLAY_BATCH:
-                return done
+                return
 
     async def _index(self, rec: InstanceRecord) -> None:
         """Index one record; the index keeps a newer entry (by sequence),
