@@ -9,7 +9,6 @@ the graceful stop, the listener; they stop one at a time in reverse order.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import txredisapi

@@ -19,7 +19,8 @@ import json
 import os
 import threading
 import time
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
 from twisted.application import service
 from twisted.internet import defer, task
