@@ -263,3 +263,14 @@ class RetireDelayTests(TestCase):
         clock.advance(RETIRE_DELAY)
         self.successResultOf(closed)
         self.assertEqual(segments(), [])
+
+    def test_empty_segment_retires_at_once(self) -> None:
+        """A segment nothing was written to is deleted at close() at once,
+        without the retire delay (there is nothing Redis could lose)."""
+        from twisted.internet import task
+
+        clock = task.Clock()
+        directory = self.mktemp()
+        wal = IndexLog.in_data_dir(directory, fsync=True, clock=clock)
+        self.successResultOf(wal.close())
+        self.assertEqual([n for n in os.listdir(directory) if n.startswith("index.wal")], [])

@@ -340,8 +340,13 @@ class IndexLog:
             self._retire(segment)
 
     def _retire(self, segment: int) -> None:
-        """Delete a finished segment, after ``retire_delay`` if there is one."""
-        if not self.retire_delay:
+        """Delete a finished segment, after ``retire_delay`` if there is one
+        (an empty segment holds nothing to wait for)."""
+        try:
+            empty = os.path.getsize(self._path(segment)) == 0
+        except OSError:
+            empty = False
+        if not self.retire_delay or empty:
             self._unlink(segment)
             return
         assert self.clock is not None
