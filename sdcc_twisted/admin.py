@@ -5,6 +5,7 @@ and series (synchronous, redis-py).
     sdcc-admin --redis unix:///var/lib/sdcc/redis.sock --root /srv/store list
     sdcc-admin --config etc/sdcc.ini show 1.2.840.99.1
     sdcc-admin --config etc/sdcc.ini delete study 1.2.840.99
+    sdcc-admin --config etc/sdcc.ini quarantine [--retry [NAME ...]]
 
 ``rebuild`` reads every ``*.dcm`` under the storage root (header only) and
 writes the index anew with the same mapping as the server
@@ -18,6 +19,11 @@ file's folder, as the server); ``--redis``, ``--root`` and
 ``--key-prefix`` override them.  ``redis = embedded`` means the Redis that a
 running server keeps on ``{data_dir}/redis.sock`` (or wherever
 ``{data_dir}/redis.url`` says).
+
+``quarantine`` lists the pending journal entries the server set aside because
+they kept failing (``{data_dir}/pending/quarantine/``); ``--retry`` moves them
+(all, or the named ones) back into the journal, and the running server indexes
+them at its next replay round.  It needs no Redis.
 """
 
 from __future__ import annotations
@@ -392,6 +398,35 @@ def delete(client: Any, layout: KeyLayout, level: str, uid: str, root: str,
         out.write(f"; kept {done.kept} stored again while deleting")
     out.write(".\n")
     return EXIT_OK
+# -- quarantine ------------------------------------------------------------------
+
+def quarantine(data_dir: str, retry: list[str] | None, out: TextIO, err: TextIO) -> int:
+    """List the quarantined journal entries, or move them back (``retry``:
+    the names, empty for all)."""
+    from sdcc_twisted.storage.journal import PendingJournal
+
+    journal = PendingJournal.in_data_dir(data_dir)
+    entries = journal.quarantined()
+    if retry is None:
+        for name, rec, present in entries:
+            if isinstance(rec, Exception):
+                out.write(f"{name}  unreadable: {rec}\n")
+            else:
+                state = "" if present else "  (file gone)"
+                out.write(f"{name}  {rec.sop_instance_uid}  {rec.path}{state}\n")
+        out.write(f"{len(entries)} quarantined entries in {journal.quarantine_dir}\n")
+        return EXIT_OK
+    names = retry or [name for name, _, _ in entries]
+    status = EXIT_OK
+    for name in names:
+        try:
+            journal.retry(name)
+        except OSError as exc:
+            err.write(f"sdcc-admin: cannot retry {name}: {exc.strerror or exc}\n")
+            status = EXIT_NOT_FOUND
+            continue
+        out.write(f"{name} back in {journal.directory}\n")
+    return status
 
 
 # -- command line --------------------------------------------------------------
@@ -422,6 +457,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                "files and index entries")
     delete_cmd.add_argument("level", choices=("study", "series"))
     delete_cmd.add_argument("uid", help="the Study or Series Instance UID")
+    quarantine_cmd = sub.add_parser(
+        "quarantine", help="journal entries set aside after failing (no Redis needed)")
+    quarantine_cmd.add_argument("--retry", nargs="*", metavar="NAME",
+                                help="move these entries (default: all) back "
+                                     "into the journal")
+    quarantine_cmd.add_argument("--data-dir", metavar="DIR",
+                                help="the server's data_dir (overrides [server] "
+                                     "data_dir)")
     return parser
 
 
@@ -432,6 +475,19 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
     out = out or sys.stdout
     err = err or sys.stderr
     args = build_parser().parse_args(argv)
+    if args.command == "quarantine":
+        data_dir = args.data_dir
+        if data_dir is None and args.config:
+            try:
+                data_dir = load_settings(args.config).server.data_dir
+            except ConfigError as exc:
+                err.write(f"sdcc-admin: {exc}\n")
+                return EXIT_USAGE
+        if data_dir is None:
+            err.write("sdcc-admin: say where the journal is: --config FILE or "
+                      "quarantine --data-dir DIR\n")
+            return EXIT_USAGE
+        return quarantine(data_dir, args.retry, out, err)
     try:
         code = _run(args, out, err)
         out.flush()

@@ -51,6 +51,8 @@ class ServerSettings:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_command_length: int = 64 * 1024
     max_connections_per_address: int = 32
+    #: Seconds open associations may go on once the server was told to stop.
+    stop_grace: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -62,13 +64,31 @@ class TLSSettings:
 
 
 @dataclass(frozen=True)
+class SpaceFloor:
+    """``[storage] min_free_space``: bytes, or a percentage of the volume."""
+
+    amount: float = 2.0
+    percent: bool = True
+
+    def bytes_of(self, total: int) -> int:
+        """The floor in bytes on a volume of ``total`` bytes."""
+        return int(total * self.amount / 100) if self.percent else int(self.amount)
+
+    def __str__(self) -> str:
+        return f"{self.amount:g}%" if self.percent else f"{int(self.amount)} bytes"
+
+
+@dataclass(frozen=True)
 class StorageSettings:
-    """``[storage]``: where images go and how durably."""
+    """``[storage]``: where images go, how durably, and who may read them."""
 
     root: str = ""
     fsync: bool = True
     max_head_bytes: int = 1 << 20
     retention_days: float = 0.0
+    min_free_space: SpaceFloor = field(default_factory=SpaceFloor)
+    file_mode: int = 0o600
+    dir_mode: int = 0o700
 
 
 @dataclass(frozen=True)
@@ -219,8 +239,10 @@ _KNOWN: Final[dict[str, frozenset[str]]] = {
     "server": frozenset({
         "ae_title", "listen", "data_dir", "max_pdu_length", "max_associations",
         "require_called_ae_title", "allowed_calling_ae_titles", "artim_timeout",
-        "idle_timeout", "max_command_length", "max_connections_per_address"}),
-    "storage": frozenset({"root", "fsync", "max_head_bytes", "retention_days"}),
+        "idle_timeout", "max_command_length", "max_connections_per_address",
+        "stop_grace"}),
+    "storage": frozenset({"root", "fsync", "max_head_bytes", "retention_days",
+                          "min_free_space", "file_mode", "dir_mode"}),
     "tls": frozenset({"ca_certificates", "require_client_certificate"}),
     "index": frozenset({"redis", "redis_server", "key_prefix", "timeout", "lock"}),
     "logging": frozenset({"level", "file", "format"}),
@@ -357,13 +379,42 @@ def parse_settings(text: str, source: str = "<string>",
                                      1024, 16 * 1024 * 1024),
         max_connections_per_address=r.integer("server", "max_connections_per_address",
                                               ds.max_connections_per_address, 1, 100000),
+        stop_grace=r.seconds("server", "stop_grace", ds.stop_grace, low=0.0),
     )
+    def space_floor(raw: str) -> SpaceFloor:
+        if raw.endswith("%"):
+            percent = float(raw[:-1])
+            if not 0 <= percent < 100:
+                raise ValueError(raw)
+            return SpaceFloor(percent, True)
+        amount = int(raw)
+        if amount < 0:
+            raise ValueError(raw)
+        return SpaceFloor(amount, False)
+
+    def mode(allowed: int) -> Callable[[str], int]:
+        def convert(raw: str) -> int:
+            value = int(raw, 8)
+            owner = allowed & 0o700
+            if value & ~allowed or value & owner != owner:
+                raise ValueError(raw)
+            return value
+        return convert
+
     storage = StorageSettings(
         root=where(r.text("storage", "root", dst.root)),
         fsync=r.boolean("storage", "fsync", dst.fsync),
         max_head_bytes=r.integer("storage", "max_head_bytes", dst.max_head_bytes, 1024, 64 << 20),
         retention_days=r.get("storage", "retention_days", dst.retention_days, days,
                              "a number of days above 0, or 0 to keep everything"),
+        min_free_space=r.get("storage", "min_free_space", dst.min_free_space, space_floor,
+                             "a number of bytes or a percentage below 100 (2%)"),
+        file_mode=r.get("storage", "file_mode", dst.file_mode, mode(0o660),
+                        "an octal mode from 600 to 660 (owner read-write, "
+                        "group at most read-write, nothing for others)"),
+        dir_mode=r.get("storage", "dir_mode", dst.dir_mode, mode(0o770),
+                       "an octal mode from 700 to 770 (owner rwx, group at most "
+                       "rwx, nothing for others)"),
     )
     index = IndexSettings(
         redis=r.get("index", "redis", di.redis, redis_url,

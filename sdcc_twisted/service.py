@@ -3,13 +3,13 @@
 Mount it in your own Twisted application with
 ``build_service(settings, reactor).setServiceParent(application)``; twistd's
 plugin does the same.  Children start in order: the data folder's lock,
-logging, the storage clean-up, Redis (embedded or external), the journal
-replayer, the listener.
+logging, Redis (embedded or external), the storage clean-up, the journal
+replayer, the free-space guard, the graceful stop, the DICOM listener, the
+health probe and the HTTP listener; they stop one at a time in reverse order.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from typing import Any
@@ -42,10 +42,13 @@ from sdcc_twisted.runtime.admission import Admission
 from sdcc_twisted.runtime.dispatch import service_table
 from sdcc_twisted.runtime.protocol import DicomServerFactory, Timeouts
 from sdcc_twisted.runtime.twisted_gaps import replace_server_tls_options, server_tls_options
+from sdcc_twisted.runtime.shutdown import GracefulStop, OrderedMultiService
 from sdcc_twisted.services.qr import QueryRetrieveSCP
 from sdcc_twisted.storage.redisproc import EmbeddedRedis, RedisNotFound
+from sdcc_twisted.storage.sequence import SequenceSource
+from sdcc_twisted.storage.space import SpaceGuard
 from sdcc_twisted.services.scp import StorageSCP
-from sdcc_twisted.storage.files import FileStore
+from sdcc_twisted.storage.files import FileStore, make_private_dirs
 
 log = get_logger("sdcc.service")
 
@@ -104,13 +107,16 @@ class RedisConnectionService(service.Service):
 
 
 class StorageCleanupService(service.Service):
-    """Before the listener starts: removes the temp files a crash left, and
-    moves the records a crash left in the index log to the journal."""
+    """Before the listener starts: removes the temp files a crash left,
+    moves the records a crash left in the index log to the journal, and
+    reserves the first block of sequence numbers."""
 
-    def __init__(self, store: FileStore, index_log: IndexLog, journal: PendingJournal) -> None:
+    def __init__(self, store: FileStore, index_log: IndexLog, journal: PendingJournal,
+                 sequence: SequenceSource | None = None) -> None:
         self.store = store
         self.index_log = index_log
         self.journal = journal
+        self.sequence = sequence
 
     def startService(self) -> None:
         super().startService()
@@ -122,10 +128,12 @@ class StorageCleanupService(service.Service):
         if moved:
             log.warn("{n} stored instance(s) were on their way to the index at the "
                      "last stop; indexing them again from the journal", n=moved)
+        if self.sequence is not None:
+            self.sequence.start()
 
     def stopService(self) -> Any:
         super().stopService()
-        self.index_log.close()
+        return self.index_log.close()
 
 
 class LogFileService(service.Service):
@@ -269,16 +277,17 @@ class ListenerService(service.Service):
         return None
 
 
-class SdccService(service.MultiService):
+class SdccService(OrderedMultiService):
     """The whole server (see :func:`build_service`), with the parts a host
     application or a test may want to reach."""
 
     def __init__(self, factory: DicomServerFactory, store: FileStore, index: RedisIndex,
                  journal: PendingJournal, connection: RedisConnectionService,
                  embedded: EmbeddedRedis | None, listener: ListenerService,
-                 monitor: Monitor) -> None:
+                 monitor: Monitor, space: ISpaceReport) -> None:
         super().__init__()
         self.monitor = monitor
+        self.space = space
         self.factory = factory
         self.store = store
         self.index = index
@@ -337,8 +346,9 @@ def build_service(settings: Settings, reactor: Any,
                   space_report: ISpaceReport | None = None) -> SdccService:
     """Build the server's service tree from validated settings.
 
-    ``space_report`` gives free space and the disk floor to ``/readyz`` and
-    ``sdcc_disk_free_bytes``; without it no floor is checked.
+    ``space_report`` replaces the server's own :class:`SpaceGuard`
+    (``[storage] min_free_space``) as the source of free space and the disk
+    floor for C-STORE, ``/readyz`` and ``sdcc_disk_free_bytes``.
 
     Raises:
         ConfigError: naming the section and key, for what can only be checked
@@ -353,9 +363,11 @@ def build_service(settings: Settings, reactor: Any,
 
     data_dir = settings.server.data_dir
     try:
-        os.makedirs(data_dir, exist_ok=True)
+        make_private_dirs(data_dir)     # 0700 before the embedded Redis writes there
         store = FileStore(settings.storage_root, fsync=settings.storage.fsync,
-                          max_head_bytes=settings.storage.max_head_bytes)
+                          max_head_bytes=settings.storage.max_head_bytes,
+                          file_mode=settings.storage.file_mode,
+                          dir_mode=settings.storage.dir_mode)
     except OSError as exc:
         raise ConfigError(f"{settings.source}: [server] data_dir / [storage] root: "
                           f"cannot create {exc.filename}: {exc.strerror}") from None
@@ -379,12 +391,22 @@ def build_service(settings: Settings, reactor: Any,
                        timeout=settings.index.timeout)
     journal = PendingJournal.in_data_dir(data_dir)
     try:
-        index_log = IndexLog.in_data_dir(data_dir, fsync=settings.storage.fsync)
+        index_log = IndexLog.in_data_dir(data_dir, fsync=settings.storage.fsync,
+                                         clock=reactor)
     except OSError as exc:
         raise ConfigError(f"{settings.source}: [server] data_dir: cannot open the index "
                           f"log in {data_dir}: {exc.strerror}") from None
-    children.append(StorageCleanupService(store, index_log, journal))
-    children.append(JournalReplayer(journal, index, reactor))
+    try:
+        sequence = SequenceSource.in_data_dir(data_dir)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{settings.source}: [server] data_dir: cannot use the "
+                          f"sequence file in {data_dir}: {exc}") from None
+    children.append(StorageCleanupService(store, index_log, journal, sequence))
+
+    def run_blocking(fn: Any, *args: Any) -> "defer.Deferred[Any]":
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
+
+    children.append(JournalReplayer(journal, index, reactor, run_blocking=run_blocking))
 
     lock_kind = settings.index.lock
     if lock_kind == "auto":
@@ -398,9 +420,6 @@ def build_service(settings: Settings, reactor: Any,
     else:
         lock = InProcessAssociationLock()
 
-    def run_blocking(fn: Any, *args: Any) -> "defer.Deferred[Any]":
-        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
-
     if settings.storage.retention_days:
         url = settings.index.redis
         children.append(RetentionService(settings.storage.retention_days, store.root,
@@ -411,7 +430,16 @@ def build_service(settings: Settings, reactor: Any,
     server = settings.server
     monitor = Monitor(reactor, __version__, server.allowed_calling_ae_titles,
                       settings.http.show_patient_data)
-    storage = StorageSCP(store, index, journal, run_blocking, reactor, index_log)
+    space: ISpaceReport
+    if space_report is None:
+        guard = SpaceGuard({"storage_root": store.root, "data_dir": data_dir},
+                           settings.storage.min_free_space, reactor, run_blocking)
+        children.append(guard)
+        space = guard
+    else:
+        space = space_report
+    storage = StorageSCP(store, index, journal, run_blocking, reactor, index_log,
+                         durable_index=embedded is None, space=space, sequence=sequence)
     catalog = RedisCatalog(late, reactor, key_prefix=settings.index.key_prefix,
                            timeout=settings.index.timeout)
     query_retrieve = QueryRetrieveSCP(catalog, dict(settings.move_destinations))
@@ -438,14 +466,16 @@ def build_service(settings: Settings, reactor: Any,
                           f"{server.listen!r} as a Twisted endpoint ({exc})") from None
     if settings.tls.ca_certificates:
         require_client_certificates(endpoint, settings)
+    children.append(GracefulStop(factory, storage, reactor, server.stop_grace))
     listener = ListenerService(endpoint, factory,
                                f"{settings.source}: [server] listen = {server.listen}")
     listener.setName("dicom")
     children.append(listener)
     if settings.http.listen:
-        children.extend(_http_services(settings, reactor, monitor, late, journal, space_report,
+        children.extend(_http_services(settings, reactor, monitor, late, journal, space,
                                        run_blocking))
-    top = SdccService(factory, store, index, journal, connection, embedded, listener, monitor)
+    top = SdccService(factory, store, index, journal, connection, embedded, listener, monitor,
+                      space)
     top.setName("sdcc")
     for child in children:
         child.setServiceParent(top)
@@ -462,7 +492,7 @@ def _http_services(settings: Settings, reactor: Any, monitor: Monitor,
     token = read_token(http.token_file, settings.source) if http.token_file else None
 
     def measure() -> "defer.Deferred[tuple[int, dict[str, int]]]":
-        return run_blocking(lambda: (len(journal), space.free_bytes() if space else {}))
+        return run_blocking(lambda: (journal.count(), space.free_bytes() if space else {}))
 
     probe = HealthProbe(monitor, reactor, lambda: late.ping(), measure,
                         timeout=settings.index.timeout)

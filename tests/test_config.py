@@ -3,16 +3,41 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from twisted.application import service
 from twisted.application.service import IServiceMaker
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from sdcc_twisted import tap
 from sdcc_twisted.config import ConfigError, Settings, load_settings, parse_settings
 from sdcc_twisted.service import build_service
+
+
+class _InlinePool:
+    """A thread pool that runs the work at once, in the caller's thread."""
+
+    def callInThreadWithCallback(self, on_result: Any, fn: Any, *args: Any) -> None:
+        try:
+            result = fn(*args)
+        except Exception:  # noqa: BLE001 - handed over like a real pool does
+            on_result(False, Failure())
+        else:
+            on_result(True, result)
+
+
+class ThreadedMemoryReactor(MemoryReactorClock):
+    """MemoryReactorClock with the IReactorThreads calls the service makes
+    (blocking work: free-space checks, journal batches) run inline."""
+
+    def getThreadPool(self) -> _InlinePool:
+        return _InlinePool()
+
+    def callFromThread(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        fn(*args, **kwargs)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -208,7 +233,7 @@ class TapTests(SynchronousTestCase):
         options.parseOptions(["-c", self.write(
             f"[server]\nlisten = tcp:11999:interface=127.0.0.1\ndata_dir = {data_dir}\n"
             "[index]\nredis = redis://127.0.0.1:1/0\n")])
-        reactor = MemoryReactorClock()
+        reactor = ThreadedMemoryReactor()
         top = tap.makeService(options, reactor)
         self.assertIsInstance(top, service.MultiService)
         application = service.Application("host")

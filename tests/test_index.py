@@ -28,7 +28,8 @@ EVRLE = "1.2.840.10008.1.2.1"
 
 def make_record(sop: str = "1.2.3.1", series: str = "1.2.3", study: str = "1.2",
                 patient: str = "P1", path: str | None = None,
-                received_at: float = 1000.0, **extra: str) -> InstanceRecord:
+                received_at: float = 1000.0, sequence: int = 0,
+                **extra: str) -> InstanceRecord:
     attributes = {"SOPInstanceUID": sop, "SOPClassUID": CT,
                   "StudyInstanceUID": study, "SeriesInstanceUID": series,
                   "PatientID": patient, "PatientName": "Doe^Jane",
@@ -39,7 +40,8 @@ def make_record(sop: str = "1.2.3.1", series: str = "1.2.3", study: str = "1.2",
     return InstanceRecord(
         sop_instance_uid=sop, sop_class_uid=CT, transfer_syntax=EVRLE,
         path=path or f"/store/{study}/{series}/{sop}.dcm", size=1234,
-        received_at=received_at, calling_ae="MODALITY", attributes=attributes)
+        received_at=received_at, calling_ae="MODALITY", attributes=attributes,
+        sequence=sequence)
 
 
 class _Never:
@@ -667,3 +669,59 @@ class RedisLockTests(unittest.TestCase):
         with self.assertRaises(IndexUnavailable):
             await lock.acquire("AE2")
         self.assertIsNone(await lock.release("AE1", token))
+
+
+class KeyIdTests(unittest.SynchronousTestCase):
+    """Index key ids are one to one (issue 11, finding 9)."""
+
+    def test_no_two_values_share_an_id(self) -> None:
+        """The empty value, the two-valued Patient ID '\\none', values that
+        start with one or two backslashes and plain ones all get distinct
+        ids, and raw_id gives each value back."""
+        from sdcc_twisted.core.index_keys import key_id, raw_id
+
+        values = ["", NO_ID, "\\" + NO_ID, "\\", "\\\\", "none", "P1", "a\\b", "\\P1"]
+        ids = [key_id(v) for v in values]
+        self.assertEqual(len(set(ids)), len(values), ids)
+        self.assertEqual([raw_id(i) for i in ids], values)
+        self.assertEqual(key_id(""), NO_ID)
+        self.assertEqual(key_id("P1"), "P1")
+
+
+class KeyCollisionTests(unittest.TestCase):
+    """Against a real redis-server: a Patient ID cannot take over another's."""
+
+    def setUp(self) -> None:
+        self.server = start_redis(self)
+        self.redis = connect(self, self.server)
+        self.index = RedisIndex(self.redis, reactor, key_prefix="t:", timeout=2)
+        self.client = self.server.client()
+
+    async def test_backslash_none_is_not_the_empty_patient(self) -> None:
+        """A peer's Patient ID '\\none' (two values) makes its own patient
+        entry: the patient without an ID keeps its name, both are listed by
+        the catalog with their values as received, and each has its study."""
+        from sdcc_twisted.storage.catalog import RedisCatalog
+
+        await self.index.record(make_record("1", "10", "100", "", PatientName="Empty^Id"))
+        await self.index.record(make_record("2", "11", "101", NO_ID, PatientName="Intruder"))
+        self.assertEqual(self.client.hget(f"t:patient:{NO_ID}", "PatientName"), "Empty^Id")
+        self.assertEqual(self.client.hget(f"t:patient:\\{NO_ID}", "PatientName"), "Intruder")
+        catalog = RedisCatalog(self.redis, reactor, key_prefix="t:", timeout=2)
+        self.assertEqual(await catalog.members("PATIENT", None), ["", NO_ID])
+        self.assertEqual(await catalog.members("STUDY", ""), ["100"])
+        self.assertEqual(await catalog.members("STUDY", NO_ID), ["101"])
+        self.assertEqual((await catalog.attributes("PATIENT", NO_ID))["PatientName"],
+                         "Intruder")
+        # the attach script places it where key_id does: storing it again
+        # is no move
+        from sdcc_twisted.core.index_keys import (
+            ATTACH_SCRIPT,
+            attach_script_answers,
+            attach_script_args,
+        )
+
+        keys, args = attach_script_args(KeyLayout("t:"), [make_record("2", "11", "101", NO_ID)])
+        reply = self.client.eval(ATTACH_SCRIPT, len(keys), *keys, *args)
+        self.assertEqual([outcome for outcome, _ in attach_script_answers(reply)], ["done"])
+        self.assertEqual(self.client.smembers("t:patients"), {NO_ID, "\\" + NO_ID})

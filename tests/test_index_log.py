@@ -150,3 +150,138 @@ class AnswerOrderTests(ProtocolTestBase):
         self.clock.advance(10)
         self.assertEqual(self.sent(transport), [])
         self.assertFalse(transport.disconnecting)
+
+
+class IndexLogFaultTests(TestCase):
+    """The log under real faults, and after a clean stop."""
+
+    def test_failed_append_leaves_no_torn_line(self) -> None:
+        """On a tmpfs filled to ENOSPC an append raises and leaves the
+        segment as it was; once there is room the next record is logged and
+        recovered whole, with nothing before it lost."""
+        from .test_index import make_record
+        from .volume_support import fill, free, small_volume
+
+        directory = small_volume(self, 64 * 1024)
+        wal = IndexLog.in_data_dir(directory, fsync=True)
+        wal.append(make_record(sop="1.2.3.1"), wal.reserve())
+        path = os.path.join(directory, "index.wal.1")
+        before = os.path.getsize(path)
+        big = make_record(sop="1.2.3.2")
+        big.attributes["StudyDescription"] = "x" * 8192   # more than a page
+        fill(directory)
+        with self.assertRaises(OSError):
+            wal.append(big, wal.reserve())
+        self.assertEqual(os.path.getsize(path), before)
+        free(directory)
+        wal.append(make_record(sop="1.2.3.3"), wal.reserve())
+        wal.close()
+        again = IndexLog.in_data_dir(directory, fsync=True)
+        self.addCleanup(again.close)
+        journal = PendingJournal(os.path.join(directory, "pending"))
+        self.assertEqual(again.recover(journal), 2)
+        self.assertEqual([r.sop_instance_uid for _, r in journal.entries()],
+                         ["1.2.3.1", "1.2.3.3"])
+
+    def test_recover_reads_past_a_torn_line(self) -> None:
+        """A torn line that could not be cut off (no newline after it) does
+        not take the record written after it down with it."""
+        from .test_index import make_record
+        directory = self.mktemp()
+        wal = IndexLog.in_data_dir(directory, fsync=False)
+        wal.append(make_record(sop="1.2.3.1"), wal.reserve())
+        with open(os.path.join(directory, "index.wal.1"), "ab") as handle:
+            handle.write(b'{"format": 1, "record": {"sop_instance_uid": "1.2.3.9", "pa')
+        wal.append(make_record(sop="1.2.3.2"), wal.reserve())
+        wal.close()
+        again = IndexLog.in_data_dir(directory, fsync=False)
+        self.addCleanup(again.close)
+        journal = PendingJournal(os.path.join(directory, "pending"))
+        self.assertEqual(again.recover(journal), 2)
+        self.assertEqual([r.sop_instance_uid for _, r in journal.entries()],
+                         ["1.2.3.1", "1.2.3.2"])
+
+    def test_clean_close_leaves_nothing_to_recover(self) -> None:
+        """Issue 17: close() after every record settled deletes the last
+        segment too, so the next start recovers nothing (and warns of
+        nothing); a record not settled at close stays for recovery."""
+        from .test_index import make_record
+        directory = self.mktemp()
+        wal = IndexLog.in_data_dir(directory, fsync=False)
+        for n in range(3):
+            segment = wal.reserve()
+            wal.append(make_record(sop=f"1.2.3.{n}"), segment)
+            wal.settle(segment)
+        wal.close()
+        self.assertEqual([n for n in os.listdir(directory) if n.startswith("index.wal")], [])
+        again = IndexLog.in_data_dir(directory, fsync=False)
+        journal = PendingJournal(os.path.join(directory, "pending"))
+        self.assertEqual(again.recover(journal), 0)
+        again.append(make_record(sop="1.2.3.7"), again.reserve())   # never settled
+        again.close()
+        third = IndexLog.in_data_dir(directory, fsync=False)
+        self.addCleanup(third.close)
+        self.assertEqual(third.recover(journal), 1)
+
+    def test_append_after_close_is_an_os_error(self) -> None:
+        """An append that comes after close() fails as a disk error (EBADF),
+        not a KeyError, and a settle after close is ignored."""
+        from .test_index import make_record
+        wal = IndexLog.in_data_dir(self.mktemp(), fsync=False)
+        segment = wal.reserve()
+        wal.close()
+        with self.assertRaises(OSError):
+            wal.append(make_record(sop="1.2.3.1"), segment)
+        wal.settle(segment)
+
+
+class RetireDelayTests(TestCase):
+    """A finished segment outlives Redis's fsync interval (issue 11,
+    finding 3)."""
+
+    def test_segment_kept_for_the_retire_delay(self) -> None:
+        """With fsync on, a segment whose records all reached the index is
+        still on disk until RETIRE_DELAY (more than Redis's one-second
+        append-only fsync) has passed, then deleted; close() fires only once
+        the last segment has waited out the delay too."""
+        from twisted.internet import task
+
+        from sdcc_twisted.storage.journal import RETIRE_DELAY
+
+        from .test_index import make_record
+        self.assertGreater(RETIRE_DELAY, 2.0)
+        clock = task.Clock()
+        directory = self.mktemp()
+        wal = IndexLog.in_data_dir(directory, fsync=True, clock=clock)
+        wal.SEGMENT_RECORDS = 1
+        first = wal.reserve()
+        wal.append(make_record(sop="1.2.3.1"), first)
+        second = wal.reserve()                  # the first segment is full
+        wal.append(make_record(sop="1.2.3.2"), second)
+        wal.settle(first)
+
+        def segments() -> list[str]:
+            return sorted(n for n in os.listdir(directory) if n.startswith("index.wal"))
+        self.assertEqual(segments(), ["index.wal.1", "index.wal.2"])
+        clock.advance(RETIRE_DELAY - 0.1)
+        self.assertEqual(segments(), ["index.wal.1", "index.wal.2"])
+        clock.advance(0.1)
+        self.assertEqual(segments(), ["index.wal.2"])
+        wal.settle(second)
+        closed = wal.close()
+        self.assertNoResult(closed)
+        self.assertEqual(segments(), ["index.wal.2"])
+        clock.advance(RETIRE_DELAY)
+        self.successResultOf(closed)
+        self.assertEqual(segments(), [])
+
+    def test_empty_segment_retires_at_once(self) -> None:
+        """A segment nothing was written to is deleted at close() at once,
+        without the retire delay (there is nothing Redis could lose)."""
+        from twisted.internet import task
+
+        clock = task.Clock()
+        directory = self.mktemp()
+        wal = IndexLog.in_data_dir(directory, fsync=True, clock=clock)
+        self.successResultOf(wal.close())
+        self.assertEqual([n for n in os.listdir(directory) if n.startswith("index.wal")], [])

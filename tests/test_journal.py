@@ -31,7 +31,10 @@ class FakeIndex:
     def record(self, rec: InstanceRecord) -> defer.Deferred[str | None]:
         if not self.up:
             return defer.fail(IndexUnavailable("down"))
-        old = self.entries.get(rec.sop_instance_uid, {}).get("path")
+        current = self.entries.get(rec.sop_instance_uid, {})
+        if int(current.get("sequence", "0")) > rec.sequence:      # a newer copy
+            return defer.succeed(rec.path if rec.path != current["path"] else None)
+        old = current.get("path")
         self.entries[rec.sop_instance_uid] = index_keys.instance_fields(rec)
         self.recorded.append(rec.sop_instance_uid)
         return defer.succeed(old if old != rec.path else None)
@@ -98,13 +101,15 @@ class PendingJournalTests(unittest.TestCase):
         self.assertEqual(PendingJournal(self.dir + "/none").entries(), [])
 
     def test_unreadable_entry_is_set_aside(self) -> None:
-        """A corrupt file is renamed *.bad and does not hide the others."""
+        """A corrupt file is moved to the quarantine and does not hide the
+        others."""
         good = self.journal.append(make_record())
         with open(os.path.join(self.dir, "00000000000000000000-1-x.json"),
                   "w") as handle:
             handle.write("{not json")
         self.assertEqual([n for n, _ in self.journal.entries()], [good])
-        self.assertIn("00000000000000000000-1-x.json.bad", os.listdir(self.dir))
+        self.assertEqual(os.listdir(self.journal.quarantine_dir),
+                         ["00000000000000000000-1-x.json"])
 
     def test_no_temp_files_left(self) -> None:
         """An append leaves no temporary file behind."""
@@ -116,8 +121,8 @@ class PendingJournalTests(unittest.TestCase):
         self.assertEqual(PendingJournal.in_data_dir("/d").directory, "/d/pending")
 
 
-class JournalReplayerTests(unittest.TestCase):
-    """JournalReplayer with a fake index and task.Clock."""
+class ReplayerTestBase(unittest.TestCase):
+    """A JournalReplayer with a fake index on a task.Clock."""
 
     def setUp(self) -> None:
         self.root = os.path.abspath(self.mktemp())
@@ -130,6 +135,10 @@ class JournalReplayerTests(unittest.TestCase):
     def rec(self, sop: str, series: str = "1.2.3", **kw: Any) -> InstanceRecord:
         path = touch(os.path.join(self.root, "store", series, sop + ".dcm"))
         return make_record(sop=sop, series=series, path=path, **kw)
+
+
+class JournalReplayerTests(ReplayerTestBase):
+    """JournalReplayer with a fake index and task.Clock."""
 
     def test_fake_provides_interface(self) -> None:
         """The fake index is a faithful IInstanceIndex."""
@@ -173,13 +182,14 @@ class JournalReplayerTests(unittest.TestCase):
         self.assertFalse(os.path.exists(old.path))
 
     def test_stale_entry_does_not_overwrite_newer(self) -> None:
-        """An entry older than the indexed copy is dropped with its file,
-        and the newer copy stays indexed and on disk."""
-        stale = self.rec("a", series="1.1", received_at=1000.0)
+        """An entry older (by sequence) than the indexed copy is dropped
+        with its file, and the newer copy stays indexed and on disk, although
+        the older one's wall-clock time is later (a clock stepped back)."""
+        stale = self.rec("a", series="1.1", received_at=3000.0, sequence=1)
         self.journal.append(stale)
-        newer = self.rec("a", series="1.2", received_at=2000.0)
+        newer = self.rec("a", series="1.2", received_at=2000.0, sequence=2)
         self.successResultOf(self.index.record(newer))
-        self.assertEqual(self.successResultOf(self.replayer.replay_now()), 0)
+        self.successResultOf(self.replayer.replay_now())
         self.assertEqual(self.index.entries["a"]["path"], newer.path)
         self.assertTrue(os.path.exists(newer.path))
         self.assertFalse(os.path.exists(stale.path))
@@ -221,3 +231,78 @@ class ReplayWithRedisTests(unittest.TestCase):
         self.assertEqual(await replayer.replay_now(), 1)
         self.assertEqual(journal.entries(), [])
         self.assertEqual((await index.get(rec.sop_instance_uid))["path"], rec.path)
+
+
+class ReplayerFaultTests(ReplayerTestBase):
+    """The replayer cannot die, and a bad entry blocks no other (issue 11,
+    finding 4); faults caused on the real file system."""
+
+    def test_loop_survives_emfile(self) -> None:
+        """With the descriptor limit reached, the round's directory scan
+        fails with EMFILE: the failure is logged, the loop keeps ticking,
+        and once descriptors are free again the next tick indexes."""
+        import errno
+        import resource
+
+        self.journal.append(self.rec("a"))
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        lowest_free = os.dup(0)          # the kernel hands out the lowest free
+        os.close(lowest_free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+        try:
+            self.replayer.startService()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        (failure,) = self.flushLoggedErrors(OSError)
+        self.assertEqual(failure.value.errno, errno.EMFILE)
+        self.assertEqual(self.index.recorded, [])
+        self.clock.advance(5)
+        self.assertEqual(self.index.recorded, ["a"])
+        self.successResultOf(self.replayer.stopService())
+
+    def test_failing_entry_skipped_then_quarantined(self) -> None:
+        """An entry that cannot be opened (a directory where the file should
+        be: EISDIR) does not hold back the entries after it; after three
+        rounds it is in pending/quarantine/, listed by 'sdcc-admin
+        quarantine', and '--retry' puts it back in the journal."""
+        import io
+
+        from sdcc_twisted import admin
+
+        bad = "00000000000000000000-1-00000000.json"
+        os.makedirs(os.path.join(self.journal.directory, bad))
+        self.journal.append(self.rec("a"))
+        self.journal.append(self.rec("b"))
+        self.assertEqual(self.successResultOf(self.replayer.replay_now()), 2)
+        self.assertEqual(self.index.recorded, ["a", "b"])
+        self.assertEqual(self.journal.names(), [bad])
+        self.successResultOf(self.replayer.replay_now())
+        self.assertEqual(self.journal.names(), [bad])
+        self.successResultOf(self.replayer.replay_now())
+        self.assertEqual(self.journal.names(), [])
+        self.assertEqual(os.listdir(self.journal.quarantine_dir), [bad])
+
+        out, err = io.StringIO(), io.StringIO()
+        data_dir = os.path.dirname(self.journal.directory)
+        self.assertEqual(admin.main(["quarantine", "--data-dir", data_dir], out, err), 0)
+        self.assertIn(bad, out.getvalue())
+        self.assertIn("1 quarantined", out.getvalue())
+        self.assertEqual(admin.main(["quarantine", "--data-dir", data_dir, "--retry"],
+                                    out, err), 0)
+        self.assertEqual(self.journal.names(), [bad])
+        self.assertEqual(os.listdir(self.journal.quarantine_dir), [])
+
+    def test_reads_in_bounded_batches(self) -> None:
+        """A backlog larger than a batch is read batch by batch (each read
+        bounded by REPLAY_BATCH) and all of it is indexed in one round."""
+        from sdcc_twisted.storage import journal as journal_module
+
+        self.patch(journal_module, "REPLAY_BATCH", 4)
+        reads: list[int] = []
+        self.replayer.run_blocking = lambda fn, *a: defer.maybeDeferred(fn, *a).addCallback(
+            lambda r: reads.append(len(r)) or r if fn == self.journal.batch else r)
+        for n in range(10):
+            self.journal.append(self.rec(f"s{n}"))
+        self.assertEqual(self.successResultOf(self.replayer.replay_now()), 10)
+        self.assertEqual(reads, [4, 4, 2])
+        self.assertEqual(self.journal.names(), [])

@@ -30,9 +30,12 @@ Every key ends with its id and every kind of key has its own fixed head, so an
 id containing ``:`` (Patient IDs may) never makes one key look like another.
 
 Ids: an empty Patient ID, Study or Series Instance UID is keyed as
-:data:`NO_ID` (``\\none``).  A backslash separates values in DICOM and cannot
-occur in a single Patient ID or UID, so the placeholder never collides.  The
-``patient_id``, ``study_uid`` and ``series_uid`` fields keep the raw values.
+:data:`NO_ID` (``\\none``); a value that starts with a backslash gets one
+more in front; any other value is its own id.  So no value collides with the
+empty one or with another value (a peer may send the two-valued Patient ID
+``\\none``: it is keyed ``\\\\none``), and :func:`raw_id` undoes it.  The
+relation sets hold ids; the ``patient_id``, ``study_uid`` and ``series_uid``
+fields keep the raw values.
 
 A record is written by DEL + HSET of the instance hash, HSET of the series,
 study and patient hashes and SADD into the four sets.  When the instance was
@@ -63,8 +66,18 @@ _LEVEL_KEYWORDS: Final[dict[str, tuple[str, ...]]] = {
 
 
 def key_id(value: str) -> str:
-    """The id under which ``value`` is keyed: itself, or :data:`NO_ID` if empty."""
-    return value if value else NO_ID
+    """The id under which ``value`` is keyed: :data:`NO_ID` if empty, one
+    more backslash in front if it starts with one, else itself (one to one)."""
+    if not value:
+        return NO_ID
+    return "\\" + value if value[0] == "\\" else value
+
+
+def raw_id(ident: str) -> str:
+    """The value keyed as ``ident`` (the inverse of :func:`key_id`)."""
+    if ident == NO_ID:
+        return ""
+    return ident[1:] if ident[:1] == "\\" else ident
 
 
 def _glob_escape(text: str) -> str:
@@ -148,9 +161,23 @@ def instance_fields(rec: InstanceRecord) -> dict[str, str]:
         transfer_syntax=rec.transfer_syntax, size=str(int(rec.size)),
         received_at=repr(float(rec.received_at)), calling_ae=rec.calling_ae,
         study_uid=rec.study_uid, series_uid=rec.series_uid,
-        patient_id=rec.patient_id,
+        patient_id=rec.patient_id, sequence=str(int(rec.sequence)),
     )
     return fields
+
+
+def stored_sequence(fields: Mapping[str, str]) -> int:
+    """The sequence of an indexed instance (0 when it has none)."""
+    try:
+        return int(fields.get("sequence") or 0)
+    except ValueError:
+        return 0
+
+
+def superseded_path(rec: InstanceRecord, indexed_path: str) -> str | None:
+    """When ``rec`` is older than the indexed entry: its own file, to delete
+    unless the newer copy took the same path."""
+    return rec.path if rec.path != indexed_path else None
 
 
 def series_fields(rec: InstanceRecord) -> dict[str, str]:
@@ -204,20 +231,29 @@ def record_commands(layout: KeyLayout, rec: InstanceRecord) -> list[Command]:
 #: moves, runs the attach commands of :func:`record_commands` (atomically,
 #: as a script does); otherwise it writes nothing for it and answers
 #: ``moved``, and the caller takes the transaction path of
-#: :func:`plan_record`.  KEYS[i]: the instance hashes.  ARGV[1]: NO_ID;
-#: ARGV[2]: one JSON array with, per instance, the new patient, study and
-#: series key ids and the commands.  The answer is one JSON array of
+#: :func:`plan_record`.  An instance whose indexed entry has a higher
+#: sequence is not written (``stale``, with the indexed path).  KEYS[i]: the
+#: instance hashes.  ARGV[1]: NO_ID; ARGV[2]: one JSON array with, per
+#: instance, the new patient, study and series key ids, the commands and the
+#: sequence.  The answer is one JSON array of
 #: ``[outcome, old path]`` pairs.  Two arguments and one reply string keep
 #: the client's encoding and parsing to a few calls per batch.
 ATTACH_SCRIPT: Final = """
-local function kid(v) if (not v) or v == '' then return ARGV[1] end return v end
+local function kid(v)
+  if (not v) or v == '' then return ARGV[1] end
+  if string.byte(v, 1) == 92 then return '\\\\' .. v end
+  return v
+end
 local batch = cjson.decode(ARGV[2])
 local answer = {}
 for i, key in ipairs(KEYS) do
   local new = batch[i]
-  local old = redis.call('HMGET', key, 'path', 'patient_id', 'study_uid', 'series_uid')
-  if old[1] and (kid(old[2]) ~= new[1] or kid(old[3]) ~= new[2]
-                 or kid(old[4]) ~= new[3]) then
+  local old = redis.call('HMGET', key, 'path', 'patient_id', 'study_uid', 'series_uid',
+                         'sequence')
+  if old[1] and (tonumber(old[5] or '0') or 0) > new[5] then
+    answer[i] = {'stale', old[1]}
+  elseif old[1] and (kid(old[2]) ~= new[1] or kid(old[3]) ~= new[2]
+                     or kid(old[4]) ~= new[3]) then
     answer[i] = {'moved', ''}
   else
     for _, command in ipairs(new[4]) do
@@ -238,7 +274,8 @@ def attach_script_args(layout: KeyLayout,
     for rec in records:
         at = Placement.of_record(rec)
         keys.append(layout.instance(rec.sop_instance_uid))
-        batch.append([at.patient, at.study, at.series, record_commands(layout, rec)])
+        batch.append([at.patient, at.study, at.series, record_commands(layout, rec),
+                      int(rec.sequence)])
     return keys, [NO_ID, json.dumps(batch, ensure_ascii=False)]
 
 
@@ -313,10 +350,15 @@ def plan_record(layout: KeyLayout, rec: InstanceRecord,
         others: the counts of :func:`detach_probes` for the old placement.
 
     Returns:
-        (commands, previous path if it differs from ``rec.path`` else None).
+        (commands, the path of a file no longer indexed, or None): the
+        previous path if it differs from ``rec.path``; when the indexed
+        entry is newer (a higher sequence), no commands and ``rec``'s own
+        path unless the newer copy took the same one.
     """
     cmds: list[Command] = []
     previous = None
+    if old_fields and stored_sequence(old_fields) > rec.sequence:
+        return [], superseded_path(rec, old_fields.get("path", ""))
     if old_fields:
         old = Placement.of_fields(old_fields)
         cmds += detach_commands(layout, rec.sop_instance_uid, old,

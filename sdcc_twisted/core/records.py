@@ -69,6 +69,11 @@ class InstanceRecord:
         calling_ae: the association's calling AE title.
         attributes: keyword -> decoded string value, for the keys of
             :data:`INDEX_ATTRIBUTES` present in the data set.
+        sequence: assigned by the server when the C-STORE-RQ arrived,
+            monotonic across restarts; it orders the versions of one SOP
+            Instance UID (the wall clock may step back).  0: unknown (a
+            record from before sequences, or rebuilt from a file), older
+            than any other.
     """
 
     sop_instance_uid: str
@@ -79,6 +84,7 @@ class InstanceRecord:
     received_at: float
     calling_ae: str
     attributes: dict[str, str] = field(default_factory=dict)
+    sequence: int = 0
 
     def to_dict(self) -> dict[str, object]:
         """The record as plain JSON-ready values (``InstanceRecord(**d)``
@@ -93,6 +99,7 @@ class InstanceRecord:
             "received_at": self.received_at,
             "calling_ae": self.calling_ae,
             "attributes": dict(self.attributes),
+            "sequence": self.sequence,
         }
 
     @property

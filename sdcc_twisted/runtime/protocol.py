@@ -165,6 +165,18 @@ class DicomProtocol(AssociationShell):
                 return context_id
         return None
 
+    def abort_for_stop(self) -> None:
+        """The server stops and the grace period is over: A-ABORT (PS3.8
+        7.3.1, source 2, reason not specified) and close."""
+        if self.closed:
+            return
+        log.warn("aborting the association from {peer} calling_ae={calling}: "
+                 "the server stops", peer=self.peer, calling=self.calling_ae or "-")
+        self._end("aborted (server stopping)")
+        if self.assoc is not None and self.assoc.state != "Sta1":
+            self.guard(self.assoc.abort, ABORT_REASON_NOT_SPECIFIED, "server stopping")
+        self.close()
+
     def protocol_abort(self, detail: str) -> None:
         """The peer broke the protocol above the PDU layer: A-ABORT."""
         log.warn("aborting the association from {peer} calling_ae={calling}: {detail}",
@@ -227,6 +239,7 @@ class DicomProtocol(AssociationShell):
         admitted, self._admitted = self._admitted, None
         admission.release(self, self.calling_ae, admitted.token if admitted else None)
         admission.connection_lost(self)
+        self.factory.forget(self)
         outcome = self._ending or ("released" if self._released else
                                    "aborted (connection closed)" if admitted
                                    else "closed before association")
@@ -268,6 +281,7 @@ class DicomServerFactory(Factory[DicomProtocol]):
         self.timeouts = timeouts
         self.max_command_length = max_command_length
         self.monitor = monitor if monitor is not None else Monitor(clock)
+        self._all_closed: list[defer.Deferred[None]] = []
 
     def startFactory(self) -> None:
         """The listener is up."""
@@ -281,6 +295,21 @@ class DicomServerFactory(Factory[DicomProtocol]):
     def connections(self) -> dict[object, str | None]:
         """The open connections (and their peer address)."""
         return self.admission.connections
+
+    def forget(self, protocol: DicomProtocol) -> None:
+        """A connection closed (after the admission forgot it)."""
+        if not self.connections:
+            waiting, self._all_closed = self._all_closed, []
+            for d in waiting:
+                d.callback(None)
+
+    def all_closed(self) -> "defer.Deferred[None]":
+        """Fires once no connection is open (at once if none is)."""
+        if not self.connections:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._all_closed.append(d)
+        return d
 
     def buildProtocol(self, addr: Any) -> DicomProtocol | None:
         """A protocol for a new connection."""

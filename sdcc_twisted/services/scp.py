@@ -20,6 +20,8 @@ from twisted.python.failure import Failure
 from sdcc_twisted.core.conformance import (
     C_ECHO_RSP,
     C_STORE_RSP,
+    STATUS_DISK_FULL,
+    STATUS_OUT_OF_RESOURCES,
     STATUS_PROCESSING_FAILURE,
     STATUS_SOP_CLASS_NOT_SUPPORTED,
     STATUS_SUCCESS,
@@ -30,10 +32,18 @@ from sdcc_twisted.core.dimse import ELEMENT_NAMES, Command
 from sdcc_twisted.services.channel import Channel, Outcome, Request
 from sdcc_twisted.storage.index import IInstanceIndex
 from sdcc_twisted.storage.journal import IndexLog, PendingJournal
+from sdcc_twisted.storage.sequence import SequenceSource
+from sdcc_twisted.monitor import ISpaceReport
 from sdcc_twisted import logs
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.core.records import InstanceRecord
-from sdcc_twisted.storage.files import FileStore, Sink, StorageError, StoredFile
+from sdcc_twisted.storage.files import (
+    FileStore,
+    Sink,
+    StorageError,
+    StoredFile,
+    disk_error,
+)
 
 log = get_logger("sdcc.storage")
 
@@ -107,6 +117,17 @@ class StorageSCP:
         journal: where instances wait when the index does not answer.
         run_blocking: runs a blocking callable off the reactor thread.
         clock: for the per-instance duration in the log.
+        index_log: the write-ahead log that lets the answer go before the
+            index write.
+        durable_index: whether an entry the index accepted survives a crash
+            of it (an external Redis, as configured there).  The embedded
+            one shares ``data_dir`` with the log: when the log cannot be
+            written its entries are not trusted, and the journal must hold
+            the record before a Success.
+        space: the free-space floor; below it a C-STORE is refused (A702)
+            before anything is written.
+        sequence: numbers each C-STORE as it arrives; the index orders the
+            versions of an instance by it (without one, every record has 0).
     """
 
     response_field = C_STORE_RSP
@@ -114,8 +135,15 @@ class StorageSCP:
 
     def __init__(self, store: FileStore, index: IInstanceIndex,
                  journal: PendingJournal, run_blocking: RunBlocking,
-                 clock: Any, index_log: IndexLog | None = None) -> None:
+                 clock: Any, index_log: IndexLog | None = None,
+                 durable_index: bool = True, space: ISpaceReport | None = None,
+                 sequence: SequenceSource | None = None) -> None:
         self.store = store
+        self.sequence = sequence
+        self.space = space
+        self._in_flight = 0
+        self._quiet: list[defer.Deferred[None]] = []
+        self.durable_index = durable_index
         self.index = index
         self.journal = journal
         self.run_blocking = run_blocking
@@ -140,13 +168,27 @@ class StorageSCP:
             return Reception(self, command, calling_ae, started, None, Outcome(
                 STATUS_SOP_CLASS_NOT_SUPPORTED,
                 f"SOP class {sop_class} not negotiated on this context"[:64]))
+        low = self.space.below_floor() if self.space is not None else None
+        if low:
+            return Reception(self, command, calling_ae, started, None, Outcome(
+                STATUS_DISK_FULL,
+                f"Out of resources: {', '.join(low)} below min_free_space"[:64]))
         try:
             sink = self.store.open_sink(sop_class, command.affected_sop_instance_uid,
                                         transfer_syntax, calling_ae)
         except StorageError as exc:
             return Reception(self, command, calling_ae, started, None,
                              Outcome(exc.status, exc.comment))
-        return Reception(self, command, calling_ae, started, sink, None)
+        reception = Reception(self, command, calling_ae, started, sink, None)
+        if self.sequence is not None:
+            try:
+                reception.sequence = self.sequence.next()
+            except OSError as exc:  # a new block of numbers could not be reserved
+                sink.abort()
+                error = disk_error(exc)
+                return Reception(self, command, calling_ae, started, None,
+                                 Outcome(error.status, error.comment))
+        return reception
 
     def commit(self, reception: "Reception") -> "defer.Deferred[Outcome]":
         """Make the file durable and its index record safe; the Outcome.
@@ -158,15 +200,17 @@ class StorageSCP:
         """
         sink = reception.sink
         assert sink is not None
+        self._in_flight += 1
+        reception.settled.addBoth(self._landed)
         segment = self.index_log.reserve() if self.index_log is not None else None
         if self.store.fsync:
-            d = self.run_blocking(self._finish_and_log, sink, reception.calling_ae, segment)
+            d = self.run_blocking(self._finish_and_log, sink, reception, segment)
             d.addCallbacks(self._committed, self._not_committed,
                            callbackArgs=(reception, segment),
                            errbackArgs=(reception, segment))
             return d
         try:
-            result = self._finish_and_log(sink, reception.calling_ae, segment)
+            result = self._finish_and_log(sink, reception, segment)
         except BaseException:
             # (Twisted's maybeDeferred overloads take no value-or-Failure/Deferred union)
             return defer.maybeDeferred(  # type: ignore[call-overload]
@@ -178,17 +222,68 @@ class StorageSCP:
                    segment: int | None) -> "Outcome | defer.Deferred[Outcome]":
         record, logged = result
         reception.record = record
+        if not logged and not self.durable_index:
+            # an entry it accepts may not survive a Redis crash
+            d = self.journal_record(record)
+            return d.addBoth(  # type: ignore[call-overload]
+                self._answer_unlogged, reception, segment, record)
         d = self.register(record)
-        d.addBoth(self._settle, segment)
         if logged:
             # answered now; the index write finishes behind the answer
-            d.chainDeferred(reception.settled)
+            d.addCallback(self._settle_if_kept, segment, record).chainDeferred(reception.settled)
             return _SUCCESS
+        # no log line: the answer waits for the index or the journal
+        return d.addBoth(  # type: ignore[call-overload]
+            self._answer_unlogged, reception, segment, record)
 
-        def indexed(result: Any) -> Any:
-            reception.settled.callback(None)    # the release must not wait forever
-            return _SUCCESS if not isinstance(result, Failure) else result
-        return d.addBoth(indexed)
+    def _landed(self, passthrough: Any) -> Any:
+        """One committed instance is in the index or the journal, or failed."""
+        self._in_flight -= 1
+        if not self._in_flight:
+            waiting, self._quiet = self._quiet, []
+            for d in waiting:
+                d.callback(None)
+        return passthrough
+
+    def quiet(self) -> "defer.Deferred[None]":
+        """Fires once no commit or index write behind an answer is on its
+        way (at once if none is): for a clean stop, before the index log
+        closes."""
+        if not self._in_flight:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._quiet.append(d)
+        return d
+
+    def _settle_if_kept(self, problem: StorageError | None, segment: int | None,
+                        record: InstanceRecord) -> None:
+        """Behind a Success: settle the log line once the record is in the
+        index or the journal; otherwise the line is its only copy, and its
+        segment stays for the recovery at the next start."""
+        if problem is None:
+            self._settle(None, segment)
+            return
+        log.error("{uid} is neither indexed nor journaled ({why}); its record "
+                  "stays in the index log and is indexed at the next start",
+                  uid=record.sop_instance_uid, why=problem.comment)
+
+    def _answer_unlogged(self, problem: StorageError | Failure | None,
+                         reception: "Reception", segment: int | None,
+                         record: InstanceRecord) -> "Outcome | Failure | defer.Deferred[Outcome]":
+        """The log line could not be written: Success only if the index or
+        the journal holds the record; else the file goes and the peer gets
+        the failure, so that it sends the instance again."""
+        self._settle(None, segment)
+        reception.settled.callback(None)    # the release must not wait forever
+        if problem is None:
+            return _SUCCESS
+        if isinstance(problem, Failure):
+            return problem
+        log.error("{uid} not stored: no durable record of it could be made "
+                  "({why}); its file is removed", uid=record.sop_instance_uid,
+                  why=problem.comment)
+        d = self.run_blocking(_remove_quietly, record.path)
+        return d.addCallback(lambda _: Outcome(problem.status, problem.comment))
 
     def _not_committed(self, failure: Failure, reception: "Reception",
                        segment: int | None) -> "Outcome | Failure":
@@ -199,15 +294,16 @@ class StorageSCP:
             return Outcome(exc.status, exc.comment)
         return failure
 
-    def _finish_and_log(self, sink: Sink, calling_ae: str,
+    def _finish_and_log(self, sink: Sink, reception: "Reception",
                         segment: int | None) -> tuple[InstanceRecord, bool]:
         """Commit the file, then log its record (blocking when fsync is on)."""
+        calling_ae = reception.calling_ae
         stored = sink.finish()
         if stored.warnings:
             log.warn("{uid} from {ae} stored as received despite: {what}",
                      uid=stored.sop_instance_uid, ae=calling_ae,
                      what="; ".join(stored.warnings))
-        record = self.record_for(stored, calling_ae)
+        record = self.record_for(stored, calling_ae, reception.sequence)
         if self.index_log is None or segment is None:
             return record, False
         try:
@@ -224,7 +320,8 @@ class StorageSCP:
             self.index_log.settle(segment)
         return passthrough
 
-    def record_for(self, stored: StoredFile, calling_ae: str) -> InstanceRecord:
+    def record_for(self, stored: StoredFile, calling_ae: str,
+                   sequence: int = 0) -> InstanceRecord:
         """The index record of a file just committed."""
         return InstanceRecord(
             sop_instance_uid=stored.sop_instance_uid,
@@ -235,30 +332,46 @@ class StorageSCP:
             received_at=self.clock.seconds(),
             calling_ae=calling_ae,
             attributes=dict(stored.attributes),
+            sequence=sequence,
         )
 
-    def register(self, record: InstanceRecord) -> "defer.Deferred[None]":
-        """Index ``record``; on any index failure, journal it (never fails)."""
+    def register(self, record: InstanceRecord) -> "defer.Deferred[StorageError | None]":
+        """Index ``record``; on any index failure, journal it.
+
+        Fires with None once the index or the journal holds the record, or
+        with the StorageError (A7xx) saying why neither could; never fails.
+        """
         d = self.index.record(record)
         return d.addCallbacks(self._registered, self._not_registered,
                               callbackArgs=(record,), errbackArgs=(record,))
 
-    def _registered(self, previous: str | None,
-                    record: InstanceRecord) -> "defer.Deferred[None] | None":
-        if previous and previous != record.path:
-            return self.run_blocking(_remove_quietly, previous)
+    def _registered(self, superseded: str | None,
+                    record: InstanceRecord) -> "defer.Deferred[StorageError | None] | None":
+        if superseded:
+            return self.run_blocking(_remove_quietly, superseded)
         return None
 
     def _not_registered(self, failure: Failure,
-                        record: InstanceRecord) -> "defer.Deferred[None]":
+                        record: InstanceRecord) -> "defer.Deferred[StorageError | None]":
         # any index failure is journaled
         log.warn("index unavailable ({error}); {uid} journaled for later indexing",
                  error=failure.value, uid=record.sop_instance_uid)
+        return self.journal_record(record)
+
+    def journal_record(self, record: InstanceRecord) -> "defer.Deferred[StorageError | None]":
+        """Append ``record`` to the pending journal: fires with None once it
+        is there, or with the StorageError (A7xx) saying why not."""
         d = self.run_blocking(self.journal.append, record)
 
-        def not_journaled(failure: Failure) -> None:
-            log.failure("could not journal {uid}; run 'sdcc-admin rebuild' "
-                        "to index it from the file", failure, uid=record.sop_instance_uid)
+        def not_journaled(failure: Failure) -> StorageError:
+            if failure.check(OSError):
+                log.error("cannot journal {uid} in {where}: {why}",
+                          uid=record.sop_instance_uid, where=self.journal.directory,
+                          why=failure.getErrorMessage())
+                return disk_error(cast(OSError, failure.value))
+            log.failure("cannot journal {uid}", failure, uid=record.sop_instance_uid)
+            return StorageError(STATUS_OUT_OF_RESOURCES,
+                                "Out of resources: cannot record the instance")
         d.addCallbacks(lambda _: None, not_journaled)
         return d
 
@@ -294,6 +407,8 @@ class Reception:
         self.completing = False
         #: The index record once the file is committed (the status page's).
         self.record: InstanceRecord | None = None
+        #: the server's number for this C-STORE (see :class:`SequenceSource`)
+        self.sequence = 0
 
     def write(self, data: Any) -> None:
         """Append a data set fragment; a disk error is kept for the answer."""

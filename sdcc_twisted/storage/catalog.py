@@ -15,7 +15,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from sdcc_twisted.storage.index import Bounded
-from sdcc_twisted.core.index_keys import KeyLayout, key_id
+from sdcc_twisted.core.index_keys import KeyLayout, key_id, raw_id
 
 
 class RedisCatalog:
@@ -64,18 +64,20 @@ class RedisCatalog:
         return layout.series_instances(key_id(parent or ""))
 
     def members(self, level: str, parent: str | None) -> "defer.Deferred[list[str]]":
-        """Ids at ``level`` under ``parent``: every patient (PATIENT, parent
-        None), the studies of a patient, the series of a study, the
-        instances of a series."""
+        """Values at ``level`` under ``parent`` (Patient IDs and UIDs as
+        received, empty included): every patient (PATIENT, parent None), the
+        studies of a patient, the series of a study, the instances of a
+        series."""
         key = self._set_key(level, parent)
-        return self._bounded.run(self._members(key), f"members {key}")
+        return self._bounded.run(self._members(key, level != "IMAGE"), f"members {key}")
 
-    async def _members(self, key: str) -> list[str]:
+    async def _members(self, key: str, ids: bool) -> list[str]:
         found = await self._redis.smembers(key)
-        return sorted(str(m) for m in (found or ()))
+        # patients, studies and series are held as key ids; instances raw
+        return sorted(raw_id(str(m)) if ids else str(m) for m in (found or ()))
 
     def count(self, level: str, parent: str | None) -> "defer.Deferred[int]":
-        """How many ids :meth:`members` would give (the set's SCARD)."""
+        """How many values :meth:`members` would give (the set's SCARD)."""
         key = self._set_key(level, parent)
         return self._bounded.run(self._count(key), f"count {key}")
 

@@ -40,6 +40,9 @@ from sdcc_twisted.core.errors import DatasetError
 
 __all__ = [
     "FileStore",
+    "disk_error",
+    "fsync_directory",
+    "make_private_dirs",
     "MISSING_SERIES_DIR",
     "MISSING_STUDY_DIR",
     "Sink",
@@ -79,7 +82,7 @@ class StorageError(Exception):
         self.comment = comment
 
 
-def _os_error(exc: OSError) -> StorageError:
+def disk_error(exc: OSError) -> StorageError:
     """Map a disk error to an A7xx Refused: Out of Resources status."""
     if exc.errno in _DISK_FULL_ERRNOS:
         return StorageError(STATUS_DISK_FULL, "Out of resources: disk full")
@@ -135,7 +138,8 @@ class FileStore:
     """The storage area: ``{root}/{Study}/{Series}/{SOPInstance}.dcm``."""
 
     def __init__(self, root: str, fsync: bool = True, tmp_dir: str | None = None,
-                 max_head_bytes: int = 1 << 20) -> None:
+                 max_head_bytes: int = 1 << 20, file_mode: int = 0o600,
+                 dir_mode: int = 0o700) -> None:
         """Create the root and the temp directory if they are missing.
 
         Args:
@@ -145,13 +149,19 @@ class FileStore:
             tmp_dir: where files are written while they arrive; must be on
                 the root's filesystem for the rename to be atomic.  Default
                 ``{root}/.tmp``.
+            file_mode, dir_mode: the modes of the files and of the
+                directories this store creates.  Images hold patient data:
+                owner-only by default; ``[storage] file_mode`` and
+                ``dir_mode`` may open them to a group.
         """
         self.root = os.path.abspath(root)
         self.fsync = fsync
         self.max_head_bytes = max_head_bytes
+        self.file_mode = file_mode
+        self.dir_mode = dir_mode
         self.tmp_dir = os.path.abspath(tmp_dir or os.path.join(self.root, ".tmp"))
-        os.makedirs(self.root, exist_ok=True)
-        os.makedirs(self.tmp_dir, exist_ok=True)
+        for directory in (self.root, self.tmp_dir):
+            make_private_dirs(directory, dir_mode)
         self._real_root = os.path.realpath(self.root)
         self._verified: set[str] = set()
         # temp names: a random prefix per store, then a counter (no
@@ -326,15 +336,16 @@ class Sink:
         try:
             fd = os.open(self.temp_path,
                          os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-                         0o644)
+                         store.file_mode)
+            os.fchmod(fd, store.file_mode)      # exactly, whatever the umask
         except OSError as exc:
-            raise _os_error(exc) from exc
+            raise disk_error(exc) from exc
         self._file = _GatherWriter(fd, early_writeback=store.fsync)
         try:
             self._file.write(meta)
         except OSError as exc:
             self.abort()
-            raise _os_error(exc) from exc
+            raise disk_error(exc) from exc
 
     def write(self, data: bytes | memoryview) -> None:
         """Append a data set fragment verbatim and walk it.
@@ -360,7 +371,7 @@ class Sink:
         try:
             self._file.write(data)
         except OSError as exc:
-            self._failure = _os_error(exc)
+            self._failure = disk_error(exc)
             self._discard()
             raise self._failure from exc
         self.bytes_written += len(data)
@@ -434,17 +445,17 @@ class Sink:
                 except FileNotFoundError:
                     # removed behind our back (not the temp file: it is open
                     # only to us): make it again
-                    created = _makedirs(directory, store.root)
+                    created = _makedirs(directory, store.root, store.dir_mode)
                     os.replace(self.temp_path, path)
             else:
-                created = _makedirs(directory, store.root)
+                created = _makedirs(directory, store.root, store.dir_mode)
                 os.replace(self.temp_path, path)
             self._closed = True
             if store.fsync:
                 for each in [directory, *created]:
-                    _fsync_directory(each)
+                    fsync_directory(each)
         except OSError as exc:
-            raise _os_error(exc) from exc
+            raise disk_error(exc) from exc
         return StoredFile(
             path=path,
             size=self._meta_size + self.bytes_written,
@@ -472,8 +483,8 @@ class Sink:
                 pass
 
 
-def _makedirs(directory: str, root: str) -> list[str]:
-    """Create ``directory`` and missing parents below ``root``.
+def _makedirs(directory: str, root: str, mode: int) -> list[str]:
+    """Create ``directory`` and missing parents below ``root`` with ``mode``.
 
     Returns the parents whose entries changed (to fsync them), deepest first.
     """
@@ -483,11 +494,34 @@ def _makedirs(directory: str, root: str) -> list[str]:
         changed.append(os.path.dirname(current))
         current = os.path.dirname(current)
     if changed:
-        os.makedirs(directory, exist_ok=True)
+        make_private_dirs(directory, mode)
     return changed
 
 
-def _fsync_directory(path: str) -> None:
+def make_private_dirs(directory: str, mode: int = 0o700) -> None:
+    """``os.makedirs`` where every directory it creates gets exactly
+    ``mode`` (whatever the umask); existing ones are left as they are."""
+    missing = []
+    current = os.path.abspath(directory)
+    while not os.path.isdir(current):
+        if os.path.lexists(current):    # a file where a folder must go
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), current)
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for each in reversed(missing):
+        try:
+            os.mkdir(each, mode)
+        except FileExistsError:
+            if not os.path.isdir(each):
+                raise
+            continue                # made meanwhile by another store
+        os.chmod(each, mode)
+
+
+def fsync_directory(path: str) -> None:
     """fsync a directory so that a rename or new entry in it is durable."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:

@@ -16,7 +16,8 @@ itself lives in :mod:`sdcc_twisted.core.index_keys`, shared with ``sdcc-admin``)
     {p}series_instances:{series_uid}  set   the series' SOP Instance UIDs
     {p}lock:ae:{ae_title}             str   association lock token (PX ttl)
 
-An empty Patient ID (or Study/Series UID) is keyed as ``\\none``.
+An empty Patient ID (or Study/Series UID) is keyed as ``\\none``, and a value
+starting with a backslash gets one more (:func:`~sdcc_twisted.core.index_keys.key_id`).
 
 Every public operation is bounded in time: the Redis calls it makes share one
 deadline (``timeout``, on the injected ``clock``), and running out of it, or
@@ -57,6 +58,7 @@ from sdcc_twisted.core.index_keys import (
     others_from_counts,
     plan_record,
     plan_remove,
+    superseded_path,
 )
 from sdcc_twisted.storage.locks import IAssociationLock
 from sdcc_twisted.logs import get_logger
@@ -83,12 +85,17 @@ class IInstanceIndex(Interface):
     """Where each stored SOP instance is, by SOP Instance UID."""
 
     def record(rec: InstanceRecord) -> "defer.Deferred[str | None]":
-        """Index ``rec``, replacing any previous entry of its SOP Instance UID.
+        """Index ``rec``, replacing any older entry of its SOP Instance UID.
+
+        Conditional on the sequence: an entry with a higher
+        :attr:`InstanceRecord.sequence` is kept and ``rec`` is not written.
 
         Returns:
-            A Deferred firing with the previous file path when the instance
-            was indexed under another path (the caller deletes that file),
-            else ``None``; failing with :class:`IndexUnavailable`.
+            A Deferred firing with the path of a file that is no longer
+            indexed (the caller deletes it): the previous path when the
+            instance was indexed under another one, or ``rec.path`` when a
+            newer copy is indexed under another path; else ``None``.
+            Failing with :class:`IndexUnavailable`.
         """
 
     def get(sop_instance_uid: str) -> "defer.Deferred[dict[str, str] | None]":
@@ -249,6 +256,8 @@ class RedisIndex:
                 elif answers[k][0] == "done":
                     old_path = answers[k][1]
                     d.callback(old_path if old_path and old_path != rec.path else None)
+                elif answers[k][0] == "stale":
+                    d.callback(superseded_path(rec, answers[k][1]))
                 else:
                     # bounded on its own: cancelling ``d`` does not reach it
                     move = self._bounded.run(self._move(rec), f"record {rec.sop_instance_uid}")
@@ -324,7 +333,10 @@ class RedisIndex:
                 others = await self._others(conn, probes)
                 commands, previous = plan_record(self.layout, rec, old_fields,
                                                  others)
-                await self._exec(conn, commands)
+                if commands:
+                    await self._exec(conn, commands)
+                else:
+                    await conn.unwatch()        # a newer copy is indexed
             except txredisapi.WatchError:
                 continue
             except BaseException:

@@ -242,9 +242,15 @@ class EmbeddedRedis(service.Service):
         self._process = _ServerProcess(self)
         args = server_args(self.executable, self.data_dir, self.socket_path,
                            fsync=self.fsync)
-        self._transport = self.reactor.spawnProcess(
-            self._process, self.executable, args, env=dict(os.environ),
-            path=self.data_dir, childFDs={0: "w", 1: "r", 2: "r"})
+        # the append-only file holds patient data: the child creates it
+        # owner-only (it inherits the umask at the fork)
+        umask = os.umask(0o077)
+        try:
+            self._transport = self.reactor.spawnProcess(
+                self._process, self.executable, args, env=dict(os.environ),
+                path=self.data_dir, childFDs={0: "w", 1: "r", 2: "r"})
+        finally:
+            os.umask(umask)
         _log.info("started {exe} (pid {pid}) on {sock}", exe=self.executable,
                   pid=self._transport.pid, sock=self.socket_path)
         self._started_at = self.reactor.seconds()
