@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -24,6 +26,22 @@ MAX_PDU_LENGTH: Final = 4 * 1024 * 1024
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names section and key."""
+
+
+#: ``[server] node_id``: one safe path part (it names this node's folders).
+_NODE_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+
+
+def valid_node_id(value: str) -> bool:
+    """Whether ``value`` can name a node's folders: 1-64 letters, digits,
+    ``.``, ``_`` or ``-``, starting with a letter or digit."""
+    return bool(_NODE_ID_RE.match(value))
+
+
+def default_node_id() -> str:
+    """The host name, made a safe path part (``[server] node_id`` default)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).lstrip("._-")[:64]
+    return name or "node"
 
 
 #: Seconds of the ARTIM timer (PS3.8 9.1.5): waiting for the A-ASSOCIATE-RQ,
@@ -48,6 +66,7 @@ class ServerSettings:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_command_length: int = 64 * 1024
     max_connections_per_address: int = 32
+    node_id: str = field(default_factory=default_node_id)
 
 
 @dataclass(frozen=True)
@@ -190,7 +209,8 @@ _KNOWN: Final[dict[str, frozenset[str]]] = {
     "server": frozenset({
         "ae_title", "listen", "data_dir", "max_pdu_length", "max_associations",
         "require_called_ae_title", "allowed_calling_ae_titles", "artim_timeout",
-        "idle_timeout", "max_command_length", "max_connections_per_address"}),
+        "idle_timeout", "max_command_length", "max_connections_per_address",
+        "node_id"}),
     "storage": frozenset({"root", "fsync", "max_head_bytes"}),
     "tls": frozenset({"ca_certificates", "require_client_certificate"}),
     "index": frozenset({"redis", "redis_server", "key_prefix", "timeout", "lock"}),
@@ -237,6 +257,11 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
                 raise ValueError(raw)
         return frozenset(titles)
 
+    def node_id(raw: str) -> str:
+        if not valid_node_id(raw):
+            raise ValueError(raw)
+        return raw
+
     def listen(raw: str) -> str:
         if not raw or ":" not in raw:
             raise ValueError(raw)
@@ -269,6 +294,9 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
                                      1024, 16 * 1024 * 1024),
         max_connections_per_address=r.integer("server", "max_connections_per_address",
                                               32, 1, 100000),
+        node_id=r.get("server", "node_id", default_node_id(), node_id,
+                      "1 to 64 letters, digits, '.', '_' or '-', starting with a "
+                      "letter or digit"),
     )
     storage = StorageSettings(
         root=r.text("storage", "root", ""),
@@ -334,4 +362,5 @@ def settings_summary(settings: Settings) -> dict[str, Any]:
         "ae_title": s.ae_title, "listen": s.listen, "max_pdu_length": s.max_pdu_length,
         "max_associations": s.max_associations, "storage_root": settings.storage_root,
         "fsync": settings.storage.fsync, "redis": settings.index.redis,
+        "node_id": s.node_id,
     }

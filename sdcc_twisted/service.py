@@ -29,6 +29,7 @@ from sdcc_twisted.config import ConfigError, Settings, settings_summary
 from sdcc_twisted.storage.index import RedisAssociationLock, RedisIndex, connect_redis
 from sdcc_twisted.storage.journal import IndexLog, JournalReplayer, PendingJournal
 from sdcc_twisted.storage.locks import FallbackAssociationLock, IAssociationLock, InProcessAssociationLock
+from sdcc_twisted.storage.nodes import NodePaths, adopt_legacy_files
 from sdcc_twisted import logs
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.core.negotiation import AcceptorPolicy
@@ -203,10 +204,13 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
         LogFileService(settings.logging.file, settings.logging.level).setServiceParent(top)
 
     data_dir = settings.server.data_dir
+    node = NodePaths.for_node(data_dir, settings.storage_root, settings.server.node_id)
     try:
         os.makedirs(data_dir, exist_ok=True)
         store = FileStore(settings.storage_root, fsync=settings.storage.fsync,
+                          tmp_dir=node.temp_dir,
                           max_head_bytes=settings.storage.max_head_bytes)
+        adopted = adopt_legacy_files(data_dir, node)
     except OSError as exc:
         raise ConfigError(f"{settings.source}: [server] data_dir / [storage] root: "
                           f"cannot create {exc.filename}: {exc.strerror}") from None
@@ -228,12 +232,16 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
 
     index = RedisIndex(late, reactor, key_prefix=settings.index.key_prefix,
                        timeout=settings.index.timeout)
-    journal = PendingJournal.in_data_dir(data_dir)
+    if adopted:
+        log.warn("moved {n} index log segment(s) and journal entries left in {data_dir} "
+                 "into this node's folder {node_dir}; they are indexed again",
+                 n=adopted, data_dir=data_dir, node_dir=node.node_dir)
+    journal = PendingJournal(node.journal_dir)
     try:
-        index_log = IndexLog.in_data_dir(data_dir, fsync=settings.storage.fsync)
+        index_log = IndexLog(node.node_dir, fsync=settings.storage.fsync)
     except OSError as exc:
         raise ConfigError(f"{settings.source}: [server] data_dir: cannot open the index "
-                          f"log in {data_dir}: {exc.strerror}") from None
+                          f"log in {node.node_dir}: {exc.strerror}") from None
     StorageCleanupService(store, index_log, journal).setServiceParent(top)
     JournalReplayer(journal, index, reactor).setServiceParent(top)
 
