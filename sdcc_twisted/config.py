@@ -14,6 +14,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from sdcc_twisted.core.conformance import DEFAULT_MAX_PDU_LENGTH
 
@@ -131,6 +132,56 @@ class Settings:
     def storage_root(self) -> str:
         """``[storage] root``, defaulting to ``{data_dir}/store``."""
         return self.storage.root or os.path.join(self.server.data_dir, "store")
+
+
+#: ``[index] redis`` for a Sentinel-monitored primary.
+SENTINEL_SCHEME: Final = "redis+sentinel"
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """``redis+sentinel://[:password@]host:port[,host:port...]/service?db=N``.
+
+    Attributes:
+        sentinels: the Sentinels' (host, port) addresses.
+        service: the monitored primary's name (``sentinel monitor NAME``).
+        db: the database number.
+        password: the primary's (and replicas') password, or None.
+    """
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    password: str | None = None
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """Split a ``redis+sentinel://`` URL.
+
+    Raises:
+        ValueError: a part is missing or not a number where one is needed.
+    """
+    scheme, _, rest = url.partition("://")
+    if scheme != SENTINEL_SCHEME or not rest:
+        raise ValueError(url)
+    # urlsplit reads one host:port only: split the list by hand
+    authority, _, tail = rest.partition("/")
+    password = None
+    if "@" in authority:
+        credentials, _, authority = authority.rpartition("@")
+        password = unquote(credentials.partition(":")[2]) or None
+    sentinels = []
+    for address in authority.split(","):
+        host, _, port = address.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(url)
+        sentinels.append((host.strip("[]"), int(port)))
+    parts = urlsplit("x://h/" + tail)
+    service = unquote(parts.path.strip("/"))
+    db_text = parse_qs(parts.query).get("db", ["0"])[0]
+    if not service or "/" in service or not db_text.isdigit():
+        raise ValueError(url)
+    return SentinelTarget(tuple(sentinels), service, int(db_text), password)
 
 
 LOG_LEVELS: Final = ("debug", "info", "warn", "error", "critical")
@@ -270,6 +321,9 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
     def redis_url(raw: str) -> str:
         if raw.lower() == "embedded":
             return "embedded"
+        if raw.startswith(SENTINEL_SCHEME + "://"):
+            parse_sentinel_url(raw)
+            return raw
         if not raw.startswith(("redis://", "unix://")):
             raise ValueError(raw)
         return raw
@@ -305,7 +359,8 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
     )
     index = IndexSettings(
         redis=r.get("index", "redis", "embedded", redis_url,
-                    "'embedded', a redis://host:port/db URL or a unix:///path URL"),
+                    "'embedded', a redis://host:port/db URL, a unix:///path URL or "
+                    "redis+sentinel://host:port[,host:port...]/service?db=0"),
         redis_server=r.text("index", "redis_server", ""),
         key_prefix=r.text("index", "key_prefix", "sdcc:"),
         timeout=r.seconds("index", "timeout", 2.0, low=0.01),

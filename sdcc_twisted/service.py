@@ -25,11 +25,18 @@ from twisted.logger import (
 
 from sdcc_twisted.storage.catalog import RedisCatalog
 from sdcc_twisted.runtime.client import Destination
-from sdcc_twisted.config import ConfigError, Settings, settings_summary
+from sdcc_twisted.config import (
+    SENTINEL_SCHEME,
+    ConfigError,
+    Settings,
+    parse_sentinel_url,
+    settings_summary,
+)
 from sdcc_twisted.storage.index import RedisAssociationLock, RedisIndex, connect_redis
 from sdcc_twisted.storage.journal import IndexLog, JournalReplayer, PendingJournal
 from sdcc_twisted.storage.locks import FallbackAssociationLock, IAssociationLock, InProcessAssociationLock
 from sdcc_twisted.storage.nodes import NodePaths, adopt_legacy_files
+from sdcc_twisted.storage.sentinel import ReplicatedIndex, ReplicatedLock, SentinelRedis
 from sdcc_twisted import logs
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.core.negotiation import AcceptorPolicy
@@ -63,11 +70,12 @@ class RedisConnectionService(service.Service):
     disconnects at stop."""
 
     def __init__(self, late: LateRedis, reactor: Any, url: str | None = None,
-                 embedded: EmbeddedRedis | None = None) -> None:
+                 embedded: EmbeddedRedis | None = None, key_prefix: str = "sdcc:") -> None:
         self.late = late
         self.reactor = reactor
         self.url = url
         self.embedded = embedded
+        self.key_prefix = key_prefix
         self.connected: defer.Deferred[Any] = defer.Deferred()
 
     def startService(self) -> None:
@@ -78,7 +86,14 @@ class RedisConnectionService(service.Service):
             self._connect(self.url)
 
     def _connect(self, url: Any) -> None:
-        self.late.handler = connect_redis(str(url), self.reactor)
+        if str(url).startswith(SENTINEL_SCHEME + "://"):
+            target = parse_sentinel_url(str(url))
+            self.late.handler = SentinelRedis(target, self.reactor,
+                                              key_prefix=self.key_prefix)
+            url = (f"the primary {target.service!r} of the Sentinels "
+                   + ",".join(f"{host}:{port}" for host, port in target.sentinels))
+        else:
+            self.late.handler = connect_redis(str(url), self.reactor)
         log.info("index: Redis at {url}", url=url)
         self.connected.callback(self.late.handler)
 
@@ -227,11 +242,15 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
         connection = RedisConnectionService(late, reactor, embedded=embedded)
     else:
         embedded = None
-        connection = RedisConnectionService(late, reactor, url=settings.index.redis)
+        connection = RedisConnectionService(late, reactor, url=settings.index.redis,
+                                            key_prefix=settings.index.key_prefix)
     connection.setServiceParent(top)
 
-    index = RedisIndex(late, reactor, key_prefix=settings.index.key_prefix,
-                       timeout=settings.index.timeout)
+    index: Any = RedisIndex(late, reactor, key_prefix=settings.index.key_prefix,
+                            timeout=settings.index.timeout)
+    sentinel = settings.index.redis.startswith(SENTINEL_SCHEME + "://")
+    if sentinel:
+        index = ReplicatedIndex(index, late, timeout=settings.index.timeout)
     if adopted:
         log.warn("moved {n} index log segment(s) and journal entries left in {data_dir} "
                  "into this node's folder {node_dir}; they are indexed again",
@@ -249,7 +268,12 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
     if lock_kind == "auto":
         lock_kind = "memory" if embedded is not None else "redis"
     lock: IAssociationLock
-    if lock_kind == "redis":
+    if lock_kind == "redis" and sentinel:
+        lock = ReplicatedLock(
+            RedisAssociationLock(late, reactor, key_prefix=settings.index.key_prefix,
+                                 timeout=settings.index.timeout),
+            late, timeout=settings.index.timeout)
+    elif lock_kind == "redis":
         lock = FallbackAssociationLock(
             RedisAssociationLock(late, reactor, key_prefix=settings.index.key_prefix,
                                  timeout=settings.index.timeout),

@@ -360,9 +360,15 @@ class RedisIndex:
             f"remove {uid}: keys kept changing under {MAX_ATTEMPTS} attempts")
 
 
+# a missing key is taken again: after a Sentinel failover (or a pause
+# beyond the ttl) nobody else holds it, and our association still runs
 _REFRESH_SCRIPT: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+elseif not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
 end
 return 0
 """
