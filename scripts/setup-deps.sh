@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what sdcc-twisted needs on this machine; sourced by serve.sh and test.sh.
 #   setup-deps.sh serve   the server: Python packages and redis-server
-#   setup-deps.sh test    also the peers the tests drive: DCMTK, Orthanc and pynetdicom
+#   setup-deps.sh test    also the peers the tests drive: DCMTK, Orthanc, redis-sentinel and pynetdicom
 set -euo pipefail
 what="${1:-serve}"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -9,6 +9,9 @@ PYTHON="${PYTHON:-python3}"
 
 apt_packages=()
 command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
+if [ "$what" = test ] && ! command -v redis-sentinel >/dev/null 2>&1; then
+  apt_packages+=(redis-sentinel)
+fi
 if [ "$what" = test ] && ! /usr/bin/storescu --version 2>/dev/null | grep -qi dcmtk; then
   apt_packages+=(dcmtk)
 fi

@@ -13,12 +13,19 @@ indexed (and lets its write-ahead log record be retired) only once a replica
 confirmed it: after the write, one connection of its own runs ``INCR`` on a
 barrier key and ``WAIT 1 timeout``.  Every write answered before that
 ``INCR`` precedes it in the replication stream, so one ``WAIT`` covers all
-records written before it; concurrent records share one round.
+records written before it; concurrent records share one round.  While the
+primary has no replica (after losing the only other server), records are
+still written but stay in the write-ahead log and journal, and are recorded
+again until a replica confirms them.
+
+:class:`ReplicatedLock` holds the per-AE lock the same way, so that a
+failover does not lose it; a primary without replicas cannot be failed over,
+so there its lock counts at once.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import txredisapi
 from twisted.internet import defer
@@ -32,10 +39,21 @@ from sdcc_twisted.core.records import InstanceRecord
 from sdcc_twisted.storage.index import IInstanceIndex, IndexUnavailable
 from sdcc_twisted.storage.locks import IAssociationLock
 
-__all__ = ["REPLICAS", "ReplicatedIndex", "ReplicatedLock", "SentinelRedis"]
+__all__ = ["REPLICAS", "Replication", "ReplicatedIndex", "ReplicatedLock", "SentinelRedis"]
 
 #: Replicas that must confirm a record before it counts as indexed.
 REPLICAS: Final = 1
+#: Seconds one question to the Sentinels for the primary may take.
+DISCOVERY_TIMEOUT: Final = 0.5
+
+
+class Replication(NamedTuple):
+    """What one ``WAIT`` round found."""
+
+    #: replicas connected to the primary (``ROLE``)
+    replicas: int
+    #: of them, how many acknowledged every write answered before the round
+    acknowledged: int
 
 
 class _PrimaryFactory(txredisapi.SentinelConnectionFactory):
@@ -57,11 +75,15 @@ class SentinelRedis:
         self._clock = clock
         self._sentinel = txredisapi.Sentinel(list(target.sentinels),
                                              connectTimeout=connect_timeout)
-        self._sentinel.discovery_timeout = connect_timeout
+        # While the primary is down (sdown/odown) no Sentinel names one: each
+        # discovery waits this long before the pool's next attempt.  Keep it
+        # short, or reconnection lags the failover by as much.
+        self._sentinel.discovery_timeout = DISCOVERY_TIMEOUT
+        # txredisapi bounds each connection attempt to the primary by the
+        # factory's maxDelay, the reconnect back-off cap
         options: dict[str, Any] = dict(
             factory_class=_PrimaryFactory, dbid=target.db or None, convertNumbers=False,
-            password=target.password, connectTimeout=connect_timeout,
-            max_retry_delay=max_retry_delay)
+            password=target.password, max_retry_delay=max_retry_delay)
         self._primary = self._sentinel.master_for(target.service, poolsize=poolsize,
                                                   **options)
         # WAIT covers the writes of its own connection: one of its own
@@ -80,10 +102,11 @@ class SentinelRedis:
              for each in (self._primary, self._barrier, self._sentinel)],
             consumeErrors=True)
 
-    def replicated(self, timeout: float) -> defer.Deferred[int]:
-        """Fires with how many replicas hold every write answered so far
-        (``WAIT`` for :data:`REPLICAS`, at most ``timeout`` seconds)."""
-        d: defer.Deferred[int] = defer.Deferred()
+    def replicated(self, timeout: float) -> defer.Deferred[Replication]:
+        """Fires with how many replicas the primary has, and how many of
+        them hold every write answered so far (``WAIT`` for up to
+        :data:`REPLICAS` of them, at most ``timeout`` seconds)."""
+        d: defer.Deferred[Replication] = defer.Deferred()
         self._next.append(d)
         if not self._waiting:
             self._round(timeout)
@@ -92,13 +115,7 @@ class SentinelRedis:
     def _round(self, timeout: float) -> None:
         self._waiting = True
         waiters, self._next = self._next, []
-        conn = self._barrier
-        # both on the one connection, in order: WAIT then covers the INCR,
-        # and so every write answered before it
-        d = defer.gatherResults(
-            [conn.incr(self._barrier_key),
-             conn.execute_command("WAIT", REPLICAS, max(1, int(timeout * 1000)))],
-            consumeErrors=True)
+        d = defer.Deferred.fromCoroutine(self._barrier_round(timeout))
         # WAIT answers by itself within its timeout; this bounds a missing
         # connection
         d.addTimeout(timeout + 1.0, self._clock)
@@ -109,11 +126,26 @@ class SentinelRedis:
                 if isinstance(outcome, Failure):
                     waiter.errback(outcome)
                 else:
-                    waiter.callback(int(outcome[1]))
+                    waiter.callback(outcome)
             if self._next:
                 self._round(timeout)
 
         d.addBoth(finish)
+
+    async def _barrier_round(self, timeout: float) -> Replication:
+        conn = self._barrier
+        role = await conn.execute_command("ROLE")
+        replicas = len(role[2]) if role and role[0] == "master" else 0
+        wanted = min(REPLICAS, replicas)
+        if not wanted:
+            return Replication(replicas, 0)
+        # both on the one connection, in order: WAIT then covers the INCR,
+        # and so every write answered before it
+        _, acknowledged = await defer.gatherResults(
+            [conn.incr(self._barrier_key),
+             conn.execute_command("WAIT", wanted, max(1, int(timeout * 1000)))],
+            consumeErrors=True)
+        return Replication(replicas, int(acknowledged))
 
 
 @implementer(IInstanceIndex)
@@ -138,11 +170,11 @@ class ReplicatedIndex:
             except txredisapi.ConnectionError as exc:
                 raise IndexUnavailable(f"Redis is not connected ({exc})") from None
 
-            def check(replicas: int) -> str | None:
-                if replicas < REPLICAS:
+            def check(found: Replication) -> str | None:
+                if found.acknowledged < REPLICAS:
                     raise IndexUnavailable(
                         f"no replica confirmed {rec.sop_instance_uid} within "
-                        f"{self.timeout:g} s")
+                        f"{self.timeout:g} s (the primary has {found.replicas})")
                 return previous
 
             def unavailable(failure: Failure) -> None:
@@ -190,8 +222,10 @@ class ReplicatedLock:
             if token is None:
                 return None
 
-            def check(replicas: int) -> object:
-                if replicas < REPLICAS:
+            def check(found: Replication) -> object:
+                # a primary without replicas cannot be failed over: its lock
+                # holds as it is
+                if found.acknowledged < min(REPLICAS, found.replicas):
                     raise IndexUnavailable(f"no replica confirmed the lock of "
                                            f"{calling_ae!r} within {self.timeout:g} s")
                 return token
