@@ -29,6 +29,9 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message names section and key."""
 
 
+#: Most ``[server] workers`` (reactor processes on one host).
+MAX_WORKERS: Final = 256
+
 #: ``[server] node_id``: one safe path part (it names this node's folders).
 _NODE_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
@@ -68,6 +71,7 @@ class ServerSettings:
     max_command_length: int = 64 * 1024
     max_connections_per_address: int = 32
     node_id: str = field(default_factory=default_node_id)
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -261,7 +265,7 @@ _KNOWN: Final[dict[str, frozenset[str]]] = {
         "ae_title", "listen", "data_dir", "max_pdu_length", "max_associations",
         "require_called_ae_title", "allowed_calling_ae_titles", "artim_timeout",
         "idle_timeout", "max_command_length", "max_connections_per_address",
-        "node_id"}),
+        "node_id", "workers"}),
     "storage": frozenset({"root", "fsync", "max_head_bytes"}),
     "tls": frozenset({"ca_certificates", "require_client_certificate"}),
     "index": frozenset({"redis", "redis_server", "key_prefix", "timeout", "lock"}),
@@ -313,6 +317,12 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
             raise ValueError(raw)
         return raw
 
+    def workers(raw: str) -> int:
+        value = (os.cpu_count() or 1) if raw.lower() == "auto" else int(raw)
+        if not 1 <= value <= MAX_WORKERS:
+            raise ValueError(raw)
+        return value
+
     def listen(raw: str) -> str:
         if not raw or ":" not in raw:
             raise ValueError(raw)
@@ -351,6 +361,8 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
         node_id=r.get("server", "node_id", default_node_id(), node_id,
                       "1 to 64 letters, digits, '.', '_' or '-', starting with a "
                       "letter or digit"),
+        workers=r.get("server", "workers", 1, workers,
+                      f"a whole number from 1 to {MAX_WORKERS}, or auto (the cores)"),
     )
     storage = StorageSettings(
         root=r.text("storage", "root", ""),
@@ -374,6 +386,12 @@ def parse_settings(text: str, source: str = "<string>") -> Settings:
         ca_certificates=r.text("tls", "ca_certificates", ""),
         require_client_certificate=r.boolean("tls", "require_client_certificate", True),
     )
+    if server.workers > 1 and not server.listen.startswith("tcp:"):
+        raise r.fail("server", "workers", "several workers share a tcp: listener; "
+                     f"[server] listen is {server.listen!r}")
+    if server.workers > 1 and index.lock == "memory":
+        raise r.fail("index", "lock", "memory holds one association per AE in one "
+                     "process only; with [server] workers > 1 use redis or auto")
     if tls.ca_certificates and not server.listen.startswith("ssl:"):
         raise r.fail("tls", "ca_certificates",
                      "client certificates need an ssl: endpoint in [server] listen")
@@ -417,5 +435,5 @@ def settings_summary(settings: Settings) -> dict[str, Any]:
         "ae_title": s.ae_title, "listen": s.listen, "max_pdu_length": s.max_pdu_length,
         "max_associations": s.max_associations, "storage_root": settings.storage_root,
         "fsync": settings.storage.fsync, "redis": settings.index.redis,
-        "node_id": s.node_id,
+        "node_id": s.node_id, "workers": s.workers,
     }

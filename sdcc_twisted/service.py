@@ -205,8 +205,13 @@ def require_client_certificates(endpoint: Any, settings: Settings) -> None:
     )
 
 
-def build_service(settings: Settings, reactor: Any) -> service.MultiService:
+def build_service(settings: Settings, reactor: Any,
+                  endpoint: Any = None) -> service.MultiService:
     """Build the server's service tree from validated settings.
+
+    ``endpoint`` (an ``IStreamServerEndpoint``), when given, listens instead
+    of ``[server] listen``: a worker's inherited socket
+    (:mod:`sdcc_twisted.workers`).
 
     Raises:
         ConfigError: naming the section and key, for what can only be checked
@@ -307,7 +312,7 @@ def build_service(settings: Settings, reactor: Any) -> service.MultiService:
         query_retrieve=query_retrieve,
     )
     try:
-        endpoint = endpoints.serverFromString(reactor, server.listen)
+        endpoint = endpoint or endpoints.serverFromString(reactor, server.listen)
     except (ValueError, TypeError, KeyError, OSError, ImportError) as exc:
         raise ConfigError(f"{settings.source}: [server] listen: cannot use "
                           f"{server.listen!r} as a Twisted endpoint ({exc})") from None

@@ -34,6 +34,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor as global_reactor
         reactor = global_reactor
-    from sdcc_twisted.service import build_service
     settings: Settings = options["settings"]
+    if settings.server.workers > 1:
+        from sdcc_twisted.workers import build_workers
+        return build_workers(settings, reactor)
+    from sdcc_twisted.service import build_service
     return build_service(settings, reactor)
