@@ -103,7 +103,7 @@ async def fill(reactor: Any, sock: str, opts: argparse.Namespace) -> None:
           f"per instance (all keys); keys: {redis_cli(sock, 'dbsize')}")
     for pattern in ("sdcc:instance:*", "sdcc:series_instances:*", "sdcc:series:*",
                     "sdcc:study:*", "sdcc:study_series:*", "sdcc:patient:*"):
-        keys = redis_cli(sock, "--scan", "--pattern", pattern, "--count", "1000").split()[:50]
+        keys = redis_cli(sock, "--scan", "--pattern", pattern).split()[:50]
         sizes = [int(redis_cli(sock, "memory", "usage", k)) for k in keys]
         if sizes:
             print(f"MEMORY USAGE {pattern:28} mean {sum(sizes) / len(sizes):8.0f} bytes "
