@@ -80,6 +80,19 @@ def redis_cli(sock: str, *args: str) -> str:
                           text=True, check=True).stdout.strip()
 
 
+def sample_keys(sock: str, pattern: str, n: int) -> list[str]:
+    """Up to ``n`` keys matching ``pattern`` (SCAN, stopping early)."""
+    found: list[str] = []
+    cursor = "0"
+    while len(found) < n:
+        cursor, *keys = redis_cli(sock, "scan", cursor, "match", pattern,
+                                  "count", "10000").split()
+        found += keys
+        if cursor == "0":
+            break
+    return found[:n]
+
+
 async def fill(reactor: Any, sock: str, opts: argparse.Namespace) -> None:
     redis = connect_redis("unix://" + sock, reactor, poolsize=4)
     index = RedisIndex(redis, reactor, timeout=30.0)
@@ -103,7 +116,7 @@ async def fill(reactor: Any, sock: str, opts: argparse.Namespace) -> None:
           f"per instance (all keys); keys: {redis_cli(sock, 'dbsize')}")
     for pattern in ("sdcc:instance:*", "sdcc:series_instances:*", "sdcc:series:*",
                     "sdcc:study:*", "sdcc:study_series:*", "sdcc:patient:*"):
-        keys = redis_cli(sock, "--scan", "--pattern", pattern).split()[:50]
+        keys = sample_keys(sock, pattern, 50)
         sizes = [int(redis_cli(sock, "memory", "usage", k)) for k in keys]
         if sizes:
             print(f"MEMORY USAGE {pattern:28} mean {sum(sizes) / len(sizes):8.0f} bytes "
@@ -116,11 +129,16 @@ def main() -> None:
     p.add_argument("--instances", type=int, default=100_000)
     p.add_argument("--per-series", type=int, default=100)
     p.add_argument("--series-per-study", type=int, default=3)
+    p.add_argument("--hash-max-listpack-value", type=int, default=64,
+                   help="redis-server's setting (its default 64; a stored path is "
+                        "longer, which makes every instance hash a hashtable)")
     opts = p.parse_args()
     directory = tempfile.mkdtemp(prefix="sdcc-index-memory-")
     sock = os.path.join(directory, "redis.sock")
     server = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", sock,
-                               "--save", "", "--appendonly", "no", "--dir", directory],
+                               "--save", "", "--appendonly", "no", "--dir", directory,
+                               "--hash-max-listpack-value",
+                               str(opts.hash_max_listpack_value)],
                               stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:
         while not os.path.exists(sock):
