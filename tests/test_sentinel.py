@@ -271,7 +271,8 @@ def hold_association(port: int, calling: str) -> Any:
 
     ae = AE(ae_title=calling)
     ae.add_requested_context("1.2.840.10008.1.1")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.acse_timeout = ae.dimse_timeout = 30
+    ae.network_timeout = None   # pynetdicom would abort it after that long idle
     assoc = ae.associate("127.0.0.1", port, ae_title="SDCC")
     if not assoc.is_established:
         raise AssertionError(f"{calling} could not associate")
