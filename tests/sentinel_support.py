@@ -88,6 +88,7 @@ class SentinelSet:
         testcase.addCleanup(self.stop)
         base = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                 "--daemonize", "no", "--dir", self.directory]
+        self._server, self._base = server, base
         port = free_port()
         self.primary = self._start([server, "--port", str(port), *base,
                                     "--dbfilename", f"{port}.rdb"], port, "primary")
@@ -110,6 +111,15 @@ class SentinelSet:
                     f"sentinel parallel-syncs {SERVICE} 1\n")
             self.sentinels.append(self._start([*command, conf], sport, f"sentinel{n}"))
         self._wait_ready(replicas, sentinels)
+
+    def add_replica(self) -> Node:
+        """Start one more replica of the current primary."""
+        port = free_port()
+        replica = self._start([self._server, "--port", str(port), *self._base,
+                               "--dbfilename", f"{port}.rdb", "--replicaof", "127.0.0.1",
+                               str(self.primary_port())], port, f"replica{len(self.replicas)}")
+        self.replicas.append(replica)
+        return replica
 
     def _start(self, argv: list[str], port: int, name: str) -> Node:
         node = Node(argv, port, self.directory, name)

@@ -8,6 +8,7 @@ processes (``tests/sentinel_support.py``); the failover test drives two
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
@@ -17,7 +18,12 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from sdcc_twisted.config import ConfigError, SentinelTarget, parse_sentinel_url, parse_settings
 from sdcc_twisted.core.records import InstanceRecord
-from sdcc_twisted.storage.index import IndexUnavailable, RedisAssociationLock, RedisIndex
+from sdcc_twisted.storage.index import (
+    IndexUnavailable,
+    NotReplicated,
+    RedisAssociationLock,
+    RedisIndex,
+)
 from sdcc_twisted.storage.sentinel import ReplicatedIndex, ReplicatedLock, SentinelRedis
 
 from . import corpus
@@ -113,6 +119,30 @@ class ReplicaConfirmationTests(TestCase):
         token = await lock.acquire("CT1")
         self.assertEqual(sentinels.primary.client().get("t:lock:ae:CT1"), token)
         self.assertIsNone(await lock.acquire("CT1"))
+
+
+    async def test_move_reported_once_confirmed(self) -> None:
+        """Without a replica, an instance that moves to another series is
+        written but not confirmed (NotReplicated), and its old path is not
+        reported; once a replica runs, the next record of it reports the
+        old path, so that its old file goes only then."""
+        sentinels = SentinelSet(self, replicas=0, sentinels=1)
+        redis = self.connect(sentinels)
+        index = ReplicatedIndex(RedisIndex(redis, reactor, key_prefix="t:", timeout=0.5),
+                                redis, timeout=0.5)
+        first = record_of(corpus.new_uid())
+        with self.assertRaises(NotReplicated):
+            await index.record(first)
+        moved = dataclasses.replace(first, path=first.path + ".moved",
+                                    attributes={"SeriesInstanceUID": corpus.new_uid()})
+        with self.assertRaises(NotReplicated):
+            await index.record(moved)
+        self.assertEqual(sentinels.primary.client().hget(
+            f"t:instance:{first.sop_instance_uid}", "path"), moved.path)
+        replica = sentinels.add_replica()
+        await wait_for(lambda: replica.client().info("replication")
+                       .get("master_link_status") == "up", 20, "the replica in sync")
+        self.assertEqual(await index.record(moved), first.path)
 
 
 AES = {"node-a": ("CTA1", "CTA2"), "node-b": ("CTB1", "CTB2")}

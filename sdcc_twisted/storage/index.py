@@ -79,6 +79,11 @@ class IndexUnavailable(Exception):
     """Redis did not answer in time, or the connection failed."""
 
 
+class NotReplicated(IndexUnavailable):
+    """The primary holds the record, but no replica confirmed it yet
+    (Sentinel): keep the record and write it again later."""
+
+
 class IInstanceIndex(Interface):
     """Where each stored SOP instance is, by SOP Instance UID."""
 

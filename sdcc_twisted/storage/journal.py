@@ -23,7 +23,7 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
-from sdcc_twisted.storage.index import IInstanceIndex, IndexUnavailable
+from sdcc_twisted.storage.index import IInstanceIndex, IndexUnavailable, NotReplicated
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.core.records import InstanceRecord
 
@@ -276,7 +276,9 @@ class JournalReplayer(service.Service):
 
     Entries go in order; each is discarded once indexed, and the previous
     file that :meth:`IInstanceIndex.record` reports is deleted.  The first
-    :class:`IndexUnavailable` ends the round; the next tick tries again.
+    :class:`IndexUnavailable` ends the round; the next tick tries again.  A
+    :class:`NotReplicated` entry (written, not yet on a replica) is kept and
+    the round goes on.
 
     An entry whose file is gone is dropped.  An entry older than what the
     index holds for its SOP Instance UID (a newer copy was indexed directly
@@ -333,6 +335,8 @@ class JournalReplayer(service.Service):
                     self.journal.discard(name)
                     continue
                 previous = await self.index.record(rec)
+            except NotReplicated:
+                continue  # written, not confirmed: kept, the next entries go on
             except IndexUnavailable as exc:
                 _log.info("index unavailable, {n} journal entries still "
                           "pending: {why}", n=len(self.journal), why=exc)

@@ -36,7 +36,7 @@ from zope.interface import implementer
 from sdcc_twisted.config import SentinelTarget
 from sdcc_twisted.core.index_keys import KeyLayout
 from sdcc_twisted.core.records import InstanceRecord
-from sdcc_twisted.storage.index import IInstanceIndex, IndexUnavailable
+from sdcc_twisted.storage.index import IInstanceIndex, IndexUnavailable, NotReplicated
 from sdcc_twisted.storage.locks import IAssociationLock
 
 __all__ = ["REPLICAS", "Replication", "ReplicatedIndex", "ReplicatedLock", "SentinelRedis"]
@@ -157,11 +157,17 @@ class ReplicatedIndex:
         self._index = index
         self._redis = redis
         self.timeout = timeout
+        # SOP Instance UID -> the path a record not yet confirmed moved it
+        # from: reported (to be deleted) once a replica confirms the move
+        self._moved_from: dict[str, str] = {}
 
     def record(self, rec: InstanceRecord) -> defer.Deferred[str | None]:
-        """Index ``rec`` and wait for a replica; :class:`IndexUnavailable`
-        if none confirms it within the timeout (it is then journaled and
-        recorded again later: recording twice is harmless)."""
+        """Index ``rec`` and wait for a replica; :class:`NotReplicated` if
+        none confirms it within the timeout (it is then journaled and
+        recorded again later: recording twice is harmless).  The previous
+        path of a moved instance is reported once the move is confirmed,
+        so its old file goes only then (a restart in between forgets it:
+        the old file then stays, unindexed)."""
         d = self._index.record(rec)
 
         def confirm(previous: str | None) -> defer.Deferred[str | None]:
@@ -171,11 +177,14 @@ class ReplicatedIndex:
                 raise IndexUnavailable(f"Redis is not connected ({exc})") from None
 
             def check(found: Replication) -> str | None:
+                uid = rec.sop_instance_uid
+                if previous and previous != rec.path:
+                    self._moved_from[uid] = previous
                 if found.acknowledged < REPLICAS:
-                    raise IndexUnavailable(
-                        f"no replica confirmed {rec.sop_instance_uid} within "
+                    raise NotReplicated(
+                        f"no replica confirmed {uid} within "
                         f"{self.timeout:g} s (the primary has {found.replicas})")
-                return previous
+                return self._moved_from.pop(uid, None) or previous
 
             def unavailable(failure: Failure) -> None:
                 if isinstance(failure.value, defer.FirstError):
