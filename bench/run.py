@@ -46,7 +46,7 @@ CALLED_AE = "SDCC"
 HOST = "127.0.0.1"
 DEFAULT_PDUS = (16384, 131072)
 DEFAULT_RECEIVERS = ("sdcc-fsync", "sdcc-nofsync", "dcmtk", "pynetdicom")
-OPTIONAL_RECEIVERS = ("dcmtk-fork", "dcmtk-bp", "orthanc")
+OPTIONAL_RECEIVERS = ("dcmtk-fork", "dcmtk-bp", "orthanc", "sdcc-fsync-w2", "sdcc-nofsync-w2")
 ALL_WORKLOADS = ("ct", "small", "large", "ct8")
 QUICK_COUNTS = {"ct": 40, "small": 200, "large": 1}
 SENDER_TIMEOUT = 900.0      # seconds one workload may take before it is killed
@@ -276,6 +276,7 @@ class Receiver:
 class SdccReceiver(Receiver):
     name = "sdcc"
     fsync = True
+    workers = 1
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -290,6 +291,7 @@ listen = tcp:{self.port}:interface={HOST}
 data_dir = {self.data_dir}
 max_pdu_length = {self.pdu}
 max_associations = 64
+workers = {self.workers}
 
 [storage]
 fsync = {"yes" if self.fsync else "no"}
@@ -312,7 +314,9 @@ level = {self.opts.sdcc_log_level}
 
     def extra_ready(self) -> bool:
         # the listener may open before the embedded Redis is connected
-        return "index: Redis at" in self.log_text() or self.opts.sdcc_log_level != "info"
+        # (each worker connects its own)
+        return (self.log_text().count("index: Redis at") >= self.workers
+                or self.opts.sdcc_log_level != "info")
 
 
 class SdccFsync(SdccReceiver):
@@ -325,6 +329,20 @@ class SdccNoFsync(SdccReceiver):
     name = "sdcc-nofsync"
     description = "sdcc, [storage] fsync = no, embedded Redis"
     fsync = False
+
+
+class SdccFsyncWorkers(SdccReceiver):
+    name = "sdcc-fsync-w2"
+    description = "sdcc, [server] workers = 2, [storage] fsync = yes, embedded Redis"
+    fsync = True
+    workers = 2
+
+
+class SdccNoFsyncWorkers(SdccReceiver):
+    name = "sdcc-nofsync-w2"
+    description = "sdcc, [server] workers = 2, [storage] fsync = no, embedded Redis"
+    fsync = False
+    workers = 2
 
 
 class DcmtkReceiver(Receiver):
@@ -399,7 +417,8 @@ class OrthancReceiver(Receiver):
 
 
 RECEIVERS: dict[str, type[Receiver]] = {cls.name: cls for cls in (
-    SdccFsync, SdccNoFsync, DcmtkReceiver, PynetdicomReceiver,
+    SdccFsync, SdccNoFsync, SdccFsyncWorkers, SdccNoFsyncWorkers, DcmtkReceiver,
+    PynetdicomReceiver,
     DcmtkFork, DcmtkBitPreserving, OrthancReceiver)}
 
 

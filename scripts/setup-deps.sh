@@ -3,6 +3,7 @@
 # source it; it leaves the project's Python in $venv_python.
 #   setup-deps.sh serve   the server: redis-server, then the package in .venv
 #   setup-deps.sh test    also the peers the tests drive (DCMTK, Orthanc,
+#                         redis-sentinel,
 #                         Chromium with chromium-driver for the status page)
 #                         and the [test] extras (pynetdicom, selenium, ...)
 #
@@ -26,6 +27,7 @@ apt_serve=(
 apt_test=(
   "dcmtk|/usr/bin/storescu --version 2>/dev/null | grep -i dcmtk"
   "orthanc|command -v Orthanc || test -x /usr/sbin/Orthanc"
+  "redis-sentinel|command -v redis-sentinel"
   "chromium|test -x /usr/bin/chromium"
   "chromium-driver|test -x /usr/bin/chromedriver"
 )

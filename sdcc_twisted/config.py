@@ -12,9 +12,11 @@ import configparser
 import ipaddress
 import os
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from sdcc_twisted.core.conformance import DEFAULT_MAX_PDU_LENGTH
 
@@ -27,6 +29,25 @@ MAX_PDU_LENGTH: Final = 4 * 1024 * 1024
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names section and key."""
+
+
+#: Most ``[server] workers`` (reactor processes on one host).
+MAX_WORKERS: Final = 256
+
+#: ``[server] node_id``: one safe path part (it names this node's folders).
+_NODE_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+
+
+def valid_node_id(value: str) -> bool:
+    """Whether ``value`` can name a node's folders: 1-64 letters, digits,
+    ``.``, ``_`` or ``-``, starting with a letter or digit."""
+    return bool(_NODE_ID_RE.match(value))
+
+
+def default_node_id() -> str:
+    """The host name, made a safe path part (``[server] node_id`` default)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).lstrip("._-")[:64]
+    return name or "node"
 
 
 #: Seconds of the ARTIM timer (PS3.8 9.1.5): waiting for the A-ASSOCIATE-RQ,
@@ -53,6 +74,8 @@ class ServerSettings:
     max_connections_per_address: int = 32
     #: Seconds open associations may go on once the server was told to stop.
     stop_grace: float = 30.0
+    node_id: str = field(default_factory=default_node_id)
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -162,6 +185,56 @@ class Settings:
         return self.storage.root or os.path.join(self.server.data_dir, "store")
 
 
+#: ``[index] redis`` for a Sentinel-monitored primary.
+SENTINEL_SCHEME: Final = "redis+sentinel"
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """``redis+sentinel://[:password@]host:port[,host:port...]/service?db=N``.
+
+    Attributes:
+        sentinels: the Sentinels' (host, port) addresses.
+        service: the monitored primary's name (``sentinel monitor NAME``).
+        db: the database number.
+        password: the primary's (and replicas') password, or None.
+    """
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    password: str | None = None
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """Split a ``redis+sentinel://`` URL.
+
+    Raises:
+        ValueError: a part is missing or not a number where one is needed.
+    """
+    scheme, _, rest = url.partition("://")
+    if scheme != SENTINEL_SCHEME or not rest:
+        raise ValueError(url)
+    # urlsplit reads one host:port only: split the list by hand
+    authority, _, tail = rest.partition("/")
+    password = None
+    if "@" in authority:
+        credentials, _, authority = authority.rpartition("@")
+        password = unquote(credentials.partition(":")[2]) or None
+    sentinels = []
+    for address in authority.split(","):
+        host, _, port = address.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(url)
+        sentinels.append((host.strip("[]"), int(port)))
+    parts = urlsplit("x://h/" + tail)
+    service = unquote(parts.path.strip("/"))
+    db_text = parse_qs(parts.query).get("db", ["0"])[0]
+    if not service or "/" in service or not db_text.isdigit():
+        raise ValueError(url)
+    return SentinelTarget(tuple(sentinels), service, int(db_text), password)
+
+
 LOG_LEVELS: Final = ("debug", "info", "warn", "error", "critical")
 LOG_FORMATS: Final = ("text", "json")
 LOCK_KINDS: Final = ("auto", "memory", "redis")
@@ -240,7 +313,7 @@ _KNOWN: Final[dict[str, frozenset[str]]] = {
         "ae_title", "listen", "data_dir", "max_pdu_length", "max_associations",
         "require_called_ae_title", "allowed_calling_ae_titles", "artim_timeout",
         "idle_timeout", "max_command_length", "max_connections_per_address",
-        "stop_grace"}),
+        "stop_grace", "node_id", "workers"}),
     "storage": frozenset({"root", "fsync", "max_head_bytes", "retention_days",
                           "min_free_space", "file_mode", "dir_mode"}),
     "tls": frozenset({"ca_certificates", "require_client_certificate"}),
@@ -337,6 +410,17 @@ def parse_settings(text: str, source: str = "<string>",
                 raise ValueError(raw)
         return frozenset(titles)
 
+    def node_id(raw: str) -> str:
+        if not valid_node_id(raw):
+            raise ValueError(raw)
+        return raw
+
+    def workers(raw: str) -> int:
+        value = (os.cpu_count() or 1) if raw.lower() == "auto" else int(raw)
+        if not 1 <= value <= MAX_WORKERS:
+            raise ValueError(raw)
+        return value
+
     def listen(raw: str) -> str:
         if not raw or ":" not in raw:
             raise ValueError(raw)
@@ -351,6 +435,9 @@ def parse_settings(text: str, source: str = "<string>",
     def redis_url(raw: str) -> str:
         if raw.lower() == "embedded":
             return "embedded"
+        if raw.startswith(SENTINEL_SCHEME + "://"):
+            parse_sentinel_url(raw)
+            return raw
         if not raw.startswith(("redis://", "unix://")):
             raise ValueError(raw)
         return raw
@@ -380,6 +467,11 @@ def parse_settings(text: str, source: str = "<string>",
         max_connections_per_address=r.integer("server", "max_connections_per_address",
                                               ds.max_connections_per_address, 1, 100000),
         stop_grace=r.seconds("server", "stop_grace", ds.stop_grace, low=0.0),
+        node_id=r.get("server", "node_id", ds.node_id, node_id,
+                      "1 to 64 letters, digits, '.', '_' or '-', starting with a "
+                      "letter or digit"),
+        workers=r.get("server", "workers", ds.workers, workers,
+                      f"a whole number from 1 to {MAX_WORKERS}, or auto (the cores)"),
     )
     def space_floor(raw: str) -> SpaceFloor:
         if raw.endswith("%"):
@@ -418,7 +510,8 @@ def parse_settings(text: str, source: str = "<string>",
     )
     index = IndexSettings(
         redis=r.get("index", "redis", di.redis, redis_url,
-                    "'embedded', a redis://host:port/db URL or a unix:///path URL"),
+                    "'embedded', a redis://host:port/db URL, a unix:///path URL or "
+                    "redis+sentinel://host:port[,host:port...]/service?db=0"),
         redis_server=program(r.text("index", "redis_server", di.redis_server)),
         key_prefix=r.text("index", "key_prefix", di.key_prefix),
         timeout=r.seconds("index", "timeout", di.timeout, low=0.01),
@@ -443,6 +536,12 @@ def parse_settings(text: str, source: str = "<string>",
         require_client_certificate=r.boolean("tls", "require_client_certificate",
                                              dt.require_client_certificate),
     )
+    if server.workers > 1 and not server.listen.startswith("tcp:"):
+        raise r.fail("server", "workers", "several workers share a tcp: listener; "
+                     f"[server] listen is {server.listen!r}")
+    if server.workers > 1 and index.lock == "memory":
+        raise r.fail("index", "lock", "memory holds one association per AE in one "
+                     "process only; with [server] workers > 1 use redis or auto")
     if tls.ca_certificates and not server.listen.startswith("ssl:"):
         raise r.fail("tls", "ca_certificates",
                      "client certificates need an ssl: endpoint in [server] listen")
@@ -505,4 +604,5 @@ def settings_summary(settings: Settings) -> dict[str, Any]:
         "query_retrieve": ("off" if not settings.query.enabled
                            else ",".join(sorted(settings.query.allowed_calling_ae_titles))
                            if settings.query.allowed_calling_ae_titles else "any AE"),
+        "node_id": s.node_id, "workers": s.workers,
     }

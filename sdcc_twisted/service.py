@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import txredisapi
@@ -29,10 +30,18 @@ from twisted.python.failure import Failure
 from sdcc_twisted.storage.catalog import RedisCatalog
 from sdcc_twisted.storage.datalock import DataDirLock
 from sdcc_twisted.storage.deletion import RetentionService
-from sdcc_twisted.config import ConfigError, Settings, settings_summary
+from sdcc_twisted.config import (
+    SENTINEL_SCHEME,
+    ConfigError,
+    Settings,
+    parse_sentinel_url,
+    settings_summary,
+)
 from sdcc_twisted.storage.index import RedisAssociationLock, RedisIndex, connect_redis
 from sdcc_twisted.storage.journal import IndexLog, JournalReplayer, PendingJournal
 from sdcc_twisted.storage.locks import FallbackAssociationLock, IAssociationLock, InProcessAssociationLock
+from sdcc_twisted.storage.nodes import NodePaths, adopt_legacy_files
+from sdcc_twisted.storage.sentinel import ReplicatedIndex, ReplicatedLock, SentinelRedis
 from sdcc_twisted import __version__, logs
 from sdcc_twisted.http import HealthProbe, build_site, read_token
 from sdcc_twisted.monitor import ISpaceReport, Monitor
@@ -74,11 +83,12 @@ class RedisConnectionService(service.Service):
     disconnects at stop."""
 
     def __init__(self, late: LateRedis, reactor: Any, url: str | None = None,
-                 embedded: EmbeddedRedis | None = None) -> None:
+                 embedded: EmbeddedRedis | None = None, key_prefix: str = "sdcc:") -> None:
         self.late = late
         self.reactor = reactor
         self.url = url
         self.embedded = embedded
+        self.key_prefix = key_prefix
         self.connected: defer.Deferred[Any] = defer.Deferred()
 
     def startService(self) -> None:
@@ -89,7 +99,14 @@ class RedisConnectionService(service.Service):
             self._connect(self.url)
 
     def _connect(self, url: Any) -> None:
-        self.late.handler = connect_redis(str(url), self.reactor)
+        if str(url).startswith(SENTINEL_SCHEME + "://"):
+            target = parse_sentinel_url(str(url))
+            self.late.handler = SentinelRedis(target, self.reactor,
+                                              key_prefix=self.key_prefix)
+            url = (f"the primary {target.service!r} of the Sentinels "
+                   + ",".join(f"{host}:{port}" for host, port in target.sentinels))
+        else:
+            self.late.handler = connect_redis(str(url), self.reactor)
         log.info("index: Redis at {url}", url=url)
         self.connected.callback(self.late.handler)
 
@@ -107,19 +124,26 @@ class RedisConnectionService(service.Service):
 
 
 class StorageCleanupService(service.Service):
-    """Before the listener starts: removes the temp files a crash left,
+    """Before the listener starts (and once ``data_dir`` is this server's):
+    adopts the files of an older layout, removes the temp files a crash left,
     moves the records a crash left in the index log to the journal, and
     reserves the first block of sequence numbers."""
 
     def __init__(self, store: FileStore, index_log: IndexLog, journal: PendingJournal,
-                 sequence: SequenceSource | None = None) -> None:
+                 sequence: SequenceSource | None = None,
+                 adopt: Callable[[], int] | None = None) -> None:
         self.store = store
         self.index_log = index_log
         self.journal = journal
         self.sequence = sequence
+        self.adopt = adopt
 
     def startService(self) -> None:
         super().startService()
+        adopted = self.adopt() if self.adopt is not None else 0
+        if adopted:
+            log.warn("moved {n} index log segment(s) and journal entries of an older "
+                     "layout into this node's folder; they are indexed again", n=adopted)
         removed = self.store.remove_stale_temp_files()
         if removed:
             log.warn("removed {n} partial file(s) left by an earlier crash in {tmp}",
@@ -343,31 +367,41 @@ def require_client_certificates(endpoint: Any, settings: Settings,
 
 
 def build_service(settings: Settings, reactor: Any,
-                  space_report: ISpaceReport | None = None) -> SdccService:
+                  space_report: ISpaceReport | None = None,
+                  endpoint: Any = None) -> SdccService:
     """Build the server's service tree from validated settings.
 
     ``space_report`` replaces the server's own :class:`SpaceGuard`
     (``[storage] min_free_space``) as the source of free space and the disk
     floor for C-STORE, ``/readyz`` and ``sdcc_disk_free_bytes``.
+    ``endpoint`` (an ``IStreamServerEndpoint``), when given, listens instead
+    of ``[server] listen``: a worker's inherited socket
+    (:mod:`sdcc_twisted.workers`).
 
     Raises:
         ConfigError: naming the section and key, for what can only be checked
             here (the endpoint string, the redis-server binary, directories).
     """
+    data_dir = settings.server.data_dir
+    node = NodePaths.for_node(data_dir, settings.storage_root, settings.server.node_id)
     children: list[service.Service] = []  # in start order
-    children.append(DataDirLock(settings.server.data_dir, settings.source))
+    if settings.index.redis == "embedded":
+        # the embedded Redis lives in data_dir itself: one server per data_dir
+        children.append(DataDirLock(data_dir, settings.source))
+    # this node's WAL, journal, sequence and temp files: one server per node
+    children.append(DataDirLock(node.node_dir, settings.source))
     logs.set_level(settings.logging.level)
     if settings.logging.file:
         children.append(LogFileService(settings.logging.file, settings.logging.level, reactor,
                                        settings.logging.format))
 
-    data_dir = settings.server.data_dir
     try:
         make_private_dirs(data_dir)     # 0700 before the embedded Redis writes there
         store = FileStore(settings.storage_root, fsync=settings.storage.fsync,
                           max_head_bytes=settings.storage.max_head_bytes,
                           file_mode=settings.storage.file_mode,
-                          dir_mode=settings.storage.dir_mode)
+                          dir_mode=settings.storage.dir_mode,
+                          tmp_dir=node.temp_dir)
     except OSError as exc:
         raise ConfigError(f"{settings.source}: [server] data_dir / [storage] root: "
                           f"cannot create {exc.filename}: {exc.strerror}") from None
@@ -384,24 +418,28 @@ def build_service(settings: Settings, reactor: Any,
         connection = RedisConnectionService(late, reactor, embedded=embedded)
     else:
         embedded = None
-        connection = RedisConnectionService(late, reactor, url=settings.index.redis)
+        connection = RedisConnectionService(late, reactor, url=settings.index.redis,
+                                            key_prefix=settings.index.key_prefix)
     children.append(connection)
 
-    index = RedisIndex(late, reactor, key_prefix=settings.index.key_prefix,
-                       timeout=settings.index.timeout)
-    journal = PendingJournal.in_data_dir(data_dir)
+    index: Any = RedisIndex(late, reactor, key_prefix=settings.index.key_prefix,
+                            timeout=settings.index.timeout)
+    sentinel = settings.index.redis.startswith(SENTINEL_SCHEME + "://")
+    if sentinel:
+        index = ReplicatedIndex(index, late, timeout=settings.index.timeout)
+    journal = PendingJournal(node.journal_dir)
     try:
-        index_log = IndexLog.in_data_dir(data_dir, fsync=settings.storage.fsync,
-                                         clock=reactor)
+        index_log = IndexLog(node.node_dir, fsync=settings.storage.fsync, clock=reactor)
     except OSError as exc:
         raise ConfigError(f"{settings.source}: [server] data_dir: cannot open the index "
-                          f"log in {data_dir}: {exc.strerror}") from None
+                          f"log in {node.node_dir}: {exc.strerror}") from None
     try:
-        sequence = SequenceSource.in_data_dir(data_dir)
+        sequence = SequenceSource.in_data_dir(node.node_dir, now=reactor.seconds)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{settings.source}: [server] data_dir: cannot use the "
-                          f"sequence file in {data_dir}: {exc}") from None
-    children.append(StorageCleanupService(store, index_log, journal, sequence))
+                          f"sequence file in {node.node_dir}: {exc}") from None
+    children.append(StorageCleanupService(store, index_log, journal, sequence,
+                                          adopt=lambda: adopt_legacy_files(data_dir, node)))
 
     def run_blocking(fn: Any, *args: Any) -> "defer.Deferred[Any]":
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
@@ -412,7 +450,12 @@ def build_service(settings: Settings, reactor: Any,
     if lock_kind == "auto":
         lock_kind = "memory" if embedded is not None else "redis"
     lock: IAssociationLock
-    if lock_kind == "redis":
+    if lock_kind == "redis" and sentinel:
+        lock = ReplicatedLock(
+            RedisAssociationLock(late, reactor, key_prefix=settings.index.key_prefix,
+                                 timeout=settings.index.timeout),
+            late, timeout=settings.index.timeout)
+    elif lock_kind == "redis":
         lock = FallbackAssociationLock(
             RedisAssociationLock(late, reactor, key_prefix=settings.index.key_prefix,
                                  timeout=settings.index.timeout),
@@ -460,7 +503,7 @@ def build_service(settings: Settings, reactor: Any,
         monitor=monitor,
     )
     try:
-        endpoint = endpoints.serverFromString(reactor, server.listen)
+        endpoint = endpoint or endpoints.serverFromString(reactor, server.listen)
     except (ValueError, TypeError, KeyError, OSError, ImportError) as exc:
         raise ConfigError(f"{settings.source}: [server] listen: cannot use "
                           f"{server.listen!r} as a Twisted endpoint ({exc})") from None

@@ -61,10 +61,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor as global_reactor
         reactor = global_reactor
-    from sdcc_twisted.service import build_service
     settings: Settings = options["settings"]
+    from sdcc_twisted.service import build_service
     try:
-        built = build_service(settings, reactor)
+        if settings.server.workers > 1:
+            from sdcc_twisted.workers import build_workers
+            built = build_workers(settings, reactor)
+        else:
+            built = build_service(settings, reactor)
     except ConfigError as exc:
         raise SystemExit(f"sdcc: cannot start: {exc}") from None
     root = TwistdRoot()

@@ -18,6 +18,9 @@ import time
 from twisted.python import log
 from twisted.trial.unittest import TestCase
 
+from sdcc_twisted.config import default_node_id
+from sdcc_twisted.storage.nodes import NodePaths
+
 from .redis_support import start_redis, wait_for
 from .server_support import in_thread, start_server
 from .support import echo_command, pdata
@@ -92,7 +95,9 @@ class BacklogTests(TestCase):
         with open(image, "wb") as handle:
             handle.write(b"\0" * 10)
         started = time.monotonic()
-        generate(os.path.join(data_dir, "pending"), image, ENTRIES)
+        # the journal of this node (``[server] node_id``'s default)
+        pending = NodePaths.for_node(data_dir, "", default_node_id()).journal_dir
+        generate(pending, image, ENTRIES)
         generated = time.monotonic() - started
         redis.stop()
         before = rss_kib()

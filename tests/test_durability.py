@@ -40,21 +40,19 @@ def samples(testcase: TestCase, count: int) -> list[corpus.Sample]:
 
 
 def record_kinds(data_dir: str, client: Any, uid: str) -> list[str]:
-    """Where a record of ``uid`` exists: index, log, journal."""
+    """Where a record of ``uid`` exists: index, log, journal (the log and
+    the journal are in the node's folder under ``data_dir``)."""
     kinds = []
     if client is not None and client.exists(f"{PREFIX}instance:{uid}"):
         kinds.append("index")
-    for name in os.listdir(data_dir):
-        if name.startswith("index.wal."):
-            with open(os.path.join(data_dir, name), "rb") as handle:
+    for directory, _, names in sorted(os.walk(data_dir)):
+        for name in sorted(names):
+            in_journal = os.path.basename(directory) == "pending"
+            if not (name.startswith("index.wal.") or in_journal):
+                continue
+            with open(os.path.join(directory, name), "rb") as handle:
                 if uid.encode() in handle.read():
-                    kinds.append("log")
-    pending = os.path.join(data_dir, "pending")
-    if os.path.isdir(pending):
-        for name in os.listdir(pending):
-            with open(os.path.join(pending, name), "rb") as handle:
-                if uid.encode() in handle.read():
-                    kinds.append("journal")
+                    kinds.append("journal" if in_journal else "log")
     return kinds
 
 
@@ -149,7 +147,7 @@ class JournalFailureTests(TestCase):
         sections = dict(server={"data_dir": data_dir}, index={"timeout": "0.3"},
                         storage={"fsync": "yes"})
         server = await start_server(self, redis, **sections)
-        pending = os.path.join(data_dir, "pending")
+        pending = server.service.journal.directory
         os.makedirs(pending, exist_ok=True)
         read_only(self, pending)
         redis.stop()

@@ -643,6 +643,24 @@ class RedisLockTests(unittest.TestCase):
         self.assertEqual(holder.held(), frozenset())
         self.assertIsNotNone(await other.acquire("MR"))
 
+    async def test_missing_key_is_taken_again(self) -> None:
+        """A refresh that finds the key gone (a Sentinel failover that lost
+        it) sets it again with our token: the slot stays ours."""
+        clock = task.Clock()
+        holder = self.lock(clock=clock, ttl=5, refresh=1)
+        token = await holder.acquire("NM")
+        client = self.server.client()
+        self.assertEqual(client.delete("t:lock:ae:NM"), 1)
+        clock.advance(1)
+        for _ in range(100):
+            if client.get("t:lock:ae:NM"):
+                break
+            await sleep(0.01)
+        self.assertEqual(client.get("t:lock:ae:NM"), token)
+        self.assertGreater(client.pttl("t:lock:ae:NM"), 0)
+        self.assertEqual(holder.held(), frozenset({"NM"}))
+        self.assertIsNone(await self.lock(connect(self, self.server)).acquire("NM"))
+
     async def test_lost_lock_stops_refreshing(self) -> None:
         """A refresh that finds another token stops renewing and forgets it."""
         clock = task.Clock()

@@ -19,6 +19,7 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, TestCase
 
+from sdcc_twisted.config import default_node_id
 from sdcc_twisted.core import conformance as c
 from sdcc_twisted.core.pdu import A_ASSOCIATE_AC, AAbort, decode, encode
 from sdcc_twisted.storage.files import uid_path_part
@@ -92,6 +93,17 @@ class PartialStore:
             sock.sendall(pdata(1, 0x00, piece))   # never the last fragment
             self.sent += len(piece)
 
+    def send_more(self, size: int) -> None:
+        """Blocking: send about ``size`` more bytes of the data set, still
+        not its last fragment."""
+        sock = self.sock
+        assert sock is not None
+        until = min(self.sent + size, len(self.data_set) - 1)
+        while self.sent < until:
+            piece = self.data_set[self.sent:min(self.sent + self.fragment, until)]
+            sock.sendall(pdata(1, 0x00, piece))
+            self.sent += len(piece)
+
     def end(self, how: str) -> None:
         """Blocking: end the connection by ``abort``, ``fin`` or ``rst``."""
         sock = self.sock
@@ -129,10 +141,9 @@ class MidTransferFaultTests(TestCase):
         peer = PartialStore(server.port, "FAULTY", sample.sop_instance_uid,
                             corpus.data_set_bytes(sample.path))
         await in_thread(peer.start)
-        tmp = os.path.join(server.root, ".tmp")
         # the server really is mid-transfer: a temp file is growing
-        await wait_for(lambda: any(os.path.getsize(os.path.join(tmp, f)) > 0
-                                   for f in os.listdir(tmp)), 10, "a growing .part file")
+        await wait_for(lambda: any(os.path.getsize(p) > 0 for p in temp_files(server.root)),
+                       10, "a growing .part file")
         await in_thread(peer.end, how)
         factory = server.service.factory
         await wait_for(lambda: not factory.connections and not temp_files(server.root),
@@ -187,9 +198,8 @@ class KilledServerTests(TestCase):
         peer = PartialStore(port, "KILLED", sample.sop_instance_uid,
                             corpus.data_set_bytes(sample.path))
         await in_thread(peer.start)
-        tmp = os.path.join(root, ".tmp")
-        await wait_for(lambda: any(os.path.getsize(os.path.join(tmp, f)) > 0
-                                   for f in os.listdir(tmp)), 10, "a growing .part file")
+        await wait_for(lambda: any(os.path.getsize(p) > 0 for p in temp_files(root)),
+                       10, "a growing .part file")
         server.kill()
         await in_thread(peer.end, "fin")
         self.assertEqual(len(temp_files(root)), 1)   # what a crash leaves
@@ -320,7 +330,8 @@ class RedisDownTests(TestCase):
         falls back to this process).  After Redis is started again the
         journal replayer indexes them: every acknowledged instance is on disk
         and in the index, the moved instance's old file and old series are
-        gone, and {data_dir}/pending ends empty."""
+        gone, and the node's journal {data_dir}/nodes/{node_id}/pending ends
+        empty."""
         redis = start_redis(self)
         server = await start_server(self, redis=redis)
         base = os.path.abspath(self.mktemp())
@@ -351,7 +362,9 @@ class RedisDownTests(TestCase):
                                  [(CT, [EXPLICIT])], "REDISDOWN")
         new_association = time.monotonic() - started
         self.assertEqual(second["statuses"], [(0, "")])
-        pending = os.path.join(server.data_dir, "pending")
+        pending = server.service.journal.directory
+        self.assertEqual(os.path.dirname(pending),
+                         os.path.join(server.data_dir, "nodes", default_node_id()))
         journaled = [n for n in os.listdir(pending) if n.endswith(".json")]
         self.assertEqual(len(journaled), 4, os.listdir(pending))
         acknowledged = samples[1:] + [moved, late]
@@ -400,15 +413,15 @@ class HostileUidTests(TestCase):
 
         def snapshot() -> set[str]:
             """Everything outside the root, but the server's own index-log
-            segments (the first one opens with the first record)."""
+            segments (in its node folder; the first one opens with the first
+            record)."""
             seen = set()
             for directory, dirs, files in os.walk(watched):
                 if os.path.abspath(directory) == server.root:
                     dirs[:] = []
                     continue
                 seen.update(os.path.join(directory, n) for n in dirs + files
-                            if not (os.path.abspath(directory) == server.data_dir
-                                    and n.startswith("index.wal.")))
+                            if not n.startswith("index.wal."))
             return seen
 
         before = snapshot()

@@ -69,9 +69,12 @@ def dcm_files(root: str) -> list[str]:
 
 
 def temp_files(root: str) -> list[str]:
-    """What is left in the storage root's temp directory."""
-    tmp = os.path.join(root, ".tmp")
-    return sorted(os.listdir(tmp)) if os.path.isdir(tmp) else []
+    """What is left in the storage root's temp folders (one per node), as
+    paths."""
+    found = []
+    for directory, _dirs, files in os.walk(os.path.join(root, ".tmp")):
+        found += [os.path.join(directory, f) for f in files]
+    return sorted(found)
 
 
 def check_stored(testcase: TestCase, root: str, client: Any, sample: corpus.Sample,

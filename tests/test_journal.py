@@ -11,7 +11,12 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from sdcc_twisted.core import index_keys
-from sdcc_twisted.storage.index import IInstanceIndex, IndexUnavailable, RedisIndex
+from sdcc_twisted.storage.index import (
+    IInstanceIndex,
+    IndexUnavailable,
+    NotReplicated,
+    RedisIndex,
+)
 from sdcc_twisted.storage.journal import JournalReplayer, PendingJournal
 from sdcc_twisted.core.records import InstanceRecord
 
@@ -158,6 +163,24 @@ class JournalReplayerTests(ReplayerTestBase):
         self.index.up = False
         self.assertEqual(self.successResultOf(self.replayer.replay_now()), 0)
         self.assertEqual(len(self.journal.entries()), 1)
+
+    def test_not_replicated_keeps_entry_and_goes_on(self) -> None:
+        """NotReplicated (written, no replica confirmed it: Sentinel) keeps
+        that entry and the round goes on with the next ones."""
+        for sop in "abc":
+            self.journal.append(self.rec(sop))
+        record = self.index.record
+
+        def unconfirmed_a(rec: InstanceRecord) -> defer.Deferred[str | None]:
+            d = record(rec)
+            if rec.sop_instance_uid == "a":
+                return d.addCallback(lambda _: defer.fail(NotReplicated("no replica")))
+            return d
+
+        self.index.record = unconfirmed_a  # type: ignore[method-assign]
+        self.assertEqual(self.successResultOf(self.replayer.replay_now()), 2)
+        self.assertEqual(self.index.recorded, ["a", "b", "c"])
+        self.assertEqual([r.sop_instance_uid for _, r in self.journal.entries()], ["a"])
 
     def test_ticks(self) -> None:
         """The service replays on start and again every interval."""

@@ -49,6 +49,27 @@ def path_of(root: str, ds: Any) -> str:
 class SequenceSourceTests(unittest.TestCase):
     """SequenceSource on a real directory."""
 
+    def test_with_a_clock_nodes_rank_by_arrival_and_steps_back_do_not_reorder(self) -> None:
+        """Two nodes' sources on one clock: a copy that arrives later ranks
+        higher whichever node took it, even if the other node handed out far
+        more numbers; a clock stepping back keeps one node's numbers rising,
+        and a restart continues above them."""
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        clock = [1000.0]
+        busy = SequenceSource(os.path.join(folder, "a"), now=lambda: clock[0])
+        quiet = SequenceSource(os.path.join(folder, "b"), now=lambda: clock[0])
+        for _ in range(10000):
+            busy_last = busy.next()
+        clock[0] += 0.5
+        later = quiet.next()
+        self.assertGreater(later, busy_last)
+        clock[0] -= 3600.0              # the wall clock steps back an hour
+        after_step = busy.next()
+        self.assertGreater(after_step, busy_last)
+        restarted = SequenceSource(os.path.join(folder, "a"), now=lambda: clock[0])
+        self.assertGreater(restarted.next(), after_step)
+
     def test_monotonic_across_restarts_and_blocks(self) -> None:
         """Numbers rise by one within a block, into the next block, and a new
         source on the same file (a restart, even after a crash that used

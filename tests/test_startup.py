@@ -86,7 +86,8 @@ class StartupTests(TestCase):
         stored = pynetdicom_store(first_port, [path], [(CT, [EXPLICIT])])
         self.assertEqual(stored["statuses"], [(0x0000, "")])
         before = folder_state(data_dir)
-        self.assertTrue(any(name.startswith("index.wal.") for name in before), before)
+        self.assertTrue(any(os.path.basename(name).startswith("index.wal.") for name in before),
+                        before)
 
         status, output = self.run_twistd(
             self.write_ini(ini_text(data_dir, "embedded", port=second_port)))

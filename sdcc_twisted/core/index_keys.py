@@ -94,6 +94,11 @@ class KeyLayout:
     def instance(self, sop_uid: str) -> str:
         return f"{self.prefix}instance:{sop_uid}"
 
+    def replication_barrier(self) -> str:
+        """A counter written before each ``WAIT`` on Sentinel (see
+        :mod:`sdcc_twisted.storage.sentinel`)."""
+        return f"{self.prefix}replication"
+
     def series(self, series_id: str) -> str:
         return f"{self.prefix}series:{series_id}"
 

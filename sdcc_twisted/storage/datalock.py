@@ -14,6 +14,7 @@ from typing import IO, Final
 
 from twisted.application import service
 
+from sdcc_twisted.storage.files import make_private_dirs
 from sdcc_twisted.config import ConfigError
 
 #: The lock file in ``data_dir``; it holds the holder's pid, for the message.
@@ -58,6 +59,7 @@ class DataDirLock(service.Service):
         prefix = f"{self.source}: " if self.source else ""
         folder = os.path.dirname(self.path)
         try:
+            make_private_dirs(folder)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise ConfigError(f"{prefix}[server] data_dir: cannot open the lock file "

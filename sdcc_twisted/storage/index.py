@@ -81,6 +81,11 @@ class IndexUnavailable(Exception):
     """Redis did not answer in time, or the connection failed."""
 
 
+class NotReplicated(IndexUnavailable):
+    """The primary holds the record, but no replica confirmed it yet
+    (Sentinel): keep the record and write it again later."""
+
+
 class IInstanceIndex(Interface):
     """Where each stored SOP instance is, by SOP Instance UID."""
 
@@ -373,9 +378,15 @@ class RedisIndex:
             f"remove {uid}: keys kept changing under {MAX_ATTEMPTS} attempts")
 
 
+# a missing key is taken again: after a Sentinel failover (or a pause
+# beyond the ttl) nobody else holds it, and our association still runs
 _REFRESH_SCRIPT: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+elseif not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
 end
 return 0
 """

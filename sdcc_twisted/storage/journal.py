@@ -27,7 +27,7 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
 from sdcc_twisted.storage.files import fsync_directory, make_private_dirs
-from sdcc_twisted.storage.index import IInstanceIndex, IndexUnavailable
+from sdcc_twisted.storage.index import IInstanceIndex, IndexUnavailable, NotReplicated
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.core.records import InstanceRecord
 
@@ -465,7 +465,9 @@ class JournalReplayer(service.Service):
     failure is logged.  An entry that fails for any other reason is skipped
     for the round, so it blocks no other; after :data:`MAX_ENTRY_FAILURES`
     rounds (at once if it cannot be read) it moves to ``pending/quarantine/``
-    with a log line.
+    with a log line.  A
+    :class:`NotReplicated` entry (written, not yet on a replica) is kept for
+    the next round and the round goes on.
 
     An entry whose file is gone is dropped.  An entry older (by sequence)
     than what the index holds for its SOP Instance UID is not indexed, in the
@@ -550,6 +552,9 @@ class JournalReplayer(service.Service):
                         continue
                     try:
                         await self._index(rec)
+                    except NotReplicated:
+                        skip.add(name)      # written, not confirmed: kept; go on
+                        continue
                     except IndexUnavailable as exc:
                         _log.info("index unavailable, journal entries stay pending: "
                                   "{why}", why=exc)

@@ -6,11 +6,19 @@ highest, whatever the wall clock did.  :class:`SequenceSource` hands numbers
 out from memory in blocks; the end of the current block is kept durably in
 ``{data_dir}/sequence`` before any number of it is used, so a restart (or a
 crash) continues above every number handed out before.
+
+Several nodes share one index but each has its own sequence file, so a
+number alone would let the node that stored more win.  Given a clock, the
+source is a hybrid logical clock: a number is never below the wall clock in
+microseconds (copies of one UID arriving on different nodes rank by arrival,
+as far as the nodes' clocks agree) and never below the previous number (a
+clock stepping back cannot reorder the copies one node received).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Final
 
 from sdcc_twisted.storage.files import fsync_directory
@@ -34,16 +42,23 @@ class SequenceSource:
 
     BLOCK = 1 << 20
 
-    def __init__(self, path: str, block: int = BLOCK) -> None:
+    #: With a clock, a block reaches this far (microseconds) beyond now, so
+    #: that the file is written about every ten minutes, not every second.
+    AHEAD = 600_000_000
+
+    def __init__(self, path: str, block: int = BLOCK,
+                 now: Callable[[], float] | None = None) -> None:
         self.path = path
         self.block = block
+        self.now = now
         self._next = self._read() + 1
         self._limit = 0     # nothing reserved yet: the first next() reserves
 
     @classmethod
-    def in_data_dir(cls, data_dir: str) -> SequenceSource:
+    def in_data_dir(cls, data_dir: str,
+                    now: Callable[[], float] | None = None) -> SequenceSource:
         """The source kept in ``{data_dir}/sequence``."""
-        return cls(os.path.join(data_dir, SEQUENCE_FILE))
+        return cls(os.path.join(data_dir, SEQUENCE_FILE), now=now)
 
     def _read(self) -> int:
         try:
@@ -59,6 +74,8 @@ class SequenceSource:
     def _reserve(self) -> None:
         """Make ``_next .. _next + block - 1`` usable, durably."""
         limit = self._next + self.block - 1
+        if self.now is not None:
+            limit = max(limit, int(self.now() * 1_000_000) + self.AHEAD)
         tmp = self.path + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -79,6 +96,12 @@ class SequenceSource:
     def next(self) -> int:
         """The next number (on the reactor thread; blocks for one small
         fsync once per block)."""
+        if self.now is not None:
+            # a hybrid logical clock: never below the wall clock (in
+            # microseconds), so that nodes sharing one index order the
+            # copies of one UID by arrival; never below the last number, so
+            # that a clock stepping back cannot reorder this node's copies
+            self._next = max(self._next, int(self.now() * 1_000_000))
         if self._next > self._limit:
             self._reserve()
         value = self._next
