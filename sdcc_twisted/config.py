@@ -91,6 +91,15 @@ class QuerySettings:
 
 
 @dataclass(frozen=True)
+class RetrieveSettings:
+    """``[retrieve]``: sending instances for C-MOVE and C-GET."""
+
+    #: The largest decoded Pixel Data an instance is decoded to, for a peer
+    #: that accepts its class only uncompressed (default 512 MiB).
+    max_decode_bytes: int = 512 << 20
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     """``[logging]``: where the log goes and how much of it."""
 
@@ -135,6 +144,7 @@ class Settings:
     move_destinations: dict[str, MoveDestination] = field(default_factory=dict)
     query: QuerySettings = field(default_factory=QuerySettings)
     http: HTTPSettings = field(default_factory=HTTPSettings)
+    retrieve: RetrieveSettings = field(default_factory=RetrieveSettings)
 
     @property
     def storage_root(self) -> str:
@@ -226,6 +236,7 @@ _KNOWN: Final[dict[str, frozenset[str]]] = {
     "logging": frozenset({"level", "file", "format"}),
     "query": frozenset({"enabled", "allowed_calling_ae_titles"}),
     "http": frozenset({"listen", "token_file", "show_patient_data"}),
+    "retrieve": frozenset({"max_decode_bytes"}),
 }
 
 
@@ -424,7 +435,13 @@ def parse_settings(text: str, source: str = "<string>",
                              f"expected AE_TITLE = host:port [tls], got {raw!r}")
             destinations[title.strip()] = MoveDestination(title.strip(), host.strip("[]"),
                                                           int(port_text), tls_flag)
-    return Settings(server, storage, index, logging, source, tls, destinations, query, http)
+    dr = RetrieveSettings()
+    retrieve = RetrieveSettings(
+        max_decode_bytes=r.integer("retrieve", "max_decode_bytes", dr.max_decode_bytes,
+                                   0, 1 << 40),
+    )
+    return Settings(server, storage, index, logging, source, tls, destinations, query, http,
+                    retrieve)
 
 
 def load_settings(path: str) -> Settings:

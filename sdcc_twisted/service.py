@@ -43,6 +43,7 @@ from sdcc_twisted.runtime.dispatch import service_table
 from sdcc_twisted.runtime.protocol import DicomServerFactory, Timeouts
 from sdcc_twisted.runtime.twisted_gaps import replace_server_tls_options, server_tls_options
 from sdcc_twisted.services.qr import QueryRetrieveSCP
+from sdcc_twisted.services.transcode import Transcoder
 from sdcc_twisted.storage.redisproc import EmbeddedRedis, RedisNotFound
 from sdcc_twisted.services.scp import StorageSCP
 from sdcc_twisted.storage.files import FileStore
@@ -414,7 +415,8 @@ def build_service(settings: Settings, reactor: Any,
     storage = StorageSCP(store, index, journal, run_blocking, reactor, index_log)
     catalog = RedisCatalog(late, reactor, key_prefix=settings.index.key_prefix,
                            timeout=settings.index.timeout)
-    query_retrieve = QueryRetrieveSCP(catalog, dict(settings.move_destinations))
+    query_retrieve = QueryRetrieveSCP(catalog, dict(settings.move_destinations), Transcoder(
+        store, settings.retrieve.max_decode_bytes, run_blocking))
     policy = AcceptorPolicy(
         ae_title=server.ae_title,
         require_called_ae=server.require_called_ae_title,

@@ -30,6 +30,8 @@ from sdcc_twisted.core.conformance import (
     STATUS_SUCCESS,
     STATUS_UNABLE_TO_PROCESS,
     TRANSFER_SYNTAXES,
+    contexts_with_decoded,
+    sending_syntax,
     sop_class_name,
 )
 from sdcc_twisted.core.dimse import (
@@ -52,8 +54,15 @@ from sdcc_twisted.core.query import (
     response_identifier,
     retrieve_keys,
 )
-from sdcc_twisted.services.channel import Channel, Outcome, Request, SubAssociationError
+from sdcc_twisted.services.channel import (
+    Channel,
+    Outcome,
+    Request,
+    StoreSender,
+    SubAssociationError,
+)
 from sdcc_twisted.services.scp import describe_missing
+from sdcc_twisted.services.transcode import DecodeRefused, Transcoder
 
 log = get_logger("sdcc.qr")
 
@@ -74,8 +83,8 @@ class SubOperationRefused(Exception):
 
 def no_context(attributes: dict[str, str], whose: str) -> SubOperationRefused:
     """A sub-operation without a presentation context for the instance's
-    class in its stored syntax (PS3.4 C.4.3.3: a Failure when the SCU offered
-    no appropriate context; instances are sent as stored)."""
+    class in its stored syntax, nor in one it can be decoded to (PS3.4
+    C.4.3.3: a Failure when the SCU offered no appropriate context)."""
     syntax = attributes.get("transfer_syntax", "")
     return SubOperationRefused(
         f"{whose} accepted no context for {sop_class_name(attributes.get('sop_class_uid', ''))}"
@@ -89,14 +98,51 @@ class QueryRetrieveSCP:
     Args:
         catalog: the index, read side.
         destinations: C-MOVE destinations by AE title.
+        transcoder: decodes an instance for a peer that accepted its class
+            only uncompressed; None sends every instance as stored or not at all.
     """
 
     needs_data_set = True
 
     def __init__(self, catalog: RedisCatalog,
-                 destinations: dict[str, MoveDestination]) -> None:
+                 destinations: dict[str, MoveDestination],
+                 transcoder: Transcoder | None = None) -> None:
         self.catalog = catalog
         self.destinations = destinations
+        self.transcoder = transcoder
+
+    async def send_instance(self, sender: StoreSender, attributes: dict[str, str], whose: str,
+                            originator_ae: str = "", originator_id: int | None = None) -> int:
+        """One C-STORE sub-operation: the file as stored when ``sender``
+        accepted its syntax, else decoded to an uncompressed syntax it
+        accepted (PS3.5 8.2); its C-STORE-RSP status.
+
+        Raises:
+            SubOperationRefused: no context for it, or it cannot be decoded.
+        """
+        sop_class = attributes.get("sop_class_uid", "")
+        stored = attributes.get("transfer_syntax", "")
+
+        def accepted(syntax: str) -> bool:
+            return sender.store_context(sop_class, syntax) is not None
+        syntax = (sending_syntax(stored, accepted) if self.transcoder is not None
+                  else stored if accepted(stored) else None)
+        context_id = sender.store_context(sop_class, syntax) if syntax is not None else None
+        if syntax is None or context_id is None:
+            raise no_context(attributes, whose)
+        sop_uid = attributes["SOPInstanceUID"]
+        if syntax == stored or self.transcoder is None:
+            return await sender.send_store(context_id, sop_class, sop_uid, attributes["path"],
+                                           originator_ae, originator_id)
+        try:
+            path = await self.transcoder.decode(attributes["path"], syntax)
+        except DecodeRefused as exc:
+            raise SubOperationRefused(exc.reason, exc.short) from None
+        try:
+            return await sender.send_store(context_id, sop_class, sop_uid, path,
+                                           originator_ae, originator_id)
+        finally:
+            await self.transcoder.discard(path)
 
     def accepts(self, abstract_syntax: str) -> bool:
         """Only on the contexts of the Q/R information models."""
@@ -374,6 +420,8 @@ class QueryOperation:
             return self._final(SubOperations())
         wanted = sorted({(a.get("sop_class_uid", ""), a.get("transfer_syntax", ""))
                          for a in instances})
+        if self.scp.transcoder is not None:
+            wanted = contexts_with_decoded(wanted)
         try:
             client = await self.channel.open_sub_association(destination, wanted)
         except SubAssociationError as exc:
@@ -392,13 +440,8 @@ class QueryOperation:
         message_id = self.command.message_id or 0
 
         async def send(attributes: dict[str, str]) -> int:
-            context_id = client.store_context(attributes.get("sop_class_uid", ""),
-                                              attributes.get("transfer_syntax", ""))
-            if context_id is None:
-                raise no_context(attributes, destination.ae_title)
-            return await client.send_store(context_id, attributes["sop_class_uid"],
-                                           attributes["SOPInstanceUID"], attributes["path"],
-                                           originator, message_id)
+            return await self.scp.send_instance(client, attributes, destination.ae_title,
+                                                originator, message_id)
         done = SubOperations()
         try:
             await self._send_all(instances, send, done)
@@ -421,12 +464,8 @@ class QueryOperation:
         channel = self.channel
 
         async def send(attributes: dict[str, str]) -> int:
-            context_id = channel.store_context(attributes.get("sop_class_uid", ""),
-                                               attributes.get("transfer_syntax", ""))
-            if context_id is None:
-                raise no_context(attributes, f"{channel.calling_ae} (as storage SCP)")
-            return await channel.send_store(context_id, attributes["sop_class_uid"],
-                                            attributes["SOPInstanceUID"], attributes["path"])
+            return await self.scp.send_instance(channel, attributes,
+                                                f"{channel.calling_ae} (as storage SCP)")
         done = await self._send_all(instances, send)
         log.info("C-GET from {ae}: completed={c} failed={f} warning={w}", ae=channel.calling_ae,
                  c=done.completed, f=done.failed, w=done.warning)
