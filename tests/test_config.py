@@ -35,6 +35,7 @@ class SettingsTests(SynchronousTestCase):
         self.assertEqual(shipped.query, defaults.query)
         self.assertEqual(shipped.http, defaults.http)
         self.assertEqual(shipped.logging, defaults.logging)
+        self.assertEqual(shipped.retrieve, defaults.retrieve)
         self.assertEqual(shipped.http.listen, "tcp:8080:interface=127.0.0.1")
         self.assertEqual(shipped.server.listen, "tcp:11112")
         self.assertEqual(shipped.server.max_pdu_length, 16384)
@@ -52,7 +53,9 @@ class SettingsTests(SynchronousTestCase):
             "max_pdu_length = 65536\nrequire_called_ae_title = yes\n"
             "allowed_calling_ae_titles = CT1, MR1\nidle_timeout = 12.5\n"
             "[storage]\nroot = /srv/dicom\nfsync = no\n"
-            "[index]\nredis = redis://127.0.0.1:6379/2\ntimeout = 0.5\n", "x.ini")
+            "[index]\nredis = redis://127.0.0.1:6379/2\ntimeout = 0.5\n"
+            "[retrieve]\nmax_decode_bytes = 1000000\n", "x.ini")
+        self.assertEqual(settings.retrieve.max_decode_bytes, 1000000)
         self.assertEqual(settings.server.ae_title, "ARCHIVE")
         self.assertEqual(settings.server.max_pdu_length, 65536)
         self.assertTrue(settings.server.require_called_ae_title)
@@ -85,6 +88,8 @@ class SettingsTests(SynchronousTestCase):
             "[http]\nshow_patient_data = perhaps\n": "[http] show_patient_data",
             "[http]\nport = 8080\n": "[http] port: unknown key",
             "[logging]\nformat = xml\n": "[logging] format",
+            "[retrieve]\nmax_decode_bytes = -1\n": "[retrieve] max_decode_bytes",
+            "[retrieve]\nmax_decode_bytes = lots\n": "[retrieve] max_decode_bytes",
             "[logging]\nformat = json\n": "[logging] format: json needs [logging] file",
         }
         for text, expected in cases.items():
