@@ -56,6 +56,7 @@ def decode_file(source: str, target_syntax: str, destination: str, max_bytes: in
     """
     from pydicom import dcmread
     from pydicom.pixels.utils import decompress
+    from pydicom.uid import UID
 
     ds = dcmread(source)
     stored = str(ds.file_meta.TransferSyntaxUID)
@@ -85,8 +86,8 @@ def decode_file(source: str, target_syntax: str, destination: str, max_bytes: in
                 ratios.append(f"{size / max(compressed, 1):.2f}"[:16])
                 ds.LossyImageCompressionRatio = ratios
             ds.LossyImageCompressionMethod = [*methods, method]
-    ds.file_meta.TransferSyntaxUID = target_syntax
-    ds.file_meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    ds.file_meta.TransferSyntaxUID = UID(target_syntax)
+    ds.file_meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
