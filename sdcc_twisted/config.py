@@ -100,6 +100,15 @@ class RetrieveSettings:
 
 
 @dataclass(frozen=True)
+class StudySettings:
+    """``[studies]``: when a study counts as complete."""
+
+    #: Seconds without a new instance after which a study is complete
+    #: (0: never; no arrivals are noted).
+    quiet_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     """``[logging]``: where the log goes and how much of it."""
 
@@ -145,6 +154,7 @@ class Settings:
     query: QuerySettings = field(default_factory=QuerySettings)
     http: HTTPSettings = field(default_factory=HTTPSettings)
     retrieve: RetrieveSettings = field(default_factory=RetrieveSettings)
+    studies: StudySettings = field(default_factory=StudySettings)
 
     @property
     def storage_root(self) -> str:
@@ -237,6 +247,7 @@ _KNOWN: Final[dict[str, frozenset[str]]] = {
     "query": frozenset({"enabled", "allowed_calling_ae_titles"}),
     "http": frozenset({"listen", "token_file", "show_patient_data"}),
     "retrieve": frozenset({"max_decode_bytes"}),
+    "studies": frozenset({"quiet_seconds"}),
 }
 
 
@@ -440,8 +451,17 @@ def parse_settings(text: str, source: str = "<string>",
         max_decode_bytes=r.integer("retrieve", "max_decode_bytes", dr.max_decode_bytes,
                                    0, 1 << 40),
     )
+    quiet = r.get("studies", "quiet_seconds", StudySettings().quiet_seconds, _quiet,
+                  "0 (off) or a number of seconds from 0.1 to 604800")
     return Settings(server, storage, index, logging, source, tls, destinations, query, http,
-                    retrieve)
+                    retrieve, StudySettings(quiet))
+
+
+def _quiet(raw: str) -> float:
+    value = float(raw)
+    if value != 0 and not 0.1 <= value <= 86400 * 7:
+        raise ValueError(raw)
+    return value
 
 
 def load_settings(path: str) -> Settings:

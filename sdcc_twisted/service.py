@@ -43,10 +43,12 @@ from sdcc_twisted.runtime.dispatch import service_table
 from sdcc_twisted.runtime.protocol import DicomServerFactory, Timeouts
 from sdcc_twisted.runtime.twisted_gaps import replace_server_tls_options, server_tls_options
 from sdcc_twisted.services.qr import QueryRetrieveSCP
+from sdcc_twisted.services.after_receipt import StudyWatch
 from sdcc_twisted.services.transcode import Transcoder
+from sdcc_twisted.storage.studies import StudyArrivals
 from sdcc_twisted.storage.redisproc import EmbeddedRedis, RedisNotFound
 from sdcc_twisted.services.scp import StorageSCP
-from sdcc_twisted.storage.files import FileStore
+from sdcc_twisted.storage.files import FileStore, uid_path_part
 
 log = get_logger("sdcc.service")
 
@@ -415,6 +417,14 @@ def build_service(settings: Settings, reactor: Any,
     storage = StorageSCP(store, index, journal, run_blocking, reactor, index_log)
     catalog = RedisCatalog(late, reactor, key_prefix=settings.index.key_prefix,
                            timeout=settings.index.timeout)
+    if settings.studies.quiet_seconds:
+        watch = StudyWatch(
+            StudyArrivals(late, reactor, key_prefix=settings.index.key_prefix,
+                          timeout=settings.index.timeout),
+            reactor, settings.studies.quiet_seconds,
+            lambda study: os.path.join(store.root, uid_path_part(study)))
+        storage.receipt_listeners.append(watch.instance_stored)
+        children.append(watch)
     query_retrieve = QueryRetrieveSCP(catalog, dict(settings.move_destinations), Transcoder(
         store, settings.retrieve.max_decode_bytes, run_blocking))
     policy = AcceptorPolicy(

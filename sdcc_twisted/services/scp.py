@@ -121,6 +121,9 @@ class StorageSCP:
         self.run_blocking = run_blocking
         self.clock = clock
         self.index_log = index_log
+        #: Called with each record once its file is durable (after receipt:
+        #: study-complete detection, hooks, forwarding); never fail a store.
+        self.receipt_listeners: list[Callable[[InstanceRecord], object]] = []
 
     def accepts(self, abstract_syntax: str) -> bool:
         """Any context: a SOP class that is not ours is answered in the status."""
@@ -178,6 +181,11 @@ class StorageSCP:
                    segment: int | None) -> "Outcome | defer.Deferred[Outcome]":
         record, logged = result
         reception.record = record
+        for listener in self.receipt_listeners:
+            try:
+                listener(record)
+            except Exception:  # noqa: BLE001 - after receipt never fails the store
+                log.failure("after-receipt step failed for {uid}", uid=record.sop_instance_uid)
         d = self.register(record)
         d.addBoth(self._settle, segment)
         if logged:
