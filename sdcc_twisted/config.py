@@ -12,6 +12,8 @@ import configparser
 import ipaddress
 import os
 import re
+import shlex
+import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -108,6 +110,28 @@ class StudySettings:
     quiet_seconds: float = 60.0
 
 
+#: The placeholders of an ``on_instance`` hook (and its JSON document's fields).
+INSTANCE_HOOK_FIELDS: Final = ("path", "sop_instance_uid", "sop_class_uid", "transfer_syntax",
+                               "study_uid", "series_uid", "calling_ae", "study_folder")
+#: The placeholders of an ``on_study_complete`` hook (and its JSON fields).
+STUDY_HOOK_FIELDS: Final = ("study_uid", "study_folder", "count")
+
+
+@dataclass(frozen=True)
+class HookSettings:
+    """``[hooks]``: commands (argv templates, no shell) and URLs (a JSON POST)
+    run after an instance is stored and after a study is complete."""
+
+    on_instance: tuple[str, ...] = ()
+    on_study_complete: tuple[str, ...] = ()
+    on_instance_url: str = ""
+    on_study_complete_url: str = ""
+    timeout: float = 300.0
+    max_running: int = 2
+    url_attempts: int = 5
+    url_first_delay: float = 1.0
+
+
 @dataclass(frozen=True)
 class LoggingSettings:
     """``[logging]``: where the log goes and how much of it."""
@@ -155,6 +179,7 @@ class Settings:
     http: HTTPSettings = field(default_factory=HTTPSettings)
     retrieve: RetrieveSettings = field(default_factory=RetrieveSettings)
     studies: StudySettings = field(default_factory=StudySettings)
+    hooks: HookSettings = field(default_factory=HookSettings)
 
     @property
     def storage_root(self) -> str:
@@ -248,6 +273,9 @@ _KNOWN: Final[dict[str, frozenset[str]]] = {
     "http": frozenset({"listen", "token_file", "show_patient_data"}),
     "retrieve": frozenset({"max_decode_bytes"}),
     "studies": frozenset({"quiet_seconds"}),
+    "hooks": frozenset({"on_instance", "on_study_complete", "on_instance_url",
+                        "on_study_complete_url", "timeout", "max_running", "url_attempts",
+                        "url_first_delay"}),
 }
 
 
@@ -453,8 +481,47 @@ def parse_settings(text: str, source: str = "<string>",
     )
     quiet = r.get("studies", "quiet_seconds", StudySettings().quiet_seconds, _quiet,
                   "0 (off) or a number of seconds from 0.1 to 604800")
+    dk = HookSettings()
+
+    def command(fields: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+        def convert(raw: str) -> tuple[str, ...]:
+            argv = tuple(shlex.split(raw))
+            names = {name for arg in argv for _, name, _, _ in string.Formatter().parse(arg)
+                     if name is not None}
+            if not names <= set(fields):
+                raise ValueError(raw)
+            return (program(argv[0]), *argv[1:]) if argv else ()
+        return convert
+
+    def url(raw: str) -> str:
+        if raw and not raw.startswith(("http://", "https://")):
+            raise ValueError(raw)
+        return raw
+
+    hooks = HookSettings(
+        on_instance=r.get("hooks", "on_instance", dk.on_instance,
+                          command(INSTANCE_HOOK_FIELDS),
+                          "a command line (no shell) whose {placeholders} are among "
+                          + ", ".join(INSTANCE_HOOK_FIELDS)),
+        on_study_complete=r.get("hooks", "on_study_complete", dk.on_study_complete,
+                                command(STUDY_HOOK_FIELDS),
+                                "a command line (no shell) whose {placeholders} are among "
+                                + ", ".join(STUDY_HOOK_FIELDS)),
+        on_instance_url=r.get("hooks", "on_instance_url", dk.on_instance_url, url,
+                              "an http:// or https:// URL"),
+        on_study_complete_url=r.get("hooks", "on_study_complete_url",
+                                    dk.on_study_complete_url, url, "an http:// or https:// URL"),
+        timeout=r.seconds("hooks", "timeout", dk.timeout),
+        max_running=r.integer("hooks", "max_running", dk.max_running, 1, 1000),
+        url_attempts=r.integer("hooks", "url_attempts", dk.url_attempts, 1, 100),
+        url_first_delay=r.seconds("hooks", "url_first_delay", dk.url_first_delay, low=0.01),
+    )
+    if (hooks.on_study_complete or hooks.on_study_complete_url) and not quiet:
+        raise r.fail("hooks", "on_study_complete" if hooks.on_study_complete
+                     else "on_study_complete_url",
+                     "needs [studies] quiet_seconds above 0")
     return Settings(server, storage, index, logging, source, tls, destinations, query, http,
-                    retrieve, StudySettings(quiet))
+                    retrieve, StudySettings(quiet), hooks)
 
 
 def _quiet(raw: str) -> float:

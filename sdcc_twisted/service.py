@@ -10,6 +10,8 @@ replayer, the listener.
 from __future__ import annotations
 
 import os
+import shutil
+from dataclasses import replace
 import signal
 import threading
 from typing import Any
@@ -29,7 +31,7 @@ from twisted.python.failure import Failure
 from sdcc_twisted.storage.catalog import RedisCatalog
 from sdcc_twisted.storage.datalock import DataDirLock
 from sdcc_twisted.storage.deletion import RetentionService
-from sdcc_twisted.config import ConfigError, Settings, settings_summary
+from sdcc_twisted.config import ConfigError, HookSettings, Settings, settings_summary
 from sdcc_twisted.storage.index import RedisAssociationLock, RedisIndex, connect_redis
 from sdcc_twisted.storage.journal import IndexLog, JournalReplayer, PendingJournal
 from sdcc_twisted.storage.locks import FallbackAssociationLock, IAssociationLock, InProcessAssociationLock
@@ -43,7 +45,8 @@ from sdcc_twisted.runtime.dispatch import service_table
 from sdcc_twisted.runtime.protocol import DicomServerFactory, Timeouts
 from sdcc_twisted.runtime.twisted_gaps import replace_server_tls_options, server_tls_options
 from sdcc_twisted.services.qr import QueryRetrieveSCP
-from sdcc_twisted.services.after_receipt import StudyWatch
+from sdcc_twisted.services.after_receipt import ReceiptListener, StudyWatch
+from sdcc_twisted.services.hooks import Hooks
 from sdcc_twisted.services.transcode import Transcoder
 from sdcc_twisted.storage.studies import StudyArrivals
 from sdcc_twisted.storage.redisproc import EmbeddedRedis, RedisNotFound
@@ -291,6 +294,26 @@ class SdccService(service.MultiService):
         self.listener = listener
 
 
+def _resolved_hooks(settings: Settings) -> HookSettings:
+    """``[hooks]`` with each command's program found (PATH for a bare name).
+
+    Raises:
+        ConfigError: a program that is not there or not executable.
+    """
+    hooks = settings.hooks
+
+    def resolved(key: str, argv: tuple[str, ...]) -> tuple[str, ...]:
+        if not argv:
+            return argv
+        program = shutil.which(argv[0])
+        if program is None:
+            raise ConfigError(f"{settings.source}: [hooks] {key}: {argv[0]!r} is not an "
+                              "executable file (nor a program on PATH)")
+        return (os.path.abspath(program), *argv[1:])
+    return replace(hooks, on_instance=resolved("on_instance", hooks.on_instance),
+                   on_study_complete=resolved("on_study_complete", hooks.on_study_complete))
+
+
 def _lock_fallback(calling_ae: str, failure: Any) -> None:
     log.warn("Redis association lock unavailable for {calling} ({why}); "
              "enforcing one association per AE in this process only",
@@ -417,14 +440,22 @@ def build_service(settings: Settings, reactor: Any,
     storage = StorageSCP(store, index, journal, run_blocking, reactor, index_log)
     catalog = RedisCatalog(late, reactor, key_prefix=settings.index.key_prefix,
                            timeout=settings.index.timeout)
+    listeners: list[ReceiptListener] = []
+    if settings.hooks != HookSettings():
+        hooks = Hooks(_resolved_hooks(settings), reactor)
+        hooks.setName("hooks")
+        listeners.append(hooks)
+        children.append(hooks)
     if settings.studies.quiet_seconds:
         watch = StudyWatch(
             StudyArrivals(late, reactor, key_prefix=settings.index.key_prefix,
                           timeout=settings.index.timeout),
             reactor, settings.studies.quiet_seconds,
-            lambda study: os.path.join(store.root, uid_path_part(study)))
+            lambda study: os.path.join(store.root, uid_path_part(study)), listeners)
         storage.receipt_listeners.append(watch.instance_stored)
         children.append(watch)
+    else:
+        storage.receipt_listeners.extend(listener.instance_stored for listener in listeners)
     query_retrieve = QueryRetrieveSCP(catalog, dict(settings.move_destinations), Transcoder(
         store, settings.retrieve.max_decode_bytes, run_blocking))
     policy = AcceptorPolicy(
