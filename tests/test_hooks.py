@@ -121,7 +121,7 @@ class CommandHookTests(TestCase):
         def started() -> list[str]:
             return [f for f in os.listdir(self.directory) if f.startswith("started-")]
         await wait_for(lambda: len(started()) == 2, 20, "two commands started")
-        self.assertEqual(len(hooks.slots.waiting), 3)
+        self.assertEqual(len(hooks.slots["on_instance"].waiting), 3)
         self.assertEqual(len(started()), 2)
         open(gate, "w").close()
         await hooks.idle()
@@ -203,3 +203,61 @@ class HttpHookTests(TestCase):
         await hooks.stopService()
         self.assertEqual(len(site.bodies), 1)
         self.assertEqual(hooks.pending, set())
+
+
+class ServerHookTests(TestCase):
+    """A running server with hooks that sleep, fail and print a lot, fed by
+    DCMTK storescu."""
+
+    timeout = 120
+
+    async def test_hooks_leave_storing_alone_and_studies_complete_once_per_burst(self) -> None:
+        """Every C-STORE succeeds while the on_instance commands (which sleep
+        after printing a lot) still run, a C-ECHO is answered meanwhile, and
+        the study-complete command (which fails) runs once per burst with
+        the count of that burst's instances and the study folder."""
+        from .server_support import dcmtk, start_server
+        from .test_interop_qr import write_study
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        events = os.path.join(directory, "events.txt")
+        sleeper = script(directory, "sleeper.py",
+                         "sys.stderr.write('x' * 500_000)\ntime.sleep(60)\n")
+        complete = script(directory, "complete.py",
+                          f"open({events!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+                          "sys.stderr.write('y' * 500_000)\nsys.exit(2)\n")
+        log = LogCapture(self)
+        server = await start_server(self, studies={"quiet_seconds": "1"}, hooks={
+            "on_instance": f"{sys.executable} {sleeper} {{path}}",
+            "on_study_complete": f"{sys.executable} {complete} {{study_uid}} {{count}} "
+                                 "{study_folder}",
+            "timeout": "30", "max_running": "2"})
+        hooks = server.service.getServiceNamed("hooks")
+        study = "1.2.826.0.1.3680043.8.498.77"
+        first = write_study(directory, "P7", "Hook^Test", study, 1, 3, "20240101")
+        out, code = await dcmtk(self, "storescu", "-aet", "MODALITY", "-aec", "SDCC",
+                                "127.0.0.1", str(server.port), *first)
+        self.assertEqual(code, 0, out)
+        self.assertTrue(hooks.processes, "the sleeping hooks should still run")
+        out, code = await dcmtk(self, "echoscu", "-aet", "ECHO", "-aec", "SDCC",
+                                "127.0.0.1", str(server.port))
+        self.assertEqual(code, 0, out)
+
+        def lines() -> list[str]:
+            if not os.path.exists(events):
+                return []
+            with open(events) as handle:
+                return handle.read().splitlines()
+        folder = os.path.join(server.root, study)
+        await wait_for(lambda: len(lines()) == 1, 30, "the first study-complete hook")
+        self.assertEqual(lines(), [f"{study} 3 {folder}"])
+        second = write_study(directory, "P7", "Hook^Test", study, 1, 2, "20240101")
+        out, code = await dcmtk(self, "storescu", "-aet", "MODALITY", "-aec", "SDCC",
+                                "127.0.0.1", str(server.port), *second)
+        self.assertEqual(code, 0, out)
+        await wait_for(lambda: len(lines()) == 2, 30, "the second study-complete hook")
+        self.assertEqual(lines()[1], f"{study} 2 {folder}")
+        failed = [line for line in log.lines if line.startswith("hook on_study_complete:")]
+        self.assertEqual(len(failed), 2, log.lines)
+        self.assertIn("failed (exit status 2); stderr: yyy", failed[0])

@@ -4,7 +4,7 @@ an HTTP POST of a JSON document.
 A command is an argv template (``[hooks] on_instance``,
 ``on_study_complete``) whose arguments may hold named placeholders such as
 ``{path}`` or ``{study_folder}``; it runs without a shell through the
-reactor's ``spawnProcess``, at most ``max_running`` at once, killed after
+reactor's ``spawnProcess``, at most ``max_running`` of each hook at once, killed after
 ``timeout`` seconds; its exit status and the tail of its stderr are logged.
 A URL (``on_instance_url``, ``on_study_complete_url``) gets the same fields
 as a JSON object, retried with doubling back-off.  None of it runs on the
@@ -93,7 +93,9 @@ class Hooks(service.Service):
     def __init__(self, settings: HookSettings, reactor: Any, agent: Any = None) -> None:
         self.settings = settings
         self.reactor = reactor
-        self.slots = defer.DeferredSemaphore(settings.max_running)
+        #: per command hook, so slow instance hooks never hold up study hooks
+        self.slots = {name: defer.DeferredSemaphore(settings.max_running)
+                      for name in ("on_instance", "on_study_complete")}
         self.pending: set[defer.Deferred[Any]] = set()
         self.processes: set[Any] = set()
         self.waits: set[defer.Deferred[Any]] = set()
@@ -153,12 +155,13 @@ class Hooks(service.Service):
     def run(self, name: str, template: tuple[str, ...],
             fields: dict[str, str]) -> "defer.Deferred[None]":
         """Run one command from ``template`` when a slot is free; never fails."""
-        if len(self.slots.waiting) >= MAX_WAITING:
+        slots = self.slots[name]
+        if len(slots.waiting) >= MAX_WAITING:
             log.warn("hook {name}: {n} commands already wait; this one is dropped",
-                     name=name, n=len(self.slots.waiting))
+                     name=name, n=len(slots.waiting))
             return defer.succeed(None)
         argv = [arg.format_map(fields) for arg in template]
-        return self.slots.run(lambda: defer.Deferred.fromCoroutine(self._run(name, argv)))
+        return slots.run(lambda: defer.Deferred.fromCoroutine(self._run(name, argv)))
 
     async def _run(self, name: str, argv: list[str]) -> None:
         if self.stopped:
