@@ -258,6 +258,9 @@ class ServerHookTests(TestCase):
         self.assertEqual(code, 0, out)
         await wait_for(lambda: len(lines()) == 2, 30, "the second study-complete hook")
         self.assertEqual(lines()[1], f"{study} 2 {folder}")
-        failed = [line for line in log.lines if line.startswith("hook on_study_complete:")]
-        self.assertEqual(len(failed), 2, log.lines)
+        def failed() -> list[str]:
+            return [line for line in log.lines if line.startswith("hook on_study_complete:")]
+        await wait_for(lambda: len(failed()) == 2, 30, "both study hooks' exit")
+        self.assertEqual(len(lines()), 2)
+        failed = failed()
         self.assertIn("failed (exit status 2); stderr: yyy", failed[0])
