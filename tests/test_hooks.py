@@ -262,5 +262,4 @@ class ServerHookTests(TestCase):
             return [line for line in log.lines if line.startswith("hook on_study_complete:")]
         await wait_for(lambda: len(failed()) == 2, 30, "both study hooks' exit")
         self.assertEqual(len(lines()), 2)
-        failed = failed()
-        self.assertIn("failed (exit status 2); stderr: yyy", failed[0])
+        self.assertIn("failed (exit status 2); stderr: yyy", failed()[0])
