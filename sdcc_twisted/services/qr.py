@@ -29,10 +29,7 @@ from sdcc_twisted.core.conformance import (
     STATUS_SUBOPS_WARNING,
     STATUS_SUCCESS,
     STATUS_UNABLE_TO_PROCESS,
-    TRANSFER_SYNTAXES,
     contexts_with_decoded,
-    sending_syntax,
-    sop_class_name,
 )
 from sdcc_twisted.core.dimse import (
     MOVE_DESTINATION,
@@ -62,34 +59,14 @@ from sdcc_twisted.services.channel import (
     SubAssociationError,
 )
 from sdcc_twisted.services.scp import describe_missing
-from sdcc_twisted.services.transcode import DecodeRefused, Transcoder
+from sdcc_twisted.services.delivery import SubOperationRefused, send_instance
+from sdcc_twisted.services.transcode import Transcoder
 
 log = get_logger("sdcc.qr")
 
 #: The largest identifier data set we buffer.
 MAX_IDENTIFIER_LENGTH = 1 << 20
 
-
-
-class SubOperationRefused(Exception):
-    """A C-STORE sub-operation that could not even start: the reason for the
-    log, and a short one for the final response's Error Comment."""
-
-    def __init__(self, reason: str, short: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.short = short
-
-
-def no_context(attributes: dict[str, str], whose: str) -> SubOperationRefused:
-    """A sub-operation without a presentation context for the instance's
-    class in its stored syntax, nor in one it can be decoded to (PS3.4
-    C.4.3.3: a Failure when the SCU offered no appropriate context)."""
-    syntax = attributes.get("transfer_syntax", "")
-    return SubOperationRefused(
-        f"{whose} accepted no context for {sop_class_name(attributes.get('sop_class_uid', ''))}"
-        f" in {TRANSFER_SYNTAXES.get(syntax, syntax)} (its stored transfer syntax)",
-        f"no context for {syntax}")
 
 
 class QueryRetrieveSCP:
@@ -113,36 +90,9 @@ class QueryRetrieveSCP:
 
     async def send_instance(self, sender: StoreSender, attributes: dict[str, str], whose: str,
                             originator_ae: str = "", originator_id: int | None = None) -> int:
-        """One C-STORE sub-operation: the file as stored when ``sender``
-        accepted its syntax, else decoded to an uncompressed syntax it
-        accepted (PS3.5 8.2); its C-STORE-RSP status.
-
-        Raises:
-            SubOperationRefused: no context for it, or it cannot be decoded.
-        """
-        sop_class = attributes.get("sop_class_uid", "")
-        stored = attributes.get("transfer_syntax", "")
-
-        def accepted(syntax: str) -> bool:
-            return sender.store_context(sop_class, syntax) is not None
-        syntax = (sending_syntax(stored, accepted) if self.transcoder is not None
-                  else stored if accepted(stored) else None)
-        context_id = sender.store_context(sop_class, syntax) if syntax is not None else None
-        if syntax is None or context_id is None:
-            raise no_context(attributes, whose)
-        sop_uid = attributes["SOPInstanceUID"]
-        if syntax == stored or self.transcoder is None:
-            return await sender.send_store(context_id, sop_class, sop_uid, attributes["path"],
-                                           originator_ae, originator_id)
-        try:
-            path = await self.transcoder.decode(attributes["path"], syntax)
-        except DecodeRefused as exc:
-            raise SubOperationRefused(exc.reason, exc.short) from None
-        try:
-            return await sender.send_store(context_id, sop_class, sop_uid, path,
-                                           originator_ae, originator_id)
-        finally:
-            await self.transcoder.discard(path)
+        """One C-STORE sub-operation (see :func:`~.delivery.send_instance`)."""
+        return await send_instance(sender, attributes, whose, self.transcoder,
+                                   originator_ae, originator_id)
 
     def accepts(self, abstract_syntax: str) -> bool:
         """Only on the contexts of the Q/R information models."""
