@@ -165,6 +165,38 @@ class MoveDestination:
 
 
 @dataclass(frozen=True)
+class ForwardRule:
+    """One ``[forward_rules]`` entry: ``name = DEST [per=instance|study]
+    [calling=AE,...] [modality=CT,...] [sop_class=UID,...]``; an empty
+    filter matches anything."""
+
+    name: str
+    destination: str
+    per_study: bool = False
+    calling_aes: frozenset[str] = frozenset()
+    modalities: frozenset[str] = frozenset()
+    sop_classes: frozenset[str] = frozenset()
+
+    def matches(self, calling_ae: str, modality: str, sop_class_uid: str) -> bool:
+        """Whether an instance from ``calling_ae`` of that modality and
+        class goes to :attr:`destination` by this rule."""
+        return ((not self.calling_aes or calling_ae in self.calling_aes)
+                and (not self.modalities or modality in self.modalities)
+                and (not self.sop_classes or sop_class_uid in self.sop_classes))
+
+
+@dataclass(frozen=True)
+class ForwardSettings:
+    """``[forward]``: retries of the forwarding queue."""
+
+    retry_first_delay: float = 10.0
+    retry_max_delay: float = 600.0
+    max_attempts: int = 50
+    batch: int = 100
+    check_interval: float = 5.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """The whole configuration."""
 
@@ -180,6 +212,8 @@ class Settings:
     retrieve: RetrieveSettings = field(default_factory=RetrieveSettings)
     studies: StudySettings = field(default_factory=StudySettings)
     hooks: HookSettings = field(default_factory=HookSettings)
+    forward: ForwardSettings = field(default_factory=ForwardSettings)
+    forward_rules: tuple[ForwardRule, ...] = ()
 
     @property
     def storage_root(self) -> str:
@@ -273,6 +307,8 @@ _KNOWN: Final[dict[str, frozenset[str]]] = {
     "http": frozenset({"listen", "token_file", "show_patient_data"}),
     "retrieve": frozenset({"max_decode_bytes"}),
     "studies": frozenset({"quiet_seconds"}),
+    "forward": frozenset({"retry_first_delay", "retry_max_delay", "max_attempts", "batch",
+                          "check_interval"}),
     "hooks": frozenset({"on_instance", "on_study_complete", "on_instance_url",
                         "on_study_complete_url", "timeout", "max_running", "url_attempts",
                         "url_first_delay"}),
@@ -330,7 +366,7 @@ def parse_settings(text: str, source: str = "<string>",
     except configparser.Error as exc:
         raise ConfigError(f"{source}: {exc}".replace("\n", " ")) from None
     for section in parser.sections():
-        if section == "move_destinations":
+        if section in ("move_destinations", "forward_rules"):
             continue
         if section not in _KNOWN:
             raise ConfigError(f"{source}: [{section}]: unknown section "
@@ -520,8 +556,53 @@ def parse_settings(text: str, source: str = "<string>",
         raise r.fail("hooks", "on_study_complete" if hooks.on_study_complete
                      else "on_study_complete_url",
                      "needs [studies] quiet_seconds above 0")
+    df = ForwardSettings()
+    forward = ForwardSettings(
+        retry_first_delay=r.seconds("forward", "retry_first_delay", df.retry_first_delay,
+                                    low=0.01),
+        retry_max_delay=r.seconds("forward", "retry_max_delay", df.retry_max_delay, low=0.01),
+        max_attempts=r.integer("forward", "max_attempts", df.max_attempts, 1, 100000),
+        batch=r.integer("forward", "batch", df.batch, 1, 10000),
+        check_interval=r.seconds("forward", "check_interval", df.check_interval, low=0.01),
+    )
+    rules = []
+    if parser.has_section("forward_rules"):
+        for name in parser.options("forward_rules"):
+            raw = parser.get("forward_rules", name).strip()
+            rule = _forward_rule(name, raw)
+            if rule is None:
+                raise r.fail("forward_rules", name, "expected DEST_AE [per=instance|study] "
+                             f"[calling=AE,...] [modality=CT,...] [sop_class=UID,...], got {raw!r}")
+            if rule.destination not in destinations:
+                raise r.fail("forward_rules", name, f"{rule.destination} is not in "
+                             "[move_destinations] (where its host and port are)")
+            if rule.per_study and not quiet:
+                raise r.fail("forward_rules", name, "per=study needs [studies] "
+                             "quiet_seconds above 0")
+            rules.append(rule)
     return Settings(server, storage, index, logging, source, tls, destinations, query, http,
-                    retrieve, StudySettings(quiet), hooks)
+                    retrieve, StudySettings(quiet), hooks, forward, tuple(rules))
+
+
+def _forward_rule(name: str, raw: str) -> ForwardRule | None:
+    """A ``[forward_rules]`` value, or None when it is not one."""
+    words = raw.split()
+    if not words or not valid_ae_title(words[0]) or "=" in words[0]:
+        return None
+    filters: dict[str, str] = {}
+    for word in words[1:]:
+        key, equals, value = word.partition("=")
+        if not equals or key not in ("per", "calling", "modality", "sop_class") \
+                or key in filters or not value:
+            return None
+        filters[key] = value
+    if filters.get("per", "instance") not in ("instance", "study"):
+        return None
+
+    def listed(key: str) -> frozenset[str]:
+        return frozenset(v for v in filters.get(key, "").split(",") if v)
+    return ForwardRule(name, words[0], filters.get("per") == "study", listed("calling"),
+                       listed("modality"), listed("sop_class"))
 
 
 def _quiet(raw: str) -> float:

@@ -46,7 +46,10 @@ from sdcc_twisted.runtime.protocol import DicomServerFactory, Timeouts
 from sdcc_twisted.runtime.twisted_gaps import replace_server_tls_options, server_tls_options
 from sdcc_twisted.services.qr import QueryRetrieveSCP
 from sdcc_twisted.services.after_receipt import ReceiptListener, StudyWatch
+from sdcc_twisted.services.forwarding import Forwarder
 from sdcc_twisted.services.hooks import Hooks
+from sdcc_twisted.storage.forward_queue import ForwardQueue
+from sdcc_twisted.runtime.client import open_store_association
 from sdcc_twisted.services.transcode import Transcoder
 from sdcc_twisted.storage.studies import StudyArrivals
 from sdcc_twisted.storage.redisproc import EmbeddedRedis, RedisNotFound
@@ -294,6 +297,46 @@ class SdccService(service.MultiService):
         self.listener = listener
 
 
+def _after_receipt(settings: Settings, reactor: Any, late: Any, store: FileStore,
+                   storage: StorageSCP, catalog: RedisCatalog, transcoder: Transcoder,
+                   monitor: Monitor, run_blocking: Any) -> list[service.Service]:
+    """The services after receipt (README "After receipt"): forwarding by
+    the rules, hooks, and the study-complete watch that feeds both."""
+    children: list[service.Service] = []
+    listeners: list[ReceiptListener] = []
+    if settings.forward_rules:
+        server = settings.server
+
+        def open_association(destination: Any, contexts: list[tuple[str, str]]) -> Any:
+            return defer.Deferred.fromCoroutine(open_store_association(
+                reactor, destination, server.ae_title, contexts, server.artim_timeout))
+        forwarder = Forwarder(
+            ForwardQueue(os.path.join(settings.server.data_dir, "forward"),
+                         fsync=settings.storage.fsync),
+            settings.forward_rules, dict(settings.move_destinations), settings.forward,
+            open_association, reactor, run_blocking, catalog, transcoder, monitor)
+        forwarder.setName("forwarder")
+        storage.before_answer.append(forwarder.queue_instance)
+        listeners.append(forwarder)
+        children.append(forwarder)
+    if settings.hooks != HookSettings():
+        hooks = Hooks(_resolved_hooks(settings), reactor)
+        hooks.setName("hooks")
+        listeners.append(hooks)
+        children.append(hooks)
+    if settings.studies.quiet_seconds:
+        watch = StudyWatch(
+            StudyArrivals(late, reactor, key_prefix=settings.index.key_prefix,
+                          timeout=settings.index.timeout),
+            reactor, settings.studies.quiet_seconds,
+            lambda study: os.path.join(store.root, uid_path_part(study)), listeners)
+        storage.receipt_listeners.append(watch.instance_stored)
+        children.append(watch)
+    else:
+        storage.receipt_listeners.extend(listener.instance_stored for listener in listeners)
+    return children
+
+
 def _resolved_hooks(settings: Settings) -> HookSettings:
     """``[hooks]`` with each command's program found (PATH for a bare name).
 
@@ -440,24 +483,10 @@ def build_service(settings: Settings, reactor: Any,
     storage = StorageSCP(store, index, journal, run_blocking, reactor, index_log)
     catalog = RedisCatalog(late, reactor, key_prefix=settings.index.key_prefix,
                            timeout=settings.index.timeout)
-    listeners: list[ReceiptListener] = []
-    if settings.hooks != HookSettings():
-        hooks = Hooks(_resolved_hooks(settings), reactor)
-        hooks.setName("hooks")
-        listeners.append(hooks)
-        children.append(hooks)
-    if settings.studies.quiet_seconds:
-        watch = StudyWatch(
-            StudyArrivals(late, reactor, key_prefix=settings.index.key_prefix,
-                          timeout=settings.index.timeout),
-            reactor, settings.studies.quiet_seconds,
-            lambda study: os.path.join(store.root, uid_path_part(study)), listeners)
-        storage.receipt_listeners.append(watch.instance_stored)
-        children.append(watch)
-    else:
-        storage.receipt_listeners.extend(listener.instance_stored for listener in listeners)
-    query_retrieve = QueryRetrieveSCP(catalog, dict(settings.move_destinations), Transcoder(
-        store, settings.retrieve.max_decode_bytes, run_blocking))
+    transcoder = Transcoder(store, settings.retrieve.max_decode_bytes, run_blocking)
+    children.extend(_after_receipt(settings, reactor, late, store, storage, catalog, transcoder,
+                                   monitor, run_blocking))
+    query_retrieve = QueryRetrieveSCP(catalog, dict(settings.move_destinations), transcoder)
     policy = AcceptorPolicy(
         ae_title=server.ae_title,
         require_called_ae=server.require_called_ae_title,

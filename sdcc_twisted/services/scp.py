@@ -124,6 +124,9 @@ class StorageSCP:
         #: Called with each record once its file is durable (after receipt:
         #: study-complete detection, hooks, forwarding); never fail a store.
         self.receipt_listeners: list[Callable[[InstanceRecord], object]] = []
+        #: Durable steps the answer waits for (queueing for forwarding);
+        #: a failing one is logged by itself and never fails the store.
+        self.before_answer: list[Callable[[InstanceRecord], "defer.Deferred[None]"]] = []
 
     def accepts(self, abstract_syntax: str) -> bool:
         """Any context: a SOP class that is not ours is answered in the status."""
@@ -186,6 +189,14 @@ class StorageSCP:
                 listener(record)
             except Exception:  # noqa: BLE001 - after receipt never fails the store
                 log.failure("after-receipt step failed for {uid}", uid=record.sop_instance_uid)
+        if self.before_answer:
+            waited = defer.DeferredList([defer.maybeDeferred(step, record)
+                                         for step in self.before_answer], consumeErrors=True)
+            return waited.addCallback(lambda _: self._index(record, reception, logged, segment))
+        return self._index(record, reception, logged, segment)
+
+    def _index(self, record: InstanceRecord, reception: "Reception", logged: bool,
+               segment: int | None) -> "Outcome | defer.Deferred[Outcome]":
         d = self.register(record)
         d.addBoth(self._settle, segment)
         if logged:
