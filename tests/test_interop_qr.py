@@ -66,12 +66,15 @@ class StoreSCP:
     """DCMTK storescp as a move destination, on a free port."""
 
     def __init__(self, testcase: TestCase, ae_title: str = "DEST",
-                 accept_all: bool = True) -> None:
+                 accept_all: bool = True, port: int | None = None,
+                 unique_names: bool = False) -> None:
         self.path = require_tool(testcase, "storescp")
-        self.port = free_port()
+        self.port = port or free_port()
         self.directory = os.path.abspath(testcase.mktemp())
         os.makedirs(self.directory)
         accept = ["+xa"] if accept_all else []
+        if unique_names:
+            accept.append("+uf")
         self.process = subprocess.Popen(
             [self.path, "-aet", ae_title, "-od", self.directory, *accept, str(self.port)],
             env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
