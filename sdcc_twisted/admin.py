@@ -422,7 +422,44 @@ def build_parser() -> argparse.ArgumentParser:
                                                "files and index entries")
     delete_cmd.add_argument("level", choices=("study", "series"))
     delete_cmd.add_argument("uid", help="the Study or Series Instance UID")
+    forward_cmd = sub.add_parser("forward", help="the forwarding queues (needs --config): "
+                                                 "list them, show parked items, retry them")
+    forward_cmd.add_argument("action", nargs="?", default="list",
+                             choices=("list", "parked", "retry"))
+    forward_cmd.add_argument("destination", nargs="?",
+                             help="one destination AE (default: every one in the rules)")
     return parser
+
+
+def forward_admin(args: argparse.Namespace, out: TextIO) -> int:
+    """``sdcc-admin forward [list|parked|retry] [DEST]``: the disk queues of
+    ``{data_dir}/forward`` (the server picks retried items up at its next
+    check)."""
+    from sdcc_twisted.storage.forward_queue import ForwardQueue
+
+    if not args.config:
+        raise AdminError("forward needs the server's --config FILE (its data_dir and rules)")
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        raise AdminError(str(exc)) from None
+    known = sorted({rule.destination for rule in settings.forward_rules})
+    if args.destination and args.destination not in known:
+        raise AdminError(f"{args.destination} is no destination of [forward_rules] "
+                         f"(those are: {', '.join(known) or 'none'})")
+    queue = ForwardQueue(os.path.join(settings.server.data_dir, "forward"))
+    for destination in [args.destination] if args.destination else known:
+        if args.action == "retry":
+            out.write(f"{destination}: {queue.retry_parked(destination)} parked item(s) "
+                      "queued again\n")
+        elif args.action == "parked":
+            for ticket in queue.tickets(destination, parked=True):
+                out.write(f"{destination}\t{ticket.sop_instance_uid}\t{ticket.attempts} "
+                          f"attempts\t{ticket.last_error}\t{ticket.path}\n")
+        else:
+            queued, parked = queue.depth(destination)
+            out.write(f"{destination}: {queued} queued, {parked} parked\n")
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
@@ -449,6 +486,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
 def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """The command of ``args``; the exit status."""
     try:
+        if args.command == "forward":
+            return forward_admin(args, out)
         target = resolve_target(args)
         layout = KeyLayout(target.key_prefix)
         client = connect(target.redis_url, args.timeout)

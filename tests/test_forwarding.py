@@ -180,3 +180,55 @@ class QueueTests(SynchronousTestCase):
         queue.done("PACS", second)
         self.assertEqual(queue.depth("PACS"), (1, 0))
         self.assertNotEqual(queue.folder("A/B"), queue.folder("A_B"))
+
+
+class ParkedTests(TestCase):
+    """Parking after max_attempts, and sdcc-admin forward."""
+
+    timeout = 120
+
+    async def test_parked_until_sdcc_admin_retries(self) -> None:
+        """With max_attempts 2 and the destination down, the instances are
+        parked (listed by sdcc-admin forward and forward parked); a
+        destination that comes back gets nothing until sdcc-admin forward
+        retry, then everything once."""
+        import io
+
+        from sdcc_twisted import admin
+
+        port = free_port()
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        server = await start_server(self, move_destinations={"PACS": f"127.0.0.1:{port}"},
+                                    forward_rules={"everything": "PACS"},
+                                    forward={**FAST, "max_attempts": "2"})
+        ini = os.path.join(base, "sdcc.ini")
+        with open(ini, "w") as handle:
+            handle.write(ini_text(server.data_dir, "redis://127.0.0.1:1/0",
+                                  move_destinations={"PACS": f"127.0.0.1:{port}"},
+                                  forward_rules={"everything": "PACS"}))
+        files = write_study(base, "F5", "Park^Ed", "1.2.826.0.1.3680043.8.498.95", 1, 3,
+                            "20240305")
+        out, code = await dcmtk(self, "storescu", "-aet", "CT1", "-aec", "SDCC",
+                                "127.0.0.1", str(server.port), *files)
+        self.assertEqual(code, 0, out)
+
+        def admin_out(*argv: str) -> str:
+            buffer = io.StringIO()
+            self.assertEqual(admin.main(["--config", ini, "forward", *argv], buffer,
+                                        io.StringIO()), 0)
+            return buffer.getvalue()
+        await wait_for(lambda: admin_out() == "PACS: 0 queued, 3 parked\n", 20,
+                       "three parked items")
+        parked = admin_out("parked", "PACS").splitlines()
+        self.assertEqual(len(parked), 3)
+        self.assertIn("2 attempts\tcannot reach PACS", parked[0])
+
+        dest = StoreSCP(self, ae_title="PACS", port=port)
+        await sleep(1.0)                                      # several checks
+        self.assertEqual(dest.files(), [])
+        self.assertEqual(admin_out("retry"), "PACS: 3 parked item(s) queued again\n")
+        await wait_for(lambda: len(dest.files()) == 3, 20, "the retried instances")
+        self.assertEqual(admin_out(), "PACS: 0 queued, 0 parked\n")
+        self.assertEqual(sorted(data_set_bytes(p) for p in dest.files()),
+                         sorted(data_set_bytes(p) for p in files))
