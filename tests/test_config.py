@@ -38,6 +38,8 @@ class SettingsTests(SynchronousTestCase):
         self.assertEqual(shipped.retrieve, defaults.retrieve)
         self.assertEqual(shipped.studies, defaults.studies)
         self.assertEqual(shipped.hooks, defaults.hooks)
+        self.assertEqual(shipped.forward, defaults.forward)
+        self.assertEqual(shipped.forward_rules, ())
         self.assertEqual(shipped.http.listen, "tcp:8080:interface=127.0.0.1")
         self.assertEqual(shipped.server.listen, "tcp:11112")
         self.assertEqual(shipped.server.max_pdu_length, 16384)
@@ -97,6 +99,13 @@ class SettingsTests(SynchronousTestCase):
             "[hooks]\non_study_complete = run 'open\n": "[hooks] on_study_complete",
             "[hooks]\non_study_complete_url = ftp://x/\n": "[hooks] on_study_complete_url",
             "[hooks]\nmax_running = 0\n": "[hooks] max_running",
+            "[forward_rules]\npacs = PACS\n": "[forward_rules] pacs: PACS is not in "
+                "[move_destinations]",
+            "[move_destinations]\nPACS = h:104\n[forward_rules]\npacs = PACS colour=red\n":
+                "[forward_rules] pacs: expected DEST_AE",
+            "[move_destinations]\nPACS = h:104\n[studies]\nquiet_seconds = 0\n"
+            "[forward_rules]\npacs = PACS per=study\n": "[forward_rules] pacs: per=study needs",
+            "[forward]\nmax_attempts = 0\n": "[forward] max_attempts",
             "[studies]\nquiet_seconds = 0\n[hooks]\non_study_complete = x {study_uid}\n":
                 "[hooks] on_study_complete: needs [studies] quiet_seconds above 0",
             "[retrieve]\nmax_decode_bytes = lots\n": "[retrieve] max_decode_bytes",
@@ -131,6 +140,20 @@ class SettingsTests(SynchronousTestCase):
             build_service(missing, MemoryReactorClock())
         self.assertIn("[hooks] on_instance: '/nonexistent/hook' is not an executable",
                       str(ctx.exception))
+
+    def test_forward_rules(self) -> None:
+        """[forward_rules] entries name a destination and filters; a rule
+        matches only what every given filter matches."""
+        settings = parse_settings(
+            "[move_destinations]\nPACS = 10.0.0.20:104\nARCHIVE = 10.0.0.30:11112\n"
+            "[forward_rules]\npacs = PACS modality=CT,MR calling=CT1\n"
+            "archive = ARCHIVE per=study\n", "x.ini")
+        pacs, archive = settings.forward_rules
+        self.assertEqual((pacs.destination, pacs.per_study), ("PACS", False))
+        self.assertTrue(pacs.matches("CT1", "MR", "1.2.3"))
+        self.assertFalse(pacs.matches("CT2", "MR", "1.2.3"))
+        self.assertFalse(pacs.matches("CT1", "US", "1.2.3"))
+        self.assertTrue(archive.per_study and archive.matches("ANY", "", "1.2"))
 
     def test_relative_paths_from_the_file(self) -> None:
         """Relative paths in a file are taken from the file's folder, not the
