@@ -87,14 +87,14 @@ class ForwardingTests(TestCase):
 
     async def test_per_study_rule_with_modality(self) -> None:
         """A per-study rule for CT sends a CT study once it is complete and
-        never an MR study; a per-instance rule for one calling AE sends only
-        what that AE stored."""
+        never an MR study; a per-instance rule for MR from one calling AE
+        sends only what that AE stored of MR."""
         pacs, lab = StoreSCP(self, ae_title="PACS"), StoreSCP(self, ae_title="LAB")
         server = await start_server(
             self, move_destinations={"PACS": f"127.0.0.1:{pacs.port}",
                                      "LAB": f"127.0.0.1:{lab.port}"},
             forward_rules={"ct": "PACS per=study modality=CT",
-                           "from_ct2": "LAB calling=CT2"},
+                           "mr_from_ct2": "LAB calling=CT2 modality=MR"},
             studies={"quiet_seconds": "0.5"}, forward=FAST)
         source = os.path.abspath(self.mktemp())
         os.makedirs(source)
