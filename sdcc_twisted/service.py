@@ -298,12 +298,14 @@ class SdccService(service.MultiService):
 
 
 def _after_receipt(settings: Settings, reactor: Any, late: Any, store: FileStore,
-                   storage: StorageSCP, catalog: RedisCatalog, transcoder: Transcoder,
+                   storage: StorageSCP, transcoder: Transcoder,
                    monitor: Monitor, run_blocking: Any) -> list[service.Service]:
     """The services after receipt (README "After receipt"): forwarding by
     the rules, hooks, and the study-complete watch that feeds both."""
     children: list[service.Service] = []
     listeners: list[ReceiptListener] = []
+    arrivals = StudyArrivals(late, reactor, key_prefix=settings.index.key_prefix,
+                             timeout=settings.index.timeout)
     if settings.forward_rules:
         server = settings.server
 
@@ -314,7 +316,8 @@ def _after_receipt(settings: Settings, reactor: Any, late: Any, store: FileStore
             ForwardQueue(os.path.join(settings.server.data_dir, "forward"),
                          fsync=settings.storage.fsync),
             settings.forward_rules, dict(settings.move_destinations), settings.forward,
-            open_association, reactor, run_blocking, catalog, transcoder, monitor)
+            open_association, reactor, run_blocking, arrivals, settings.studies.quiet_seconds,
+            transcoder, monitor)
         forwarder.setName("forwarder")
         storage.before_answer.append(forwarder.queue_instance)
         listeners.append(forwarder)
@@ -326,9 +329,7 @@ def _after_receipt(settings: Settings, reactor: Any, late: Any, store: FileStore
         children.append(hooks)
     if settings.studies.quiet_seconds:
         watch = StudyWatch(
-            StudyArrivals(late, reactor, key_prefix=settings.index.key_prefix,
-                          timeout=settings.index.timeout),
-            reactor, settings.studies.quiet_seconds,
+            arrivals, reactor, settings.studies.quiet_seconds,
             lambda study: os.path.join(store.root, uid_path_part(study)), listeners)
         storage.receipt_listeners.append(watch.instance_stored)
         children.append(watch)
@@ -484,7 +485,7 @@ def build_service(settings: Settings, reactor: Any,
     catalog = RedisCatalog(late, reactor, key_prefix=settings.index.key_prefix,
                            timeout=settings.index.timeout)
     transcoder = Transcoder(store, settings.retrieve.max_decode_bytes, run_blocking)
-    children.extend(_after_receipt(settings, reactor, late, store, storage, catalog, transcoder,
+    children.extend(_after_receipt(settings, reactor, late, store, storage, transcoder,
                                    monitor, run_blocking))
     query_retrieve = QueryRetrieveSCP(catalog, dict(settings.move_destinations), transcoder)
     policy = AcceptorPolicy(

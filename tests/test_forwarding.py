@@ -114,6 +114,41 @@ class ForwardingTests(TestCase):
         self.assertEqual(sorted(data_set_bytes(p) for p in lab.files()),
                          sorted(data_set_bytes(p) for p in mr))
 
+    async def test_held_study_released_when_its_event_was_lost(self) -> None:
+        """A per-study rule holds a study's instances; when its
+        study-complete event is claimed by a process that dies before acting
+        on it (here: claimed behind the server's back), the server's check
+        releases them once the study has been quiet, and they arrive once."""
+        from twisted.internet import reactor
+
+        from sdcc_twisted.storage.studies import StudyArrivals
+
+        from .redis_support import connect, wait_connected
+
+        pacs = StoreSCP(self, ae_title="PACS")
+        server = await start_server(
+            self, move_destinations={"PACS": f"127.0.0.1:{pacs.port}"},
+            forward_rules={"archive": "PACS per=study"},
+            studies={"quiet_seconds": "1"}, forward=FAST)
+        source = os.path.abspath(self.mktemp())
+        os.makedirs(source)
+        files = write_study(source, "F6", "Lost^Event", "1.2.826.0.1.3680043.8.498.96", 1, 3,
+                            "20240306")
+        out, code = await dcmtk(self, "storescu", "-aet", "CT1", "-aec", "SDCC",
+                                "127.0.0.1", str(server.port), *files)
+        self.assertEqual(code, 0, out)
+        client = server.redis.client()
+        await wait_for(lambda: client.zcard("sdcc:arrivals") == 1, 10, "the arrivals noted")
+        handler = connect(self, server.redis)
+        await wait_connected(handler)
+        claimed = await StudyArrivals(handler, reactor).claim(reactor.seconds() + 3600)
+        self.assertEqual(claimed, [("1.2.826.0.1.3680043.8.498.96", 3)])
+        self.assertEqual(pacs.files(), [])
+        await wait_for(lambda: len(pacs.files()) >= 3, 20, "the held instances released")
+        await sleep(1.0)
+        self.assertEqual(sorted(data_set_bytes(p) for p in pacs.files()),
+                         sorted(data_set_bytes(p) for p in files))
+
     async def test_kill_9_mid_queue(self) -> None:
         """twistd sdcc (fsync on) is SIGKILLed while it drains a queue of 40
         instances and started again: every instance reaches the destination,

@@ -1,9 +1,11 @@
 """Auto-forwarding: rules send received instances on to other AEs.
 
-A per-instance rule queues a matching instance (a ticket in the disk queue,
-:mod:`sdcc_twisted.storage.forward_queue`) before the store is answered; a
-per-study rule queues the matching instances of a study when it is complete
-(read from the index).  One sender per destination drains its queue: one
+A rule queues a matching instance (a ticket in the disk queue,
+:mod:`sdcc_twisted.storage.forward_queue`) before the store is answered; for
+a per-study rule the ticket is held until the study is complete.  Held
+tickets whose study is no longer waiting in Redis (its event was claimed by
+a process that died before releasing them, or the arrival could not be
+noted) are released by the periodic check once the study has been quiet.  One sender per destination drains its queue: one
 association at a time (so a destination's own one-per-AE rule holds), the
 instances streamed from their files as C-MOVE sends them (decoded only when
 the destination refused the stored syntax), each ticket removed once its
@@ -28,8 +30,8 @@ from sdcc_twisted.services.after_receipt import StudyComplete
 from sdcc_twisted.services.channel import SubAssociation, SubAssociationError
 from sdcc_twisted.services.delivery import SubOperationRefused, send_instance
 from sdcc_twisted.services.transcode import Transcoder
-from sdcc_twisted.storage.catalog import RedisCatalog
 from sdcc_twisted.storage.forward_queue import ForwardQueue, Ticket
+from sdcc_twisted.storage.studies import StudyArrivals
 
 log = get_logger("sdcc.forward")
 
@@ -49,7 +51,8 @@ class Forwarder(service.Service):
         open_association: connects and negotiates, per destination.
         clock: the reactor's clock (injected).
         run_blocking: runs the queue's (blocking) calls off the reactor thread.
-        catalog: the index, for per-study rules.
+        arrivals: the study-complete state, for releasing orphaned held tickets.
+        quiet_seconds: ``[studies] quiet_seconds``.
         transcoder: decodes for a destination that refused the stored syntax.
         monitor: gets queue depths and outcomes (or None).
     """
@@ -58,8 +61,8 @@ class Forwarder(service.Service):
                  destinations: dict[str, MoveDestination], settings: ForwardSettings,
                  open_association: OpenAssociation, clock: Any,
                  run_blocking: Callable[..., "defer.Deferred[Any]"],
-                 catalog: RedisCatalog | None = None, transcoder: Transcoder | None = None,
-                 monitor: Any = None) -> None:
+                 arrivals: StudyArrivals | None = None, quiet_seconds: float = 0.0,
+                 transcoder: Transcoder | None = None, monitor: Any = None) -> None:
         self.queue = queue
         self.rules = rules
         self.destinations = {r.destination: destinations[r.destination] for r in rules}
@@ -67,10 +70,12 @@ class Forwarder(service.Service):
         self.open_association = open_association
         self.clock = clock
         self.run_blocking = run_blocking
-        self.catalog = catalog
+        self.arrivals = arrivals
+        self.quiet_seconds = quiet_seconds
         self.transcoder = transcoder
         self.monitor = monitor
         self._busy: dict[str, defer.Deferred[None]] = {}
+        self._checks: dict[str, defer.Deferred[None]] = {}
         self._loop: task.LoopingCall | None = None
 
     # -- service -----------------------------------------------------------------------
@@ -86,11 +91,41 @@ class Forwarder(service.Service):
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        return defer.DeferredList(list(self._busy.values()))
+        return defer.DeferredList([*self._busy.values(), *self._checks.values()])
 
     def kick_all(self) -> None:
-        """Start a drain of every destination that is not draining."""
+        """Start a drain of every destination that is not draining, after
+        releasing the orphaned held tickets of the per-study rules."""
         for destination in self.destinations:
+            self.kick(destination)
+        if self.arrivals is not None:
+            for destination in sorted({r.destination for r in self.rules if r.per_study}):
+                if destination not in self._checks:
+                    d = defer.Deferred.fromCoroutine(
+                        self._release_orphans(self.arrivals, destination))
+                    self._checks[destination] = d
+                    d.addBoth(self._checked, destination)
+
+    def _checked(self, _: Any, destination: str) -> None:
+        self._checks.pop(destination, None)
+
+    async def _release_orphans(self, arrivals: StudyArrivals, destination: str) -> None:
+        now = self.clock.seconds()
+        try:
+            held = await self.run_blocking(self.queue.held, destination)
+            for study, newest in held:
+                if now - newest < self.quiet_seconds or await arrivals.is_waiting(study):
+                    continue
+                released = await self.run_blocking(self.queue.release, destination, study)
+                self._orphans_released(study, released, destination)
+        except Exception as exc:  # noqa: BLE001 - the next check tries again
+            log.warn("cannot check the held items for {dest}: {why}", dest=destination, why=exc)
+
+    def _orphans_released(self, study: str, released: int, destination: str) -> None:
+        if released:
+            log.warn("study {study}: {n} held instance(s) for {dest} released "
+                     "(its complete event was not acted on)", study=study, n=released,
+                     dest=destination)
             self.kick(destination)
 
     def kick(self, destination: str) -> None:
@@ -108,68 +143,53 @@ class Forwarder(service.Service):
 
     # -- queueing ----------------------------------------------------------------------
     def queue_instance(self, record: InstanceRecord) -> "defer.Deferred[None]":
-        """Queue ``record`` for each destination of a matching per-instance
-        rule, durably (the store's answer waits for this)."""
+        """Queue ``record`` for each destination of a matching rule, durably
+        (the store's answer waits for this); held for its study when the
+        rule is per study."""
         modality = record.attributes.get("Modality", "")
-        wanted = sorted({rule.destination for rule in self.rules if not rule.per_study
-                         and rule.matches(record.calling_ae, modality, record.sop_class_uid)})
+        study = record.attributes.get("StudyInstanceUID", "")
+        wanted = sorted({(rule.destination, study if rule.per_study else "")
+                         for rule in self.rules
+                         if rule.matches(record.calling_ae, modality, record.sop_class_uid)})
         if not wanted:
             return defer.succeed(None)
         d = self.run_blocking(self._add_all, wanted, record.path, record.sop_class_uid,
                               record.sop_instance_uid, record.transfer_syntax)
 
         def queued(_: Any) -> None:
-            for destination in wanted:
+            for destination, held in wanted:
                 self._count(destination, "queued")
-                self.kick(destination)
+                if not held:
+                    self.kick(destination)
 
         def not_queued(failure: Any) -> None:
             log.error("cannot queue {uid} for {dests}: {why}; it is stored but will not be "
-                      "forwarded", uid=record.sop_instance_uid, dests=",".join(wanted),
-                      why=failure.getErrorMessage())
+                      "forwarded", uid=record.sop_instance_uid,
+                      dests=",".join(dest for dest, _ in wanted), why=failure.getErrorMessage())
         return d.addCallbacks(queued, not_queued)
 
-    def _add_all(self, destinations: list[str], *ticket: str) -> None:
-        for destination in destinations:
-            self.queue.add(destination, *ticket)
+    def _add_all(self, wanted: list[tuple[str, str]], path: str, sop_class_uid: str,
+                 sop_instance_uid: str, transfer_syntax: str) -> None:
+        for destination, held in wanted:
+            self.queue.add(destination, path, sop_class_uid, sop_instance_uid, transfer_syntax,
+                           held)
 
     def instance_stored(self, record: InstanceRecord) -> None:
-        """(Per-instance rules queue before the answer: see queue_instance.)"""
+        """(Queued before the answer: see :meth:`queue_instance`.)"""
 
     def study_complete(self, event: StudyComplete) -> None:
-        """Queue the study's matching instances for the per-study rules."""
-        rules = [rule for rule in self.rules if rule.per_study]
-        if rules and self.catalog is not None:
-            d = defer.Deferred.fromCoroutine(
-                self._queue_study(self.catalog, event.study_uid, rules))
-            d.addErrback(lambda f: log.warn(
-                "cannot queue study {study} for forwarding: {why}", study=event.study_uid,
-                why=f.getErrorMessage()))
+        """Release the study's held tickets of the per-study rules."""
+        for destination in sorted({r.destination for r in self.rules if r.per_study}):
+            d = self.run_blocking(self.queue.release, destination, event.study_uid)
+            d.addCallbacks(self._released, lambda f, dest=destination: log.warn(
+                "cannot release study {study} for {dest}: {why}", study=event.study_uid,
+                dest=dest, why=f.getErrorMessage()), callbackArgs=(event.study_uid, destination))
 
-    async def _queue_study(self, catalog: RedisCatalog, study: str,
-                           rules: list[ForwardRule]) -> None:
-        found: dict[str, list[tuple[str, str, str, str]]] = {}
-        for series in await catalog.members("SERIES", study):
-            modality = ((await catalog.attributes("SERIES", series)) or {}).get("Modality", "")
-            for uid in await catalog.members("IMAGE", series):
-                fields = await catalog.attributes("IMAGE", uid)
-                if not fields:
-                    continue
-                for rule in rules:
-                    if rule.matches(fields.get("calling_ae", ""), modality,
-                                    fields.get("sop_class_uid", "")):
-                        found.setdefault(rule.destination, []).append(
-                            (fields["path"], fields.get("sop_class_uid", ""), uid,
-                             fields.get("transfer_syntax", "")))
-        for destination, tickets in found.items():
-            await self.run_blocking(self._add_many, destination, tickets)
-            log.info("study {study}: {n} instance(s) queued for {dest}", study=study,
-                     n=len(tickets), dest=destination)
+    def _released(self, count: int, study: str, destination: str) -> None:
+        if count:
+            log.info("study {study}: {n} instance(s) queued for {dest}", study=study, n=count,
+                     dest=destination)
             self.kick(destination)
-
-    def _add_many(self, destination: str, tickets: list[tuple[str, str, str, str]]) -> None:
-        for ticket in tickets:
-            self.queue.add(destination, *ticket)
 
     # -- sending -----------------------------------------------------------------------
     async def _drain(self, destination: str) -> None:

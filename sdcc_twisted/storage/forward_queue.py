@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 PARKED = "parked"
+HELD = "held"
 _SUFFIX = ".json"
 
 
@@ -38,6 +39,7 @@ class Ticket:
     attempts: int = 0
     next_try: float = 0.0
     last_error: str = ""
+    study_uid: str = ""
 
 
 class ForwardQueue:
@@ -60,15 +62,61 @@ class ForwardQueue:
         base = os.path.join(self.root, _safe(destination))
         return os.path.join(base, PARKED) if parked else base
 
+    def held_folder(self, destination: str, study_uid: str = "") -> str:
+        """Where tickets wait for their study to be complete (per-study rules)."""
+        base = os.path.join(self.folder(destination), HELD)
+        return os.path.join(base, _safe(study_uid)) if study_uid else base
+
     def add(self, destination: str, path: str, sop_class_uid: str, sop_instance_uid: str,
-            transfer_syntax: str) -> Ticket:
-        """Queue one instance for ``destination``, durably."""
+            transfer_syntax: str, hold_for_study: str = "") -> Ticket:
+        """Queue one instance for ``destination``, durably; with
+        ``hold_for_study`` it waits until :meth:`release` of that study."""
         folder = self.folder(destination)
         os.makedirs(os.path.join(folder, PARKED), mode=0o700, exist_ok=True)
         name = f"{time.time_ns():020d}-{os.getpid()}-{next(self._count)}{_SUFFIX}"
-        ticket = Ticket(name, path, sop_class_uid, sop_instance_uid, transfer_syntax)
-        self._write(folder, ticket)
+        ticket = Ticket(name, path, sop_class_uid, sop_instance_uid, transfer_syntax,
+                        study_uid=hold_for_study)
+        self._write(self.held_folder(destination, hold_for_study) if hold_for_study
+                    else folder, ticket)
         return ticket
+
+    def held(self, destination: str) -> list[tuple[str, float]]:
+        """(Study Instance UID, time its newest ticket was written) of each
+        study with tickets held for ``destination``."""
+        out = []
+        try:
+            entries = list(os.scandir(self.held_folder(destination)))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            if not entry.is_dir():
+                continue
+            names = sorted(n for n in os.listdir(entry.path) if n.endswith(_SUFFIX))
+            if not names:
+                continue
+            newest = os.path.join(entry.path, names[-1])
+            with open(newest, encoding="utf-8") as handle:
+                study = Ticket(**json.load(handle)).study_uid
+            out.append((study, os.stat(newest).st_mtime))
+        return out
+
+    def release(self, destination: str, study_uid: str) -> int:
+        """Move the tickets held for ``study_uid`` into the queue; how many."""
+        held, folder = self.held_folder(destination, study_uid), self.folder(destination)
+        try:
+            names = sorted(n for n in os.listdir(held) if n.endswith(_SUFFIX))
+        except FileNotFoundError:
+            return 0
+        moved = 0
+        for name in names:
+            try:
+                os.replace(os.path.join(held, name), os.path.join(folder, name))
+            except FileNotFoundError:   # released meanwhile by another thread
+                continue
+            moved += 1
+        self._sync_folder(folder)
+        self._sync_folder(held)
+        return moved
 
     def due(self, destination: str, now: float, limit: int) -> list[Ticket]:
         """Up to ``limit`` tickets whose next try is due, oldest first."""

@@ -76,6 +76,12 @@ class StudyArrivals:
         d.addCallback(_pairs)
         return self._bounded.run(d, "claim quiet studies")
 
+    def is_waiting(self, study_uid: str) -> "defer.Deferred[bool]":
+        """Whether ``study_uid`` has arrivals not yet claimed."""
+        d = defer.maybeDeferred(self._redis.zscore, self.layout.study_arrivals(), study_uid)
+        d.addCallback(lambda score: score is not None)
+        return self._bounded.run(d, f"is {study_uid} waiting")
+
     def waiting(self) -> "defer.Deferred[int]":
         """How many studies wait for their quiet period to end."""
         return self._bounded.run(defer.maybeDeferred(
