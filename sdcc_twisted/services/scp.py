@@ -184,16 +184,21 @@ class StorageSCP:
                    segment: int | None) -> "Outcome | defer.Deferred[Outcome]":
         record, logged = result
         reception.record = record
-        for listener in self.receipt_listeners:
-            try:
-                listener(record)
-            except Exception:  # noqa: BLE001 - after receipt never fails the store
-                log.failure("after-receipt step failed for {uid}", uid=record.sop_instance_uid)
+        if self.receipt_listeners:
+            # on a later reactor turn: after the answer is on its way
+            self.clock.callLater(0, self._after_receipt, record)
         if self.before_answer:
             waited = defer.DeferredList([defer.maybeDeferred(step, record)
                                          for step in self.before_answer], consumeErrors=True)
             return waited.addCallback(lambda _: self._index(record, reception, logged, segment))
         return self._index(record, reception, logged, segment)
+
+    def _after_receipt(self, record: InstanceRecord) -> None:
+        for listener in self.receipt_listeners:
+            try:
+                listener(record)
+            except Exception:  # noqa: BLE001 - after receipt never fails the store
+                log.failure("after-receipt step failed for {uid}", uid=record.sop_instance_uid)
 
     def _index(self, record: InstanceRecord, reception: "Reception", logged: bool,
                segment: int | None) -> "Outcome | defer.Deferred[Outcome]":
