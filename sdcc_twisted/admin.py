@@ -36,7 +36,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from sdcc_twisted.config import ConfigError, IndexSettings, load_settings
+from sdcc_twisted.config import ConfigError, IndexSettings, Settings, load_settings
 from sdcc_twisted.core.index_keys import (
     NO_ID,
     KeyLayout,
@@ -49,6 +49,7 @@ from sdcc_twisted.core.index_keys import (
 from sdcc_twisted.core.records import INDEX_ATTRIBUTES, InstanceRecord
 from sdcc_twisted.logs import iso_time
 from sdcc_twisted.storage.deletion import delete_series, delete_study
+from sdcc_twisted.storage.nodes import NodePaths
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -400,12 +401,13 @@ def delete(client: Any, layout: KeyLayout, level: str, uid: str, root: str,
     return EXIT_OK
 # -- quarantine ------------------------------------------------------------------
 
-def quarantine(data_dir: str, retry: list[str] | None, out: TextIO, err: TextIO) -> int:
-    """List the quarantined journal entries, or move them back (``retry``:
-    the names, empty for all)."""
+def quarantine(node_dir: str, retry: list[str] | None, out: TextIO, err: TextIO) -> int:
+    """List the quarantined journal entries of the node whose folder is
+    ``node_dir`` (``{data_dir}/nodes/{node_id}``), or move them back
+    (``retry``: the names, empty for all)."""
     from sdcc_twisted.storage.journal import PendingJournal
 
-    journal = PendingJournal.in_data_dir(data_dir)
+    journal = PendingJournal.in_data_dir(node_dir)
     entries = journal.quarantined()
     if retry is None:
         for name, rec, present in entries:
@@ -462,10 +464,54 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine_cmd.add_argument("--retry", nargs="*", metavar="NAME",
                                 help="move these entries (default: all) back "
                                      "into the journal")
-    quarantine_cmd.add_argument("--data-dir", metavar="DIR",
-                                help="the server's data_dir (overrides [server] "
-                                     "data_dir)")
+    quarantine_cmd.add_argument("--node-dir", metavar="DIR",
+                                help="the node's folder, {data_dir}/nodes/{node_id} "
+                                     "(default: from --config)")
+    forward_cmd = sub.add_parser("forward", help="the forwarding queues (needs --config): "
+                                                 "list them, show parked items, retry them")
+    forward_cmd.add_argument("action", nargs="?", default="list",
+                             choices=("list", "parked", "retry"))
+    forward_cmd.add_argument("destination", nargs="?",
+                             help="one destination AE (default: every one in the rules)")
     return parser
+
+
+def node_paths(settings: Settings) -> NodePaths:
+    """The folders of the configured node (``[server] node_id``, by default
+    this host's name: run sdcc-admin on the node's host)."""
+    return NodePaths.for_node(settings.server.data_dir, settings.storage_root,
+                              settings.server.node_id)
+
+
+def forward_admin(args: argparse.Namespace, out: TextIO) -> int:
+    """``sdcc-admin forward [list|parked|retry] [DEST]``: the node's disk
+    queues, ``{data_dir}/nodes/{node_id}/forward`` (the server picks retried
+    items up at its next check)."""
+    from sdcc_twisted.storage.forward_queue import ForwardQueue
+
+    if not args.config:
+        raise AdminError("forward needs the server's --config FILE (its data_dir and rules)")
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        raise AdminError(str(exc)) from None
+    known = sorted({rule.destination for rule in settings.forward_rules})
+    if args.destination and args.destination not in known:
+        raise AdminError(f"{args.destination} is no destination of [forward_rules] "
+                         f"(those are: {', '.join(known) or 'none'})")
+    queue = ForwardQueue(os.path.join(node_paths(settings).node_dir, "forward"))
+    for destination in [args.destination] if args.destination else known:
+        if args.action == "retry":
+            out.write(f"{destination}: {queue.retry_parked(destination)} parked item(s) "
+                      "queued again\n")
+        elif args.action == "parked":
+            for ticket in queue.tickets(destination, parked=True):
+                out.write(f"{destination}\t{ticket.sop_instance_uid}\t{ticket.attempts} "
+                          f"attempts\t{ticket.last_error}\t{ticket.path}\n")
+        else:
+            queued, parked = queue.depth(destination)
+            out.write(f"{destination}: {queued} queued, {parked} parked\n")
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
@@ -476,18 +522,19 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
     err = err or sys.stderr
     args = build_parser().parse_args(argv)
     if args.command == "quarantine":
-        data_dir = args.data_dir
-        if data_dir is None and args.config:
+        node_dir = args.node_dir
+        if node_dir is None and args.config:
             try:
-                data_dir = load_settings(args.config).server.data_dir
+                settings = load_settings(args.config)
             except ConfigError as exc:
                 err.write(f"sdcc-admin: {exc}\n")
                 return EXIT_USAGE
-        if data_dir is None:
+            node_dir = node_paths(settings).node_dir
+        if node_dir is None:
             err.write("sdcc-admin: say where the journal is: --config FILE or "
-                      "quarantine --data-dir DIR\n")
+                      "quarantine --node-dir DIR\n")
             return EXIT_USAGE
-        return quarantine(data_dir, args.retry, out, err)
+        return quarantine(node_dir, args.retry, out, err)
     try:
         code = _run(args, out, err)
         out.flush()
@@ -505,6 +552,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
 def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """The command of ``args``; the exit status."""
     try:
+        if args.command == "forward":
+            return forward_admin(args, out)
         target = resolve_target(args)
         layout = KeyLayout(target.key_prefix)
         client = connect(target.redis_url, args.timeout)

@@ -12,7 +12,9 @@ import configparser
 import ipaddress
 import os
 import re
+import shlex
 import socket
+import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -134,6 +136,46 @@ class QuerySettings:
 
 
 @dataclass(frozen=True)
+class RetrieveSettings:
+    """``[retrieve]``: sending instances for C-MOVE and C-GET."""
+
+    #: The largest decoded Pixel Data an instance is decoded to, for a peer
+    #: that accepts its class only uncompressed (default 512 MiB).
+    max_decode_bytes: int = 512 << 20
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """``[studies]``: when a study counts as complete."""
+
+    #: Seconds without a new instance after which a study is complete
+    #: (0: never; no arrivals are noted).
+    quiet_seconds: float = 60.0
+
+
+#: The placeholders of an ``on_instance`` hook (and its JSON document's fields).
+INSTANCE_HOOK_FIELDS: Final = ("path", "sop_instance_uid", "sop_class_uid", "transfer_syntax",
+                               "study_uid", "series_uid", "calling_ae", "study_folder")
+#: The placeholders of an ``on_study_complete`` hook (and its JSON fields).
+STUDY_HOOK_FIELDS: Final = ("study_uid", "study_folder", "count")
+
+
+@dataclass(frozen=True)
+class HookSettings:
+    """``[hooks]``: commands (argv templates, no shell) and URLs (a JSON POST)
+    run after an instance is stored and after a study is complete."""
+
+    on_instance: tuple[str, ...] = ()
+    on_study_complete: tuple[str, ...] = ()
+    on_instance_url: str = ""
+    on_study_complete_url: str = ""
+    timeout: float = 300.0
+    max_running: int = 2
+    url_attempts: int = 5
+    url_first_delay: float = 1.0
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     """``[logging]``: where the log goes and how much of it."""
 
@@ -166,6 +208,38 @@ class MoveDestination:
 
 
 @dataclass(frozen=True)
+class ForwardRule:
+    """One ``[forward_rules]`` entry: ``name = DEST [per=instance|study]
+    [calling=AE,...] [modality=CT,...] [sop_class=UID,...]``; an empty
+    filter matches anything."""
+
+    name: str
+    destination: str
+    per_study: bool = False
+    calling_aes: frozenset[str] = frozenset()
+    modalities: frozenset[str] = frozenset()
+    sop_classes: frozenset[str] = frozenset()
+
+    def matches(self, calling_ae: str, modality: str, sop_class_uid: str) -> bool:
+        """Whether an instance from ``calling_ae`` of that modality and
+        class goes to :attr:`destination` by this rule."""
+        return ((not self.calling_aes or calling_ae in self.calling_aes)
+                and (not self.modalities or modality in self.modalities)
+                and (not self.sop_classes or sop_class_uid in self.sop_classes))
+
+
+@dataclass(frozen=True)
+class ForwardSettings:
+    """``[forward]``: retries of the forwarding queue."""
+
+    retry_first_delay: float = 10.0
+    retry_max_delay: float = 600.0
+    max_attempts: int = 50
+    batch: int = 100
+    check_interval: float = 5.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """The whole configuration."""
 
@@ -178,6 +252,11 @@ class Settings:
     move_destinations: dict[str, MoveDestination] = field(default_factory=dict)
     query: QuerySettings = field(default_factory=QuerySettings)
     http: HTTPSettings = field(default_factory=HTTPSettings)
+    retrieve: RetrieveSettings = field(default_factory=RetrieveSettings)
+    studies: StudySettings = field(default_factory=StudySettings)
+    hooks: HookSettings = field(default_factory=HookSettings)
+    forward: ForwardSettings = field(default_factory=ForwardSettings)
+    forward_rules: tuple[ForwardRule, ...] = ()
 
     @property
     def storage_root(self) -> str:
@@ -321,6 +400,13 @@ _KNOWN: Final[dict[str, frozenset[str]]] = {
     "logging": frozenset({"level", "file", "format"}),
     "query": frozenset({"enabled", "allowed_calling_ae_titles"}),
     "http": frozenset({"listen", "token_file", "show_patient_data"}),
+    "retrieve": frozenset({"max_decode_bytes"}),
+    "studies": frozenset({"quiet_seconds"}),
+    "forward": frozenset({"retry_first_delay", "retry_max_delay", "max_attempts", "batch",
+                          "check_interval"}),
+    "hooks": frozenset({"on_instance", "on_study_complete", "on_instance_url",
+                        "on_study_complete_url", "timeout", "max_running", "url_attempts",
+                        "url_first_delay"}),
 }
 
 
@@ -375,7 +461,7 @@ def parse_settings(text: str, source: str = "<string>",
     except configparser.Error as exc:
         raise ConfigError(f"{source}: {exc}".replace("\n", " ")) from None
     for section in parser.sections():
-        if section == "move_destinations":
+        if section in ("move_destinations", "forward_rules"):
             continue
         if section not in _KNOWN:
             raise ConfigError(f"{source}: [{section}]: unknown section "
@@ -574,7 +660,106 @@ def parse_settings(text: str, source: str = "<string>",
                              f"expected AE_TITLE = host:port [tls], got {raw!r}")
             destinations[title.strip()] = MoveDestination(title.strip(), host.strip("[]"),
                                                           int(port_text), tls_flag)
-    return Settings(server, storage, index, logging, source, tls, destinations, query, http)
+    dr = RetrieveSettings()
+    retrieve = RetrieveSettings(
+        max_decode_bytes=r.integer("retrieve", "max_decode_bytes", dr.max_decode_bytes,
+                                   0, 1 << 40),
+    )
+    quiet = r.get("studies", "quiet_seconds", StudySettings().quiet_seconds, _quiet,
+                  "0 (off) or a number of seconds from 0.1 to 604800")
+    dk = HookSettings()
+
+    def command(fields: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+        def convert(raw: str) -> tuple[str, ...]:
+            argv = tuple(shlex.split(raw))
+            names = {name for arg in argv for _, name, _, _ in string.Formatter().parse(arg)
+                     if name is not None}
+            if not names <= set(fields):
+                raise ValueError(raw)
+            return (program(argv[0]), *argv[1:]) if argv else ()
+        return convert
+
+    def url(raw: str) -> str:
+        if raw and not raw.startswith(("http://", "https://")):
+            raise ValueError(raw)
+        return raw
+
+    hooks = HookSettings(
+        on_instance=r.get("hooks", "on_instance", dk.on_instance,
+                          command(INSTANCE_HOOK_FIELDS),
+                          "a command line (no shell) whose {placeholders} are among "
+                          + ", ".join(INSTANCE_HOOK_FIELDS)),
+        on_study_complete=r.get("hooks", "on_study_complete", dk.on_study_complete,
+                                command(STUDY_HOOK_FIELDS),
+                                "a command line (no shell) whose {placeholders} are among "
+                                + ", ".join(STUDY_HOOK_FIELDS)),
+        on_instance_url=r.get("hooks", "on_instance_url", dk.on_instance_url, url,
+                              "an http:// or https:// URL"),
+        on_study_complete_url=r.get("hooks", "on_study_complete_url",
+                                    dk.on_study_complete_url, url, "an http:// or https:// URL"),
+        timeout=r.seconds("hooks", "timeout", dk.timeout),
+        max_running=r.integer("hooks", "max_running", dk.max_running, 1, 1000),
+        url_attempts=r.integer("hooks", "url_attempts", dk.url_attempts, 1, 100),
+        url_first_delay=r.seconds("hooks", "url_first_delay", dk.url_first_delay, low=0.01),
+    )
+    if (hooks.on_study_complete or hooks.on_study_complete_url) and not quiet:
+        raise r.fail("hooks", "on_study_complete" if hooks.on_study_complete
+                     else "on_study_complete_url",
+                     "needs [studies] quiet_seconds above 0")
+    df = ForwardSettings()
+    forward = ForwardSettings(
+        retry_first_delay=r.seconds("forward", "retry_first_delay", df.retry_first_delay,
+                                    low=0.01),
+        retry_max_delay=r.seconds("forward", "retry_max_delay", df.retry_max_delay, low=0.01),
+        max_attempts=r.integer("forward", "max_attempts", df.max_attempts, 1, 100000),
+        batch=r.integer("forward", "batch", df.batch, 1, 10000),
+        check_interval=r.seconds("forward", "check_interval", df.check_interval, low=0.01),
+    )
+    rules = []
+    if parser.has_section("forward_rules"):
+        for name in parser.options("forward_rules"):
+            raw = parser.get("forward_rules", name).strip()
+            rule = _forward_rule(name, raw)
+            if rule is None:
+                raise r.fail("forward_rules", name, "expected DEST_AE [per=instance|study] "
+                             f"[calling=AE,...] [modality=CT,...] [sop_class=UID,...], got {raw!r}")
+            if rule.destination not in destinations:
+                raise r.fail("forward_rules", name, f"{rule.destination} is not in "
+                             "[move_destinations] (where its host and port are)")
+            if rule.per_study and not quiet:
+                raise r.fail("forward_rules", name, "per=study needs [studies] "
+                             "quiet_seconds above 0")
+            rules.append(rule)
+    return Settings(server, storage, index, logging, source, tls, destinations, query, http,
+                    retrieve, StudySettings(quiet), hooks, forward, tuple(rules))
+
+
+def _forward_rule(name: str, raw: str) -> ForwardRule | None:
+    """A ``[forward_rules]`` value, or None when it is not one."""
+    words = raw.split()
+    if not words or not valid_ae_title(words[0]) or "=" in words[0]:
+        return None
+    filters: dict[str, str] = {}
+    for word in words[1:]:
+        key, equals, value = word.partition("=")
+        if not equals or key not in ("per", "calling", "modality", "sop_class") \
+                or key in filters or not value:
+            return None
+        filters[key] = value
+    if filters.get("per", "instance") not in ("instance", "study"):
+        return None
+
+    def listed(key: str) -> frozenset[str]:
+        return frozenset(v for v in filters.get(key, "").split(",") if v)
+    return ForwardRule(name, words[0], filters.get("per") == "study", listed("calling"),
+                       listed("modality"), listed("sop_class"))
+
+
+def _quiet(raw: str) -> float:
+    value = float(raw)
+    if value != 0 and not 0.1 <= value <= 86400 * 7:
+        raise ValueError(raw)
+    return value
 
 
 def load_settings(path: str) -> Settings:

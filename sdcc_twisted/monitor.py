@@ -194,6 +194,13 @@ class Monitor:
             "their way from the write-ahead log, or in the pending journal).",
             registry=registry)
         backlog.set_function(self.backlog)
+        self.forward_queued = Gauge(
+            "sdcc_forward_queue_depth", "Instances waiting to be forwarded, by "
+            "destination and state (queued, parked).", ["destination", "state"],
+            registry=registry)
+        self.forward_outcomes = Counter(
+            "sdcc_forward_outcomes", "Forwarding steps by destination and outcome "
+            "(queued, sent, failed, parked).", ["destination", "outcome"], registry=registry)
         redis_up = Gauge("sdcc_redis_up", "1 when the index's Redis answered "
                          "the last probe.", registry=registry)
         redis_up.set_function(lambda: 1.0 if self.redis_up else 0.0)
@@ -290,6 +297,15 @@ class Monitor:
         return result
 
     # -- reading -------------------------------------------------------------
+    def forward_outcome(self, destination: str, outcome: str) -> None:
+        """One forwarding step for ``destination``: queued, sent, failed, parked."""
+        self.forward_outcomes.labels(destination, outcome).inc()
+
+    def forward_depth(self, destination: str, queued: int, parked: int) -> None:
+        """The size of ``destination``'s forwarding queue."""
+        self.forward_queued.labels(destination, "queued").set(queued)
+        self.forward_queued.labels(destination, "parked").set(parked)
+
     def ae_label(self, calling_ae: str) -> str:
         """The bounded ``calling_ae`` label: an allow-listed title, or one of
         the first :attr:`max_ae_labels` seen, else :data:`OTHER_AE`."""

@@ -10,6 +10,9 @@ health probe and the HTTP listener; they stop one at a time in reverse order.
 
 from __future__ import annotations
 
+import os
+import shutil
+from dataclasses import replace
 import signal
 import threading
 from collections.abc import Callable
@@ -33,6 +36,7 @@ from sdcc_twisted.storage.deletion import RetentionService
 from sdcc_twisted.config import (
     SENTINEL_SCHEME,
     ConfigError,
+    HookSettings,
     Settings,
     parse_sentinel_url,
     settings_summary,
@@ -53,11 +57,18 @@ from sdcc_twisted.runtime.protocol import DicomServerFactory, Timeouts
 from sdcc_twisted.runtime.twisted_gaps import replace_server_tls_options, server_tls_options
 from sdcc_twisted.runtime.shutdown import GracefulStop, OrderedMultiService
 from sdcc_twisted.services.qr import QueryRetrieveSCP
+from sdcc_twisted.services.after_receipt import ReceiptListener, StudyWatch
+from sdcc_twisted.services.forwarding import Forwarder
+from sdcc_twisted.services.hooks import Hooks
+from sdcc_twisted.storage.forward_queue import ForwardQueue
+from sdcc_twisted.runtime.client import open_store_association
+from sdcc_twisted.services.transcode import Transcoder
+from sdcc_twisted.storage.studies import StudyArrivals
 from sdcc_twisted.storage.redisproc import EmbeddedRedis, RedisNotFound
 from sdcc_twisted.storage.sequence import SequenceSource
 from sdcc_twisted.storage.space import SpaceGuard
 from sdcc_twisted.services.scp import StorageSCP
-from sdcc_twisted.storage.files import FileStore, make_private_dirs
+from sdcc_twisted.storage.files import FileStore, make_private_dirs, uid_path_part
 
 log = get_logger("sdcc.service")
 
@@ -321,6 +332,68 @@ class SdccService(OrderedMultiService):
         self.listener = listener
 
 
+def _after_receipt(settings: Settings, reactor: Any, late: Any, store: FileStore,
+                   storage: StorageSCP, transcoder: Transcoder,
+                   monitor: Monitor, run_blocking: Any,
+                   forward_dir: str) -> list[service.Service]:
+    """The services after receipt (README "After receipt"): forwarding by
+    the rules (its queue in ``forward_dir``, the node's own), hooks, and the
+    study-complete watch that feeds both."""
+    children: list[service.Service] = []
+    listeners: list[ReceiptListener] = []
+    arrivals = StudyArrivals(late, reactor, key_prefix=settings.index.key_prefix,
+                             timeout=settings.index.timeout)
+    if settings.forward_rules:
+        server = settings.server
+
+        def open_association(destination: Any, contexts: list[tuple[str, str]]) -> Any:
+            return defer.Deferred.fromCoroutine(open_store_association(
+                reactor, destination, server.ae_title, contexts, server.artim_timeout))
+        forwarder = Forwarder(
+            ForwardQueue(forward_dir, fsync=settings.storage.fsync),
+            settings.forward_rules, dict(settings.move_destinations), settings.forward,
+            open_association, reactor, run_blocking, arrivals, settings.studies.quiet_seconds,
+            transcoder, monitor)
+        forwarder.setName("forwarder")
+        storage.before_answer.append(forwarder.queue_instance)
+        listeners.append(forwarder)
+        children.append(forwarder)
+    if settings.hooks != HookSettings():
+        hooks = Hooks(_resolved_hooks(settings), reactor)
+        hooks.setName("hooks")
+        listeners.append(hooks)
+        children.append(hooks)
+    if settings.studies.quiet_seconds:
+        watch = StudyWatch(
+            arrivals, reactor, settings.studies.quiet_seconds,
+            lambda study: os.path.join(store.root, uid_path_part(study)), listeners)
+        storage.receipt_listeners.append(watch.instance_stored)
+        children.append(watch)
+    else:
+        storage.receipt_listeners.extend(listener.instance_stored for listener in listeners)
+    return children
+
+
+def _resolved_hooks(settings: Settings) -> HookSettings:
+    """``[hooks]`` with each command's program found (PATH for a bare name).
+
+    Raises:
+        ConfigError: a program that is not there or not executable.
+    """
+    hooks = settings.hooks
+
+    def resolved(key: str, argv: tuple[str, ...]) -> tuple[str, ...]:
+        if not argv:
+            return argv
+        program = shutil.which(argv[0])
+        if program is None:
+            raise ConfigError(f"{settings.source}: [hooks] {key}: {argv[0]!r} is not an "
+                              "executable file (nor a program on PATH)")
+        return (os.path.abspath(program), *argv[1:])
+    return replace(hooks, on_instance=resolved("on_instance", hooks.on_instance),
+                   on_study_complete=resolved("on_study_complete", hooks.on_study_complete))
+
+
 def _lock_fallback(calling_ae: str, failure: Any) -> None:
     log.warn("Redis association lock unavailable for {calling} ({why}); "
              "enforcing one association per AE in this process only",
@@ -485,7 +558,10 @@ def build_service(settings: Settings, reactor: Any,
                          durable_index=embedded is None, space=space, sequence=sequence)
     catalog = RedisCatalog(late, reactor, key_prefix=settings.index.key_prefix,
                            timeout=settings.index.timeout)
-    query_retrieve = QueryRetrieveSCP(catalog, dict(settings.move_destinations))
+    transcoder = Transcoder(store, settings.retrieve.max_decode_bytes, run_blocking)
+    children.extend(_after_receipt(settings, reactor, late, store, storage, transcoder,
+                                   monitor, run_blocking, os.path.join(node.node_dir, "forward")))
+    query_retrieve = QueryRetrieveSCP(catalog, dict(settings.move_destinations), transcoder)
     policy = AcceptorPolicy(
         ae_title=server.ae_title,
         require_called_ae=server.require_called_ae_title,

@@ -383,3 +383,42 @@ def write_large_multiframe(path: str, target_bytes: int = 300 * 1024 * 1024,
             digest.update(frame)
             size += len(frame)
     return LargeSample(sample_of(path, ds), frames, size, digest.hexdigest())
+
+
+# -- a decoded instance against its original ------------------------------------
+
+#: Attributes decoding may change (PS3.5 8.2; PS3.3 C.7.6.3, C.7.6.1.1.5).
+DECODING_CHANGES: Final = frozenset({
+    "PixelData", "PhotometricInterpretation", "PlanarConfiguration", "NumberOfFrames",
+    "LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod"})
+
+
+def decoding_differences(original: str, decoded: str) -> list[str]:
+    """What is wrong with ``decoded`` as the uncompressed copy of
+    ``original``: an uncompressed syntax, the same SOP Instance UID, pixels
+    equal to pydicom's decoding of the original, every other attribute the
+    same (public ones by value, private ones by presence), and a lossy
+    original recorded as such.  Empty when all is well."""
+    import numpy
+    from pydicom import dcmread
+
+    before, after = dcmread(original), dcmread(decoded)
+    problems = []
+    syntax = str(after.file_meta.TransferSyntaxUID)
+    if syntax not in (c.EXPLICIT_VR_LITTLE_ENDIAN, c.IMPLICIT_VR_LITTLE_ENDIAN):
+        problems.append(f"arrived in {syntax}")
+    if not numpy.array_equal(before.pixel_array, after.pixel_array):
+        problems.append("pixels differ from pydicom's decoding of the original")
+    kept = [{e.tag for e in ds if e.keyword not in DECODING_CHANGES} for ds in (before, after)]
+    if kept[0] != kept[1]:
+        problems.append(f"elements differ: {sorted(kept[0] ^ kept[1])}")
+    for element in before:
+        if element.tag.is_private or element.keyword in DECODING_CHANGES:
+            continue
+        if element.tag in after and after[element.tag].value != element.value:
+            problems.append(f"{element.keyword or element.tag} changed")
+    lossy = c.LOSSY_COMPRESSION_METHODS.get(str(before.file_meta.TransferSyntaxUID))
+    if lossy and (after.get("LossyImageCompression") != "01"
+                  or lossy not in str(after.get("LossyImageCompressionMethod", ""))):
+        problems.append("a lossy original is not recorded as lossy")
+    return problems

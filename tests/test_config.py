@@ -60,6 +60,11 @@ class SettingsTests(SynchronousTestCase):
         self.assertEqual(shipped.query, defaults.query)
         self.assertEqual(shipped.http, defaults.http)
         self.assertEqual(shipped.logging, defaults.logging)
+        self.assertEqual(shipped.retrieve, defaults.retrieve)
+        self.assertEqual(shipped.studies, defaults.studies)
+        self.assertEqual(shipped.hooks, defaults.hooks)
+        self.assertEqual(shipped.forward, defaults.forward)
+        self.assertEqual(shipped.forward_rules, ())
         self.assertEqual(shipped.http.listen, "tcp:8080:interface=127.0.0.1")
         self.assertEqual(shipped.server.listen, "tcp:11112")
         self.assertEqual(shipped.server.max_pdu_length, 16384)
@@ -77,7 +82,9 @@ class SettingsTests(SynchronousTestCase):
             "max_pdu_length = 65536\nrequire_called_ae_title = yes\n"
             "allowed_calling_ae_titles = CT1, MR1\nidle_timeout = 12.5\n"
             "[storage]\nroot = /srv/dicom\nfsync = no\n"
-            "[index]\nredis = redis://127.0.0.1:6379/2\ntimeout = 0.5\n", "x.ini")
+            "[index]\nredis = redis://127.0.0.1:6379/2\ntimeout = 0.5\n"
+            "[retrieve]\nmax_decode_bytes = 1000000\n", "x.ini")
+        self.assertEqual(settings.retrieve.max_decode_bytes, 1000000)
         self.assertEqual(settings.server.ae_title, "ARCHIVE")
         self.assertEqual(settings.server.max_pdu_length, 65536)
         self.assertTrue(settings.server.require_called_ae_title)
@@ -110,6 +117,23 @@ class SettingsTests(SynchronousTestCase):
             "[http]\nshow_patient_data = perhaps\n": "[http] show_patient_data",
             "[http]\nport = 8080\n": "[http] port: unknown key",
             "[logging]\nformat = xml\n": "[logging] format",
+            "[retrieve]\nmax_decode_bytes = -1\n": "[retrieve] max_decode_bytes",
+            "[studies]\nquiet_seconds = 0.01\n": "[studies] quiet_seconds",
+            "[hooks]\non_instance = run {patient_name}\n": "[hooks] on_instance: expected "
+                "a command line (no shell) whose {placeholders} are among path,",
+            "[hooks]\non_study_complete = run 'open\n": "[hooks] on_study_complete",
+            "[hooks]\non_study_complete_url = ftp://x/\n": "[hooks] on_study_complete_url",
+            "[hooks]\nmax_running = 0\n": "[hooks] max_running",
+            "[forward_rules]\npacs = PACS\n": "[forward_rules] pacs: PACS is not in "
+                "[move_destinations]",
+            "[move_destinations]\nPACS = h:104\n[forward_rules]\npacs = PACS colour=red\n":
+                "[forward_rules] pacs: expected DEST_AE",
+            "[move_destinations]\nPACS = h:104\n[studies]\nquiet_seconds = 0\n"
+            "[forward_rules]\npacs = PACS per=study\n": "[forward_rules] pacs: per=study needs",
+            "[forward]\nmax_attempts = 0\n": "[forward] max_attempts",
+            "[studies]\nquiet_seconds = 0\n[hooks]\non_study_complete = x {study_uid}\n":
+                "[hooks] on_study_complete: needs [studies] quiet_seconds above 0",
+            "[retrieve]\nmax_decode_bytes = lots\n": "[retrieve] max_decode_bytes",
             "[logging]\nformat = json\n": "[logging] format: json needs [logging] file",
         }
         for text, expected in cases.items():
@@ -117,6 +141,44 @@ class SettingsTests(SynchronousTestCase):
                 parse_settings(text, "bad.ini")
             self.assertIn(expected, str(ctx.exception), text)
             self.assertIn("bad.ini", str(ctx.exception))
+
+    def test_hooks_section(self) -> None:
+        """[hooks] commands are split like a shell would (no shell runs
+        them), keep their placeholders, and a relative program is taken from
+        the file's folder; a missing program stops build_service naming the
+        key."""
+        settings = parse_settings(
+            "[studies]\nquiet_seconds = 30\n[hooks]\n"
+            "on_instance = bin/index.sh {path} 'two words'\n"
+            "on_study_complete = process-study --study {study_uid} {study_folder} {count}\n"
+            "on_study_complete_url = https://lab.example/hook\ntimeout = 5\n", "x.ini", "/etc/x")
+        self.assertEqual(settings.studies.quiet_seconds, 30)
+        self.assertEqual(settings.hooks.on_instance, ("/etc/x/bin/index.sh", "{path}", "two words"))
+        self.assertEqual(settings.hooks.on_study_complete, (
+            "process-study", "--study", "{study_uid}", "{study_folder}", "{count}"))
+        self.assertEqual(settings.hooks.on_study_complete_url, "https://lab.example/hook")
+        self.assertEqual(settings.hooks.timeout, 5)
+        data_dir = os.path.abspath(self.mktemp())
+        missing = parse_settings(f"[server]\ndata_dir = {data_dir}\n[hooks]\n"
+                                 "on_instance = /nonexistent/hook {path}\n", "x.ini")
+        with self.assertRaises(ConfigError) as ctx:
+            build_service(missing, MemoryReactorClock())
+        self.assertIn("[hooks] on_instance: '/nonexistent/hook' is not an executable",
+                      str(ctx.exception))
+
+    def test_forward_rules(self) -> None:
+        """[forward_rules] entries name a destination and filters; a rule
+        matches only what every given filter matches."""
+        settings = parse_settings(
+            "[move_destinations]\nPACS = 10.0.0.20:104\nARCHIVE = 10.0.0.30:11112\n"
+            "[forward_rules]\npacs = PACS modality=CT,MR calling=CT1\n"
+            "archive = ARCHIVE per=study\n", "x.ini")
+        pacs, archive = settings.forward_rules
+        self.assertEqual((pacs.destination, pacs.per_study), ("PACS", False))
+        self.assertTrue(pacs.matches("CT1", "MR", "1.2.3"))
+        self.assertFalse(pacs.matches("CT2", "MR", "1.2.3"))
+        self.assertFalse(pacs.matches("CT1", "US", "1.2.3"))
+        self.assertTrue(archive.per_study and archive.matches("ANY", "", "1.2"))
 
     def test_relative_paths_from_the_file(self) -> None:
         """Relative paths in a file are taken from the file's folder, not the

@@ -66,12 +66,15 @@ class StoreSCP:
     """DCMTK storescp as a move destination, on a free port."""
 
     def __init__(self, testcase: TestCase, ae_title: str = "DEST",
-                 accept_all: bool = True) -> None:
+                 accept_all: bool = True, port: int | None = None,
+                 unique_names: bool = False) -> None:
         self.path = require_tool(testcase, "storescp")
-        self.port = free_port()
+        self.port = port or free_port()
         self.directory = os.path.abspath(testcase.mktemp())
         os.makedirs(self.directory)
         accept = ["+xa"] if accept_all else []
+        if unique_names:
+            accept.append("+uf")
         self.process = subprocess.Popen(
             [self.path, "-aet", ae_title, "-od", self.directory, *accept, str(self.port)],
             env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -291,31 +294,60 @@ class QueryRetrieveTests(TestCase):
         return server, study, samples
 
     def assert_failures_logged(self, operation: str, samples: dict[str, Any],
-                               compressed: set[str]) -> None:
-        """One log line per failed sub-operation: its SOP Instance UID and
-        the transfer syntax nobody accepted."""
+                               failed: set[str], reason: str) -> None:
+        """One log line per failed sub-operation: its SOP Instance UID, the
+        ``reason`` and the name of the instance's transfer syntax."""
         from sdcc_twisted.core.conformance import TRANSFER_SYNTAXES
 
-        failed = [line for line in self.qr_log if "sub-operation for" in line]
-        self.assertEqual(len(failed), len(compressed), self.qr_log)
-        for syntax in compressed:
+        lines = [line for line in self.qr_log if "sub-operation for" in line]
+        self.assertEqual(len(lines), len(failed), self.qr_log)
+        for syntax in failed:
             uid = samples[syntax].sop_instance_uid
-            [line] = [line for line in failed if uid in line]
+            [line] = [line for line in lines if uid in line]
             self.assertIn(f"C-{operation} from", line)
-            self.assertIn(f"accepted no context for", line)
+            self.assertIn(reason, line)
             self.assertIn(TRANSFER_SYNTAXES[syntax], line)
+
+    def assert_arrived(self, server: Any, received: list[str], decoded: set[str]) -> None:
+        """Every file in ``received`` is an instance the server stored: those
+        stored in a ``decoded`` syntax as uncompressed copies (pixels equal to
+        pydicom's decoding of the stored file, other attributes unchanged),
+        the others bit for bit; every stored instance of a ``decoded`` syntax
+        arrived."""
+        import pydicom
+
+        from .corpus import decoding_differences
+
+        stored = {}
+        for path in glob.glob(os.path.join(server.data_dir, "store", "**", "*.dcm"),
+                              recursive=True):
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            stored[str(ds.SOPInstanceUID)] = (path, str(ds.file_meta.TransferSyntaxUID))
+        arrived = set()
+        for path in received:
+            uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            original, syntax = stored[uid]
+            arrived.add(uid)
+            if syntax in decoded:
+                self.assertEqual(decoding_differences(original, path), [], syntax)
+            else:
+                self.assertEqual(data_set_bytes(path), data_set_bytes(original), syntax)
+        expected = {uid for uid, (_, syntax) in stored.items() if syntax in decoded}
+        self.assertTrue(expected, stored)
+        self.assertEqual(expected - arrived, set())
 
     async def test_getscu_failures_are_explained(self) -> None:
         """getscu with its defaults (uncompressed syntaxes only) on a study
-        with compressed instances: each failed sub-operation is logged with
-        its SOP Instance UID and reason, the final C-GET-RSP (B000) carries an
+        with compressed instances, with [retrieve] max_decode_bytes too small
+        to decode any of them: each failed sub-operation is logged with its
+        SOP Instance UID and reason, the final C-GET-RSP (B000) carries an
         Error Comment naming the cause, and the Failed SOP Instance UID List
         goes out as its identifier (PS3.4 C.4.3.1.3.2), which getscu 3.6.7
         does not read; with a preferred syntax matching every instance,
         nothing fails and getscu releases cleanly."""
         from sdcc_twisted.core import conformance as c
 
-        server, study, samples = await self.mixed_study()
+        server, study, samples = await self.mixed_study(retrieve={"max_decode_bytes": "1000"})
         uncompressed = {c.IMPLICIT_VR_LITTLE_ENDIAN, c.EXPLICIT_VR_LITTLE_ENDIAN,
                         c.EXPLICIT_VR_BIG_ENDIAN}
         compressed = set(samples) - uncompressed
@@ -327,9 +359,10 @@ class QueryRetrieveTests(TestCase):
         self.assertIn("Completed Suboperations       : 3", out)
         self.assertIn("Failed Suboperations          : 6", out)
         self.assertIn("ErrorComment", out)
-        self.assertIn("6 of 9 failed: no context for 1.2.840.10008.1.2.", out)
+        self.assertIn("6 of 9 failed: too large to decode (", out)
         self.assertEqual(len(os.listdir(directory)), 3)
-        self.assert_failures_logged("GET", samples, compressed)
+        self.assert_failures_logged("GET", samples, compressed,
+                                    "over [retrieve] max_decode_bytes (1000)")
 
         series = samples[c.EXPLICIT_VR_LITTLE_ENDIAN].series_uid
         out, code = await dcmtk(self, "getscu", "-v", "-S", "-aet", "GETTER", "-aec", "SDCC",
@@ -343,11 +376,14 @@ class QueryRetrieveTests(TestCase):
         self.assertNotIn("Release Failed", out)
         self.assertNotIn("Aborting", out)
 
-    async def test_movescu_failures_are_explained(self) -> None:
-        """movescu to a storescp that accepts only uncompressed syntaxes: each
-        failed sub-operation is logged with its UID and reason, movescu gets
-        B000 with an Error Comment and the Failed SOP Instance UID List, and
-        ends with a clean release."""
+    async def test_movescu_decodes_for_an_uncompressed_destination(self) -> None:
+        """movescu to a storescp that accepts only uncompressed syntaxes: the
+        JPEG Baseline, JPEG Lossless, JPEG 2000 (both) and RLE instances
+        arrive decoded (pixels equal to pydicom's decoding, every other
+        attribute and the SOP Instance UID unchanged), the uncompressed ones
+        bit for bit; the JPEG Extended one, which no plugin decodes, fails
+        with its reason logged, movescu gets B000 with an Error Comment and
+        the Failed SOP Instance UID List, and ends with a clean release."""
         from sdcc_twisted.core import conformance as c
 
         dest = StoreSCP(self, accept_all=False)
@@ -356,15 +392,36 @@ class QueryRetrieveTests(TestCase):
         out, code = await dcmtk(self, "movescu", "-d", "-S", "-aet", "MOVER", "-aec", "SDCC",
                                 "-aem", "DEST", "-k", "QueryRetrieveLevel=STUDY",
                                 "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(server.port))
-        self.assertIn("6 of 9 failed: no context for 1.2.840.10008.1.2.", out)
+        self.assertIn(f"1 of 9 failed: cannot decode {c.JPEG_EXTENDED}", out)
         self.assertIn("FailedSOPInstanceUIDList", out)
         self.assertIn("Releasing Association", out)
         self.assertNotIn("Release Failed", out)
         self.assertNotIn("Aborting", out)
-        self.assertEqual(len(dest.files()), 3)
-        uncompressed = {c.IMPLICIT_VR_LITTLE_ENDIAN, c.EXPLICIT_VR_LITTLE_ENDIAN,
-                        c.EXPLICIT_VR_BIG_ENDIAN}
-        self.assert_failures_logged("MOVE", samples, set(samples) - uncompressed)
+        self.assertEqual(len(dest.files()), 8)
+        self.assert_arrived(server, dest.files(), c.DECODABLE_SYNTAXES - {c.JPEG_EXTENDED})
+        self.assert_failures_logged("MOVE", samples, {c.JPEG_EXTENDED}, "cannot decode")
+
+    async def test_pynetdicom_get_decodes_to_implicit(self) -> None:
+        """C-GET through pynetdicom accepting every class in Implicit VR
+        Little Endian only: the five decodable compressed instances arrive
+        decoded to it (pixels equal to pydicom's decoding, other attributes
+        unchanged); the three stored in Explicit VR Little Endian (dcmsend
+        sent the uncompressed ones so), which are not converted, and the
+        undecodable JPEG Extended one fail."""
+        from sdcc_twisted.core import conformance as c
+
+        server, study, samples = await self.mixed_study()
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        classes = sorted({sample.sop_class_uid for sample in samples.values()})
+        result = await in_thread(_pynetdicom_get_implicit, server.port, study, classes, directory)
+        self.assertEqual(result["final"], 0xB000)
+        self.assertEqual(result["failed"], 4, self.qr_log)
+        received = sorted(glob.glob(os.path.join(directory, "*")))
+        self.assertEqual(len(received), 5)
+        for path in received:
+            self.assertTrue(os.path.basename(path).startswith(f"{c.IMPLICIT_VR_LITTLE_ENDIAN}."))
+        self.assert_arrived(server, received, c.DECODABLE_SYNTAXES - {c.JPEG_EXTENDED})
 
     async def test_pynetdicom_find_move_get(self) -> None:
         """pynetdicom as SCU: C-FIND matches, C-MOVE to an unknown destination
@@ -531,6 +588,39 @@ def _pynetdicom_qr(port: int, study: str) -> dict[str, Any]:
         assoc.release()
     out["got"] = got
     return out
+
+
+def _pynetdicom_get_implicit(port: int, study: str, classes: list[str],
+                             directory: str) -> dict[str, Any]:
+    """A Study Root C-GET of ``study`` accepting each of ``classes`` in
+    Implicit VR Little Endian only; each instance saved in ``directory`` as
+    {transfer syntax}.{SOP Instance UID}; the final status and failed count."""
+    from pydicom.dataset import Dataset
+    from pynetdicom import build_role, evt
+
+    def on_store(event: Any) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        syntax = str(event.context.transfer_syntax)
+        ds.save_as(os.path.join(directory, f"{syntax}.{ds.SOPInstanceUID}"),
+                   enforce_file_format=True)
+        return 0
+    ae = _qr_ae(STUDY_ROOT_GET)
+    for uid in classes:
+        ae.add_requested_context(uid, ["1.2.840.10008.1.2"])
+    assoc = ae.associate("127.0.0.1", port, ae_title="SDCC",
+                         ext_neg=[build_role(uid, scp_role=True) for uid in classes],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    try:
+        get = Dataset()
+        get.QueryRetrieveLevel = "STUDY"
+        get.StudyInstanceUID = study
+        final = [s for s, _ in assoc.send_c_get(get, STUDY_ROOT_GET)][-1]
+    finally:
+        assoc.release()
+    return {"final": final.Status,
+            "failed": int(final.get("NumberOfFailedSuboperations", 0))}
 
 
 def _study_move(port: int, study: str) -> tuple[Any, Any]:

@@ -306,11 +306,11 @@ class ReplayerFaultTests(ReplayerTestBase):
         self.assertEqual(os.listdir(self.journal.quarantine_dir), [bad])
 
         out, err = io.StringIO(), io.StringIO()
-        data_dir = os.path.dirname(self.journal.directory)
-        self.assertEqual(admin.main(["quarantine", "--data-dir", data_dir], out, err), 0)
+        node_dir = os.path.dirname(self.journal.directory)
+        self.assertEqual(admin.main(["quarantine", "--node-dir", node_dir], out, err), 0)
         self.assertIn(bad, out.getvalue())
         self.assertIn("1 quarantined", out.getvalue())
-        self.assertEqual(admin.main(["quarantine", "--data-dir", data_dir, "--retry"],
+        self.assertEqual(admin.main(["quarantine", "--node-dir", node_dir, "--retry"],
                                     out, err), 0)
         self.assertEqual(self.journal.names(), [bad])
         self.assertEqual(os.listdir(self.journal.quarantine_dir), [])

@@ -142,6 +142,11 @@ class ReplicaConfirmationTests(TestCase):
         replica = sentinels.add_replica()
         await wait_for(lambda: replica.client().info("replication")
                        .get("master_link_status") == "up", 20, "the replica in sync")
+        # the primary's own barrier sees the replica a moment after the
+        # replica sees its link up
+        deadline = reactor.seconds() + 20
+        while (await redis.replicated(1.0)).acknowledged < 1:
+            self.assertLess(reactor.seconds(), deadline, "the barrier never saw the replica")
         self.assertEqual(await index.record(moved), first.path)
 
 

@@ -8,6 +8,7 @@ the Application Context Name is the standard ``1.2.840.10008.3.1.1.1``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final, NamedTuple
 
 # -- Implementation identification (statement, "Implementation Identification")
@@ -47,6 +48,44 @@ TRANSFER_SYNTAXES: Final[dict[str, str]] = {
 IMPLICIT_VR_SYNTAXES: Final = frozenset({IMPLICIT_VR_LITTLE_ENDIAN})
 #: Transfer syntaxes whose data set is big endian (PS3.5 A.3).
 BIG_ENDIAN_SYNTAXES: Final = frozenset({EXPLICIT_VR_BIG_ENDIAN})
+
+# -- Decoding for a peer that does not accept the stored syntax (PS3.5 8.2) ----
+#: Compressed syntaxes an instance can be decoded from (pydicom with the
+#: pylibjpeg plugins) when a C-MOVE/C-GET peer accepts none of them.
+DECODABLE_SYNTAXES: Final = frozenset({
+    JPEG_BASELINE, JPEG_EXTENDED, JPEG_LOSSLESS_SV1, JPEG_2000_LOSSLESS, JPEG_2000,
+    RLE_LOSSLESS})
+#: What a decoded instance is sent in, most preferred first (PS3.5 A.2, A.1).
+DECODED_SYNTAXES: Final = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
+#: Always-lossy syntaxes -> their Lossy Image Compression Method (PS3.3
+#: C.7.6.1.1.5.1); JPEG 2000 (.91) may be reversible, so what the stored
+#: instance says about it stays as it is.
+LOSSY_COMPRESSION_METHODS: Final[dict[str, str]] = {
+    JPEG_BASELINE: "ISO_10918_1", JPEG_EXTENDED: "ISO_10918_1"}
+
+
+def contexts_with_decoded(wanted: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (SOP class, transfer syntax) pairs to propose for sending
+    ``wanted``: each as stored first, then, for a decodable stored syntax,
+    the same class in each of :data:`DECODED_SYNTAXES` (PS3.4 C.4.2.2.4:
+    a sub-association may offer any syntax the instance can be sent in)."""
+    extra = [(sop_class, target) for sop_class, stored in wanted
+             if stored in DECODABLE_SYNTAXES for target in DECODED_SYNTAXES]
+    return list(dict.fromkeys([*wanted, *extra]))
+
+
+def sending_syntax(stored: str, accepted: Callable[[str], bool]) -> str | None:
+    """The syntax to send an instance stored in ``stored`` in: ``stored``
+    itself when the peer accepted it (the file goes as it is), else the
+    first accepted of :data:`DECODED_SYNTAXES` when ``stored`` can be
+    decoded; None when neither."""
+    if accepted(stored):
+        return stored
+    if stored in DECODABLE_SYNTAXES:
+        for target in DECODED_SYNTAXES:
+            if accepted(target):
+                return target
+    return None
 
 # -- SOP classes (statement, "AE Specification") -----------------------------
 VERIFICATION_SOP_CLASS: Final = "1.2.840.10008.1.1"

@@ -123,6 +123,16 @@ class KeyLayout:
     def ae_lock(self, ae_title: str) -> str:
         return f"{self.prefix}lock:ae:{ae_title}"
 
+    def study_arrivals(self) -> str:
+        """Sorted set: Study Instance UID -> time of its latest arrival,
+        while it waits to count as complete."""
+        return f"{self.prefix}arrivals"
+
+    def study_new_instances(self, study_uid: str = "") -> str:
+        """Counter of a study's instances since it last counted as complete
+        (without ``study_uid``: the prefix the claim script appends it to)."""
+        return f"{self.prefix}arrivals:new:{study_uid}"
+
     def all_keys_pattern(self) -> str:
         """SCAN MATCH pattern for every key under the prefix."""
         return _glob_escape(self.prefix) + "*"

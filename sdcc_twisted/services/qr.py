@@ -29,8 +29,7 @@ from sdcc_twisted.core.conformance import (
     STATUS_SUBOPS_WARNING,
     STATUS_SUCCESS,
     STATUS_UNABLE_TO_PROCESS,
-    TRANSFER_SYNTAXES,
-    sop_class_name,
+    contexts_with_decoded,
 )
 from sdcc_twisted.core.dimse import (
     MOVE_DESTINATION,
@@ -52,8 +51,16 @@ from sdcc_twisted.core.query import (
     response_identifier,
     retrieve_keys,
 )
-from sdcc_twisted.services.channel import Channel, Outcome, Request, SubAssociationError
+from sdcc_twisted.services.channel import (
+    Channel,
+    Outcome,
+    Request,
+    StoreSender,
+    SubAssociationError,
+)
 from sdcc_twisted.services.scp import describe_missing
+from sdcc_twisted.services.delivery import SubOperationRefused, send_instance
+from sdcc_twisted.services.transcode import Transcoder
 
 log = get_logger("sdcc.qr")
 
@@ -62,41 +69,30 @@ MAX_IDENTIFIER_LENGTH = 1 << 20
 
 
 
-class SubOperationRefused(Exception):
-    """A C-STORE sub-operation that could not even start: the reason for the
-    log, and a short one for the final response's Error Comment."""
-
-    def __init__(self, reason: str, short: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.short = short
-
-
-def no_context(attributes: dict[str, str], whose: str) -> SubOperationRefused:
-    """A sub-operation without a presentation context for the instance's
-    class in its stored syntax (PS3.4 C.4.3.3: a Failure when the SCU offered
-    no appropriate context; instances are sent as stored)."""
-    syntax = attributes.get("transfer_syntax", "")
-    return SubOperationRefused(
-        f"{whose} accepted no context for {sop_class_name(attributes.get('sop_class_uid', ''))}"
-        f" in {TRANSFER_SYNTAXES.get(syntax, syntax)} (its stored transfer syntax)",
-        f"no context for {syntax}")
-
-
 class QueryRetrieveSCP:
     """Serves C-FIND, C-MOVE and C-GET (PS3.4 C.4).
 
     Args:
         catalog: the index, read side.
         destinations: C-MOVE destinations by AE title.
+        transcoder: decodes an instance for a peer that accepted its class
+            only uncompressed; None sends every instance as stored or not at all.
     """
 
     needs_data_set = True
 
     def __init__(self, catalog: RedisCatalog,
-                 destinations: dict[str, MoveDestination]) -> None:
+                 destinations: dict[str, MoveDestination],
+                 transcoder: Transcoder | None = None) -> None:
         self.catalog = catalog
         self.destinations = destinations
+        self.transcoder = transcoder
+
+    async def send_instance(self, sender: StoreSender, attributes: dict[str, str], whose: str,
+                            originator_ae: str = "", originator_id: int | None = None) -> int:
+        """One C-STORE sub-operation (see :func:`~.delivery.send_instance`)."""
+        return await send_instance(sender, attributes, whose, self.transcoder,
+                                   originator_ae, originator_id)
 
     def accepts(self, abstract_syntax: str) -> bool:
         """Only on the contexts of the Q/R information models."""
@@ -374,6 +370,8 @@ class QueryOperation:
             return self._final(SubOperations())
         wanted = sorted({(a.get("sop_class_uid", ""), a.get("transfer_syntax", ""))
                          for a in instances})
+        if self.scp.transcoder is not None:
+            wanted = contexts_with_decoded(wanted)
         try:
             client = await self.channel.open_sub_association(destination, wanted)
         except SubAssociationError as exc:
@@ -392,13 +390,8 @@ class QueryOperation:
         message_id = self.command.message_id or 0
 
         async def send(attributes: dict[str, str]) -> int:
-            context_id = client.store_context(attributes.get("sop_class_uid", ""),
-                                              attributes.get("transfer_syntax", ""))
-            if context_id is None:
-                raise no_context(attributes, destination.ae_title)
-            return await client.send_store(context_id, attributes["sop_class_uid"],
-                                           attributes["SOPInstanceUID"], attributes["path"],
-                                           originator, message_id)
+            return await self.scp.send_instance(client, attributes, destination.ae_title,
+                                                originator, message_id)
         done = SubOperations()
         try:
             await self._send_all(instances, send, done)
@@ -421,12 +414,8 @@ class QueryOperation:
         channel = self.channel
 
         async def send(attributes: dict[str, str]) -> int:
-            context_id = channel.store_context(attributes.get("sop_class_uid", ""),
-                                               attributes.get("transfer_syntax", ""))
-            if context_id is None:
-                raise no_context(attributes, f"{channel.calling_ae} (as storage SCP)")
-            return await channel.send_store(context_id, attributes["sop_class_uid"],
-                                            attributes["SOPInstanceUID"], attributes["path"])
+            return await self.scp.send_instance(channel, attributes,
+                                                f"{channel.calling_ae} (as storage SCP)")
         done = await self._send_all(instances, send)
         log.info("C-GET from {ae}: completed={c} failed={f} warning={w}", ae=channel.calling_ae,
                  c=done.completed, f=done.failed, w=done.warning)

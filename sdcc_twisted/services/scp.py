@@ -149,6 +149,12 @@ class StorageSCP:
         self.run_blocking = run_blocking
         self.clock = clock
         self.index_log = index_log
+        #: Called with each record once its file is durable (after receipt:
+        #: study-complete detection, hooks, forwarding); never fail a store.
+        self.receipt_listeners: list[Callable[[InstanceRecord], object]] = []
+        #: Durable steps the answer waits for (queueing for forwarding);
+        #: a failing one is logged by itself and never fails the store.
+        self.before_answer: list[Callable[[InstanceRecord], "defer.Deferred[None]"]] = []
 
     def accepts(self, abstract_syntax: str) -> bool:
         """Any context: a SOP class that is not ours is answered in the status."""
@@ -222,19 +228,43 @@ class StorageSCP:
                    segment: int | None) -> "Outcome | defer.Deferred[Outcome]":
         record, logged = result
         reception.record = record
+        if self.before_answer:
+            waited = defer.DeferredList([defer.maybeDeferred(step, record)
+                                         for step in self.before_answer], consumeErrors=True)
+            return waited.addCallback(lambda _: self._index(record, reception, logged, segment))
+        return self._index(record, reception, logged, segment)
+
+    def _received(self, outcome: Outcome, record: InstanceRecord) -> Outcome:
+        """A stored instance was answered Success: the after-receipt steps
+        run on a later reactor turn, after the answer is on its way."""
+        if outcome.success and self.receipt_listeners:
+            self.clock.callLater(0, self._after_receipt, record)
+        return outcome
+
+    def _after_receipt(self, record: InstanceRecord) -> None:
+        for listener in self.receipt_listeners:
+            try:
+                listener(record)
+            except Exception:  # noqa: BLE001 - after receipt never fails the store
+                log.failure("after-receipt step failed for {uid}", uid=record.sop_instance_uid)
+
+    def _index(self, record: InstanceRecord, reception: "Reception", logged: bool,
+               segment: int | None) -> "Outcome | defer.Deferred[Outcome]":
         if not logged and not self.durable_index:
             # an entry it accepts may not survive a Redis crash
             d = self.journal_record(record)
             return d.addBoth(  # type: ignore[call-overload]
-                self._answer_unlogged, reception, segment, record)
+                self._answer_unlogged, reception, segment, record
+            ).addCallback(self._received, record)
         d = self.register(record)
         if logged:
             # answered now; the index write finishes behind the answer
             d.addCallback(self._settle_if_kept, segment, record).chainDeferred(reception.settled)
-            return _SUCCESS
+            return self._received(_SUCCESS, record)
         # no log line: the answer waits for the index or the journal
         return d.addBoth(  # type: ignore[call-overload]
-            self._answer_unlogged, reception, segment, record)
+            self._answer_unlogged, reception, segment, record
+        ).addCallback(self._received, record)
 
     def _landed(self, passthrough: Any) -> Any:
         """One committed instance is in the index or the journal, or failed."""
