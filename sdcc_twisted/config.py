@@ -51,6 +51,7 @@ class ServerSettings:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_command_length: int = 64 * 1024
     max_connections_per_address: int = 32
+    max_connections: int = 256
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,8 @@ _KNOWN: Final[dict[str, frozenset[str]]] = {
     "server": frozenset({
         "ae_title", "listen", "data_dir", "max_pdu_length", "max_associations",
         "require_called_ae_title", "allowed_calling_ae_titles", "artim_timeout",
-        "idle_timeout", "max_command_length", "max_connections_per_address"}),
+        "idle_timeout", "max_command_length", "max_connections_per_address",
+        "max_connections"}),
     "storage": frozenset({"root", "fsync", "max_head_bytes", "retention_days"}),
     "tls": frozenset({"ca_certificates", "require_client_certificate"}),
     "index": frozenset({"redis", "redis_server", "key_prefix", "timeout", "lock"}),
@@ -357,6 +359,7 @@ def parse_settings(text: str, source: str = "<string>",
                                      1024, 16 * 1024 * 1024),
         max_connections_per_address=r.integer("server", "max_connections_per_address",
                                               ds.max_connections_per_address, 1, 100000),
+        max_connections=r.integer("server", "max_connections", ds.max_connections, 1, 100000),
     )
     storage = StorageSettings(
         root=where(r.text("storage", "root", dst.root)),

@@ -39,6 +39,7 @@ from sdcc_twisted.monitor import ISpaceReport, Monitor
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.core.negotiation import AcceptorPolicy
 from sdcc_twisted.runtime.admission import Admission
+from sdcc_twisted.runtime.descriptors import check_descriptors
 from sdcc_twisted.runtime.dispatch import service_table
 from sdcc_twisted.runtime.protocol import DicomServerFactory, Timeouts
 from sdcc_twisted.runtime.twisted_gaps import replace_server_tls_options, server_tls_options
@@ -342,8 +343,10 @@ def build_service(settings: Settings, reactor: Any,
 
     Raises:
         ConfigError: naming the section and key, for what can only be checked
-            here (the endpoint string, the redis-server binary, directories).
+            here (the endpoint string, the redis-server binary, directories,
+            caps above the file descriptor limit).
     """
+    check_descriptors(settings)
     children: list[service.Service] = []  # in start order
     children.append(DataDirLock(settings.server.data_dir, settings.source))
     logs.set_level(settings.logging.level)
@@ -424,7 +427,8 @@ def build_service(settings: Settings, reactor: Any,
         allowed_query_aes=settings.query.allowed_calling_ae_titles,
     )
     admission = Admission(policy, lock, max_associations=server.max_associations,
-                          max_connections_per_address=server.max_connections_per_address)
+                          max_connections_per_address=server.max_connections_per_address,
+                          max_connections=server.max_connections)
     factory = DicomServerFactory(
         admission, service_table(storage, query_retrieve), reactor,
         timeouts=Timeouts(artim=server.artim_timeout, idle=server.idle_timeout),

@@ -1,13 +1,18 @@
-"""Admission: which association requests a listener accepts.
+"""Admission: which connections and association requests a listener accepts.
 
-Negotiation (the sans-I/O policy of :mod:`sdcc_twisted.core.negotiation`),
-then the limits (``max_associations``, ``max_connections_per_address``),
-then one association per calling AE title (the lock).  A request that passes
-holds a slot until :meth:`Admission.release`; a refused one never holds one.
+At accept time a connection is admitted under ``max_connections`` (total) and
+``max_connections_per_address``, each counting only connections it admitted;
+one over a cap never counts: its request is answered 2/3/2 at once, and if
+none comes within :data:`REFUSED_GRACE` seconds it is closed.  A request then
+goes through negotiation (the sans-I/O policy of
+:mod:`sdcc_twisted.core.negotiation`), ``max_associations`` and one
+association per calling AE title (the lock).  A request that passes holds a
+slot until :meth:`Admission.release`; a refused one never holds one.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Union
 
@@ -27,6 +32,14 @@ from sdcc_twisted.logs import get_logger
 from sdcc_twisted.storage.locks import IAssociationLock
 
 log = get_logger("sdcc.association")
+
+#: Seconds a connection refused at accept time has to send its
+#: A-ASSOCIATE-RQ (answered 2/3/2) and then to close; its ARTIM.
+REFUSED_GRACE = 1.0
+#: Refused connections that may wait out :data:`REFUSED_GRACE` at one time;
+#: beyond that a refused connection is closed at once (its descriptor is
+#: what a flood would exhaust).
+REFUSED_WAITING = 64
 
 
 @dataclass(frozen=True)
@@ -54,39 +67,62 @@ class Admission:
     Args:
         policy: the negotiation policy (AE title, contexts, Maximum Length).
         lock: one association per calling AE title.
-        max_associations: the total cap (2/3/2 beyond it).
+        max_associations: the total cap on associations (2/3/2 beyond it).
         max_connections_per_address: connections one peer address may hold;
-            an association asked beyond it is rejected 2/3/2.
+            a connection beyond it is refused at accept time.
+        max_connections: connections the listener holds in all; a connection
+            beyond it is refused at accept time.
     """
 
     def __init__(self, policy: AcceptorPolicy, lock: IAssociationLock,
                  max_associations: int = ServerSettings.max_associations,
                  max_connections_per_address: int =
-                 ServerSettings.max_connections_per_address) -> None:
+                 ServerSettings.max_connections_per_address,
+                 max_connections: int = ServerSettings.max_connections) -> None:
         self.policy = policy
         self.lock = lock
         self.max_associations = max_associations
         self.max_connections_per_address = max_connections_per_address
-        #: Open connections and their peer address.
+        self.max_connections = max_connections
+        #: Admitted open connections and their peer address.
         self.connections: dict[object, str | None] = {}
+        #: Connections refused at accept time, until they close.
+        self.refused: set[object] = set()
+        self._per_address: Counter[str | None] = Counter()
         self._counted: set[object] = set()
 
-    def connection_made(self, connection: object, host: str | None) -> None:
-        """A connection opened (it counts against its address from now)."""
-        self.connections[connection] = host
+    def connection_made(self, connection: object, host: str | None) -> Refused | None:
+        """A connection opened: admitted (``None``; it counts from now) or
+        refused over a cap (it never counts; its request gets 2/3/2)."""
+        if len(self.connections) >= self.max_connections:
+            limit = f"max_connections={self.max_connections}"
+        elif self._per_address[host] >= self.max_connections_per_address:
+            limit = (f"max_connections_per_address={self.max_connections_per_address}"
+                     f" from {host}")
+        else:
+            self.connections[connection] = host
+            self._per_address[host] += 1
+            return None
+        self.refused.add(connection)
+        return Refused(REJECT_TOO_MANY, limit)
 
     def connection_lost(self, connection: object) -> None:
         """A connection closed."""
-        self.connections.pop(connection, None)
+        self.refused.discard(connection)
         self._counted.discard(connection)
+        if connection in self.connections:
+            host = self.connections.pop(connection)
+            self._per_address[host] -= 1
+            if not self._per_address[host]:
+                del self._per_address[host]
 
     def association_count(self) -> int:
         """Associations that count against the cap (established or being set up)."""
         return len(self._counted)
 
     def address_count(self, host: str | None) -> int:
-        """Open connections from one peer address."""
-        return sum(1 for h in self.connections.values() if h == host)
+        """Admitted open connections from one peer address."""
+        return self._per_address[host]
 
     def admit(self, connection: object, rq: AAssociateRQ,
               host: str | None) -> "defer.Deferred[Answer]":
@@ -97,10 +133,6 @@ class Admission:
         if self.association_count() >= self.max_associations:
             return defer.succeed(Refused(REJECT_TOO_MANY,
                                          f"max_associations={self.max_associations}"))
-        if self.address_count(host) > self.max_connections_per_address:
-            return defer.succeed(Refused(
-                REJECT_TOO_MANY, f"max_connections_per_address="
-                f"{self.max_connections_per_address} from {host}"))
         self._counted.add(connection)
 
         def answer(token: object | None) -> Answer:
@@ -124,4 +156,4 @@ class Admission:
         self._counted.discard(connection)
 
 
-__all__ = ["Admission", "Admitted", "Answer", "Refused"]
+__all__ = ["Admission", "Admitted", "Answer", "REFUSED_GRACE", "REFUSED_WAITING", "Refused"]

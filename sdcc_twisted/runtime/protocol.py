@@ -38,7 +38,14 @@ from sdcc_twisted.core.events import (
 from sdcc_twisted.core.negotiation import Accepted, reject_pdu
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.monitor import Monitor
-from sdcc_twisted.runtime.admission import Admission, Admitted, Answer
+from sdcc_twisted.runtime.admission import (
+    REFUSED_GRACE,
+    REFUSED_WAITING,
+    Admission,
+    Admitted,
+    Answer,
+    Refused,
+)
 from sdcc_twisted.runtime.client import open_store_association
 from sdcc_twisted.runtime.dispatch import Dispatcher
 from sdcc_twisted.runtime.shell import AssociationShell, Handler
@@ -67,13 +74,18 @@ class DicomProtocol(AssociationShell):
         self.calling_ae = ""
         self.called_ae = ""
         self._admitted: Admitted | None = None
+        self._refusal: Refused | None = None
         self._released = False
         self._release_waiting = False
         self._ending: str | None = None
 
     def new_association(self) -> Association:
-        """An acceptor's core, limited to the factory's PDU and command sizes."""
-        self.factory.admission.connection_made(self, self.peer_host)
+        """An acceptor's core, limited to the factory's PDU and command sizes;
+        a connection refused at accept time gets :data:`REFUSED_GRACE` as ARTIM."""
+        self._refusal = self.factory.admission.connection_made(self, self.peer_host)
+        if self._refusal is not None:
+            self.artim_timeout = REFUSED_GRACE
+            self.factory.monitor.connection_refused(self._refusal.limit)
         return Association(self.factory.admission.policy.max_pdu_length,
                            max_command_length=self.factory.max_command_length)
 
@@ -82,6 +94,15 @@ class DicomProtocol(AssociationShell):
         return {DataFragment: self.dispatcher.on_fragment,
                 AssociationRequested: self._on_request, AssociationRejected: self._rejected,
                 ReleaseRequested: self._on_release, Aborted: self._on_aborted}
+
+    def connectionMade(self) -> None:
+        """Admission at accept time: a refused connection waits at most
+        :data:`REFUSED_GRACE` for its request, and only while few others do."""
+        super().connectionMade()
+        if (self._refusal is not None
+                and len(self.factory.admission.refused) > REFUSED_WAITING):
+            self._end("refused at accept (closed at once)")
+            self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         """Bytes from the peer, counted for the operations surface."""
@@ -106,6 +127,9 @@ class DicomProtocol(AssociationShell):
             return  # a later PDU of the same read already ended it
         rq = event.request
         self.calling_ae, self.called_ae = rq.calling_ae, rq.called_ae
+        if self._refusal is not None:
+            self._admission_answer(self._refusal)
+            return
         d = self.factory.admission.admit(self, rq, self.peer_host)
         d.addCallback(self._admission_answer)
         d.addErrback(self.internal_error)
