@@ -38,7 +38,7 @@ from sdcc_twisted.http import HealthProbe, build_site, read_token
 from sdcc_twisted.monitor import ISpaceReport, Monitor
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.core.negotiation import AcceptorPolicy
-from sdcc_twisted.runtime.admission import Admission
+from sdcc_twisted.runtime.admission import Admission, with_backlog
 from sdcc_twisted.runtime.descriptors import check_descriptors
 from sdcc_twisted.runtime.dispatch import service_table
 from sdcc_twisted.runtime.protocol import DicomServerFactory, Timeouts
@@ -436,7 +436,7 @@ def build_service(settings: Settings, reactor: Any,
         monitor=monitor,
     )
     try:
-        endpoint = endpoints.serverFromString(reactor, server.listen)
+        endpoint = endpoints.serverFromString(reactor, with_backlog(server.listen))
     except (ValueError, TypeError, KeyError, OSError, ImportError) as exc:
         raise ConfigError(f"{settings.source}: [server] listen: cannot use "
                           f"{server.listen!r} as a Twisted endpoint ({exc})") from None

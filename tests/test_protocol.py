@@ -197,6 +197,7 @@ class EstablishmentTests(ProtocolTestBase):
         proto, transport = self.associate("AE2", 40002)
         self.assertEqual(self.sent(transport), [AAssociateRJ(2, 3, 2)])
         self.assertEqual(self.lock.held(), frozenset({"AE1"}))
+        self.close(proto, transport)
         silent, st = self.connect(40003)
         self.clock.advance(REFUSED_GRACE - 0.1)
         self.assertFalse(st.disconnecting)
@@ -209,12 +210,12 @@ class EstablishmentTests(ProtocolTestBase):
         """More than REFUSED_WAITING refused connections waiting at once: the
         next refused one is aborted at once (a flood cannot hold descriptors);
         the admitted one is unaffected."""
-        self.factory.admission.max_connections = 1
+        self.factory.admission.max_connections_per_address = 1
         admitted, at = self.connect(40000)
         waiting = [self.connect(41000 + n) for n in range(REFUSED_WAITING)]
         self.assertFalse(any(t.disconnecting for _, t in waiting))
-        _, dropped = self.connect(42000)
-        self.assertTrue(dropped.disconnecting)
+        self.assertIsNone(self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 42000)))
+        self.assertEqual(len(self.factory.admission.refused), REFUSED_WAITING)
         self.assertFalse(at.disconnecting)
         admitted.dataReceived(encode(associate_rq(calling="AE1")))
         self.assertIsInstance(self.sent(at)[0], AAssociateAC)

@@ -36,10 +36,24 @@ log = get_logger("sdcc.association")
 #: Seconds a connection refused at accept time has to send its
 #: A-ASSOCIATE-RQ (answered 2/3/2) and then to close; its ARTIM.
 REFUSED_GRACE = 1.0
-#: Refused connections that may wait out :data:`REFUSED_GRACE` at one time;
-#: beyond that a refused connection is closed at once (its descriptor is
-#: what a flood would exhaust).
-REFUSED_WAITING = 64
+#: Refused connections that may wait out :data:`REFUSED_GRACE` at one time
+#: (and no more than ``max_connections``); beyond that a refused connection
+#: is closed at once (its descriptor is what a flood would exhaust).
+REFUSED_WAITING = 256
+#: The kernel's queue of connections not yet accepted (Twisted's default, 50,
+#: drops a burst's SYNs, and each dropped one waits a second to retry).
+LISTEN_BACKLOG = 1024
+#: Endpoint types whose listener takes a ``backlog`` argument.
+_BACKLOG_ENDPOINTS = ("tcp", "tcp6", "ssl", "unix")
+
+
+def with_backlog(listen: str, backlog: int = LISTEN_BACKLOG) -> str:
+    """The endpoint string ``listen`` with ``backlog=`` added where its
+    type takes one and it sets none."""
+    kind = listen.partition(":")[0]
+    if kind not in _BACKLOG_ENDPOINTS or "backlog=" in listen:
+        return listen
+    return f"{listen}:backlog={backlog}"
 
 
 @dataclass(frozen=True)
@@ -91,20 +105,28 @@ class Admission:
         self._per_address: Counter[str | None] = Counter()
         self._counted: set[object] = set()
 
-    def connection_made(self, connection: object, host: str | None) -> Refused | None:
-        """A connection opened: admitted (``None``; it counts from now) or
-        refused over a cap (it never counts; its request gets 2/3/2)."""
+    def refusal(self, host: str | None) -> Refused | None:
+        """Whether a new connection from ``host`` is over a cap (2/3/2)."""
         if len(self.connections) >= self.max_connections:
-            limit = f"max_connections={self.max_connections}"
-        elif self._per_address[host] >= self.max_connections_per_address:
-            limit = (f"max_connections_per_address={self.max_connections_per_address}"
-                     f" from {host}")
+            return Refused(REJECT_TOO_MANY, f"max_connections={self.max_connections}")
+        if self._per_address[host] >= self.max_connections_per_address:
+            return Refused(REJECT_TOO_MANY, "max_connections_per_address="
+                           f"{self.max_connections_per_address} from {host}")
+        return None
+
+    def may_wait(self) -> bool:
+        """Whether one more refused connection may wait for its request."""
+        return len(self.refused) < min(REFUSED_WAITING, self.max_connections)
+
+    def connection_made(self, connection: object, host: str | None,
+                        refusal: Refused | None) -> None:
+        """A connection opened: admitted (it counts from now) unless
+        ``refusal`` says otherwise (then it never counts)."""
+        if refusal is not None:
+            self.refused.add(connection)
         else:
             self.connections[connection] = host
             self._per_address[host] += 1
-            return None
-        self.refused.add(connection)
-        return Refused(REJECT_TOO_MANY, limit)
 
     def connection_lost(self, connection: object) -> None:
         """A connection closed."""
@@ -156,4 +178,5 @@ class Admission:
         self._counted.discard(connection)
 
 
-__all__ = ["Admission", "Admitted", "Answer", "REFUSED_GRACE", "REFUSED_WAITING", "Refused"]
+__all__ = ["Admission", "Admitted", "Answer", "LISTEN_BACKLOG", "REFUSED_GRACE",
+           "REFUSED_WAITING", "Refused", "with_backlog"]

@@ -32,7 +32,7 @@ def raise_nofile_limit() -> int:
 def descriptors_needed(settings: Settings) -> int:
     """Descriptors the ``[server]`` caps may use at once."""
     server = settings.server
-    return (server.max_connections + REFUSED_WAITING
+    return (server.max_connections + min(REFUSED_WAITING, server.max_connections)
             + server.max_associations * PER_ASSOCIATION + RESERVE)
 
 

@@ -40,7 +40,6 @@ from sdcc_twisted.logs import get_logger
 from sdcc_twisted.monitor import Monitor
 from sdcc_twisted.runtime.admission import (
     REFUSED_GRACE,
-    REFUSED_WAITING,
     Admission,
     Admitted,
     Answer,
@@ -67,25 +66,23 @@ class DicomProtocol(AssociationShell):
 
     factory: "DicomServerFactory"
 
-    def __init__(self, factory: "DicomServerFactory") -> None:
+    def __init__(self, factory: "DicomServerFactory", refusal: Refused | None = None) -> None:
         self.factory = factory
         self.dispatcher = Dispatcher(self, factory.services, factory.monitor)
         super().__init__(factory.clock, factory.timeouts.artim, factory.timeouts.idle)
         self.calling_ae = ""
         self.called_ae = ""
         self._admitted: Admitted | None = None
-        self._refusal: Refused | None = None
+        #: Over a cap at accept time: the answer to the request.
+        self._refusal = refusal
+        if refusal is not None:
+            self.artim_timeout = REFUSED_GRACE
         self._released = False
         self._release_waiting = False
         self._ending: str | None = None
 
     def new_association(self) -> Association:
-        """An acceptor's core, limited to the factory's PDU and command sizes;
-        a connection refused at accept time gets :data:`REFUSED_GRACE` as ARTIM."""
-        self._refusal = self.factory.admission.connection_made(self, self.peer_host)
-        if self._refusal is not None:
-            self.artim_timeout = REFUSED_GRACE
-            self.factory.monitor.connection_refused(self._refusal.limit)
+        """An acceptor's core, limited to the factory's PDU and command sizes."""
         return Association(self.factory.admission.policy.max_pdu_length,
                            max_command_length=self.factory.max_command_length)
 
@@ -94,15 +91,6 @@ class DicomProtocol(AssociationShell):
         return {DataFragment: self.dispatcher.on_fragment,
                 AssociationRequested: self._on_request, AssociationRejected: self._rejected,
                 ReleaseRequested: self._on_release, Aborted: self._on_aborted}
-
-    def connectionMade(self) -> None:
-        """Admission at accept time: a refused connection waits at most
-        :data:`REFUSED_GRACE` for its request, and only while few others do."""
-        super().connectionMade()
-        if (self._refusal is not None
-                and len(self.factory.admission.refused) > REFUSED_WAITING):
-            self._end("refused at accept (closed at once)")
-            self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         """Bytes from the peer, counted for the operations surface."""
@@ -307,8 +295,20 @@ class DicomServerFactory(Factory[DicomProtocol]):
         return self.admission.connections
 
     def buildProtocol(self, addr: Any) -> DicomProtocol | None:
-        """A protocol for a new connection."""
-        return DicomProtocol(self)
+        """Admission at accept time: a protocol for a connection within the
+        caps, or for one over a cap that may wait :data:`REFUSED_GRACE` for
+        its request (answered 2/3/2); ``None`` (closed at once, never
+        counted) when enough refused ones wait already (:data:`REFUSED_WAITING`)."""
+        host = getattr(addr, "host", None)
+        admission = self.admission
+        refusal = admission.refusal(host)
+        if refusal is not None:
+            self.monitor.connection_refused(refusal.limit)
+            if not admission.may_wait():
+                return None
+        protocol = DicomProtocol(self, refusal)
+        admission.connection_made(protocol, host, refusal)
+        return protocol
 
     def open_sub_association(self, destination: MoveDestination,
                              contexts: list[tuple[str, str]]) -> "defer.Deferred[SubAssociation]":
