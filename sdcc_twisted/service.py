@@ -394,10 +394,10 @@ def build_service(settings: Settings, reactor: Any,
         lock_kind = "memory" if embedded is not None else "redis"
     lock: IAssociationLock
     if lock_kind == "redis":
-        lock = FallbackAssociationLock(
+        lock = InProcessAssociationLock(FallbackAssociationLock(
             RedisAssociationLock(late, reactor, key_prefix=settings.index.key_prefix,
                                  timeout=settings.index.timeout),
-            InProcessAssociationLock(), _lock_fallback)
+            InProcessAssociationLock(), _lock_fallback))
     else:
         lock = InProcessAssociationLock()
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Union
+from typing import Protocol, Union
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -75,6 +75,13 @@ class Refused:
 Answer = Union[Admitted, Refused]
 
 
+class SlotHolder(Protocol):
+    """A connection whose association holds a per-AE slot."""
+
+    def slot_lost(self, calling_ae: str) -> None:
+        """Its slot was found held by another holder: end the association."""
+
+
 class Admission:
     """Admission for one listener; connections register while they are open.
 
@@ -104,6 +111,8 @@ class Admission:
         self.refused: set[object] = set()
         self._per_address: Counter[str | None] = Counter()
         self._counted: set[object] = set()
+        self._holders: dict[object, SlotHolder] = {}
+        lock.on_lost = self.slot_lost
 
     def refusal(self, host: str | None) -> Refused | None:
         """Whether a new connection from ``host`` is over a cap (2/3/2)."""
@@ -146,7 +155,7 @@ class Admission:
         """Admitted open connections from one peer address."""
         return self._per_address[host]
 
-    def admit(self, connection: object, rq: AAssociateRQ,
+    def admit(self, connection: SlotHolder, rq: AAssociateRQ,
               host: str | None) -> "defer.Deferred[Answer]":
         """Decide on ``rq`` (PS3.8 9.2, AE-6): Admitted or Refused."""
         decision = negotiate(rq, self.policy, host)
@@ -161,6 +170,7 @@ class Admission:
             if token is None:
                 self._counted.discard(connection)
                 return Refused(REJECT_AE_BUSY)
+            self._holders[token] = connection
             return Admitted(decision, token)
 
         def failed(failure: Failure) -> Answer:
@@ -174,9 +184,17 @@ class Admission:
     def release(self, connection: object, calling_ae: str, token: object | None) -> None:
         """Give back what :meth:`admit` granted."""
         if token is not None:
+            self._holders.pop(token, None)
             self.lock.release(calling_ae, token)
         self._counted.discard(connection)
 
+    def slot_lost(self, calling_ae: str, token: object) -> None:
+        """The lock found the slot of ``token`` held by another holder: the
+        association holding it ends."""
+        holder = self._holders.pop(token, None)
+        if holder is not None:
+            holder.slot_lost(calling_ae)
+
 
 __all__ = ["Admission", "Admitted", "Answer", "LISTEN_BACKLOG", "REFUSED_GRACE",
-           "REFUSED_WAITING", "Refused", "with_backlog"]
+           "REFUSED_WAITING", "Refused", "SlotHolder", "with_backlog"]

@@ -185,6 +185,16 @@ class DicomProtocol(AssociationShell):
         if self.assoc is not None:
             self.guard(self.assoc.abort, ABORT_INVALID_PDU_PARAMETER_VALUE, detail)
 
+    def slot_lost(self, calling_ae: str) -> None:
+        """Another node holds this calling AE's slot (taken while Redis did
+        not answer): one of the two associations must end, and it is ours."""
+        log.warn("the per-AE association lock of {calling} is held by another "
+                 "node; aborting this association of {calling} from {peer}",
+                 calling=calling_ae, peer=self.peer)
+        self._end("aborted (per-AE lock held by another node)")
+        if self.assoc is not None and not self.closed:
+            self.guard(self.assoc.abort, ABORT_REASON_NOT_SPECIFIED, "per-AE lock lost")
+
     def idle_expired(self, idle_for: float) -> None:
         """Abort an association that stayed silent for the idle timeout."""
         log.warn("association from {peer} calling_ae={calling} idle for {t:.0f}s; "
