@@ -89,6 +89,7 @@ class QuerySettings:
 
     enabled: bool = True
     allowed_calling_ae_titles: frozenset[str] | None = None
+    timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,7 @@ _KNOWN: Final[dict[str, frozenset[str]]] = {
     "tls": frozenset({"ca_certificates", "require_client_certificate"}),
     "index": frozenset({"redis", "redis_server", "key_prefix", "timeout", "lock"}),
     "logging": frozenset({"level", "file", "format"}),
-    "query": frozenset({"enabled", "allowed_calling_ae_titles"}),
+    "query": frozenset({"enabled", "allowed_calling_ae_titles", "timeout"}),
     "http": frozenset({"listen", "token_file", "show_patient_data"}),
 }
 
@@ -386,6 +387,7 @@ def parse_settings(text: str, source: str = "<string>",
         allowed_calling_ae_titles=r.get(
             "query", "allowed_calling_ae_titles", dq.allowed_calling_ae_titles, ae_list,
             ae_list_expect),
+        timeout=r.seconds("query", "timeout", dq.timeout),
     )
     if logging.format == "json" and not logging.file:
         raise r.fail("logging", "format", "json needs [logging] file (the file "

@@ -417,7 +417,8 @@ def build_service(settings: Settings, reactor: Any,
     storage = StorageSCP(store, index, journal, run_blocking, reactor, index_log)
     catalog = RedisCatalog(late, reactor, key_prefix=settings.index.key_prefix,
                            timeout=settings.index.timeout)
-    query_retrieve = QueryRetrieveSCP(catalog, dict(settings.move_destinations))
+    query_retrieve = QueryRetrieveSCP(catalog, dict(settings.move_destinations), reactor,
+                                      settings.query.timeout)
     policy = AcceptorPolicy(
         ae_title=server.ae_title,
         require_called_ae=server.require_called_ae_title,

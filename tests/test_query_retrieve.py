@@ -153,10 +153,13 @@ class HeldCatalog:
         """Let the first look-up answer."""
         self.first.callback(None)
 
-    def members(self, level: str, parent: str | None) -> "defer.Deferred[list[str]]":
+    def page(self, level: str, parent: str | None,
+             cursor: int = 0) -> "defer.Deferred[tuple[int, list[str]]]":
         gate = defer.succeed(None) if self.asked else self.first
         self.asked = True
-        return gate.addCallback(lambda _: self.catalog.members(level, parent))
+        return gate.addCallback(lambda _: self.catalog.page(level, parent, cursor))
+
+    members = RedisCatalog.members
 
     def attributes(self, level: str, ident: str) -> Any:
         return self.catalog.attributes(level, ident)
@@ -178,7 +181,7 @@ class QueryRetrieveTestBase(TestCase):
                              PendingJournal(self.mktemp()),
                              lambda fn, *a: defer.maybeDeferred(fn, *a), self.clock)
         self.qr = QueryRetrieveSCP(self.catalog, {
-            "DEST": MoveDestination("DEST", "127.0.0.1", 11113)})
+            "DEST": MoveDestination("DEST", "127.0.0.1", 11113)}, self.clock)
         self.factory = DicomServerFactory(
             Admission(AcceptorPolicy(), InProcessAssociationLock()),
             service_table(storage, self.qr), self.clock,
@@ -343,10 +346,10 @@ class CatalogTests(TestCase):
         await RedisIndex(redis, reactor, key_prefix="t:").record(
             make_record(sop="1.2.3.1", series="1.2.3", study="1.2", patient="P1"))
         catalog = RedisCatalog(redis, reactor, key_prefix="t:")
-        self.assertEqual(await catalog.members("PATIENT", None), ["P1"])
-        self.assertEqual(await catalog.members("STUDY", "P1"), ["1.2"])
-        self.assertEqual(await catalog.members("SERIES", "1.2"), ["1.2.3"])
-        self.assertEqual(await catalog.members("IMAGE", "1.2.3"), ["1.2.3.1"])
+        for level, parent, ids in (("PATIENT", None, ["P1"]), ("STUDY", "P1", ["1.2"]),
+                                   ("SERIES", "1.2", ["1.2.3"]), ("IMAGE", "1.2.3", ["1.2.3.1"])):
+            self.assertEqual([i async for i in catalog.members(level, parent)], ids)
+            self.assertEqual(await catalog.page(level, parent), (0, ids))
         study = await catalog.attributes("STUDY", "1.2")
         assert study is not None
         self.assertEqual(study["patient_id"], "P1")
@@ -354,14 +357,14 @@ class CatalogTests(TestCase):
         assert image is not None
         self.assertEqual(image["SOPInstanceUID"], "1.2.3.1")
         self.assertIsNone(await catalog.attributes("STUDY", "9.9"))
-        self.assertEqual(await catalog.members("SERIES", "9.9"), [])
+        self.assertEqual(await catalog.page("SERIES", "9.9"), (0, []))
 
     def test_timeout(self) -> None:
         """A Redis that does not answer fails a read with IndexUnavailable
         once the timeout passes on the injected clock."""
         clock = task.Clock()
         catalog = RedisCatalog(_Never(), clock, timeout=1.5)
-        d = catalog.members("PATIENT", None)
+        d = catalog.page("PATIENT", None)
         clock.advance(1.4)
         self.assertNoResult(d)
         clock.advance(0.2)

@@ -2,20 +2,36 @@
 
 Every look-up follows the relation sets of :mod:`sdcc_twisted.core.index_keys`
 level by level (patients -> studies -> series -> instances) or goes straight
-to a hash by its unique key; nothing scans the key space.  Each call is
-bounded by the index timeout and fails with
+to a hash by its unique key; nothing scans the key space.  A relation set is
+read a page at a time (SSCAN), never whole and never sorted, so memory per
+request stays bounded however large the index; sizes come from SCARD.  Each
+call is bounded by the index timeout and fails with
 :class:`~sdcc_twisted.storage.index.IndexUnavailable`.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from sdcc_twisted.storage.index import Bounded
 from sdcc_twisted.core.index_keys import KeyLayout, key_id
+
+#: Ids asked per SSCAN page.
+PAGE_SIZE = 500
+
+
+def _first_error(failure: Failure) -> Failure:
+    """The failure of the call that failed first, not gatherResults' wrapper."""
+    error = failure.value
+    if isinstance(error, defer.FirstError):
+        sub: Failure = error.subFailure
+        return sub
+    return failure
 
 
 class RedisCatalog:
@@ -63,16 +79,40 @@ class RedisCatalog:
             return layout.study_series(key_id(parent or ""))
         return layout.series_instances(key_id(parent or ""))
 
-    def members(self, level: str, parent: str | None) -> "defer.Deferred[list[str]]":
-        """Ids at ``level`` under ``parent``: every patient (PATIENT, parent
-        None), the studies of a patient, the series of a study, the
-        instances of a series."""
+    def page(self, level: str, parent: str | None,
+             cursor: int = 0) -> "defer.Deferred[tuple[int, list[str]]]":
+        """One SSCAN page of the ids at ``level`` under ``parent`` (every
+        patient for PATIENT with parent None, the studies of a patient, the
+        series of a study, the instances of a series): the next cursor (0 at
+        the end) and the ids.  An id may come twice if the set is rehashed
+        meanwhile (Redis SSCAN guarantee)."""
         key = self._set_key(level, parent)
-        return self._bounded.run(self._members(key), f"members {key}")
+        return self._bounded.run(self._page(key, cursor), f"members {key}")
 
-    async def _members(self, key: str) -> list[str]:
-        found = await self._redis.smembers(key)
-        return sorted(str(m) for m in (found or ()))
+    async def _page(self, key: str, cursor: int) -> tuple[int, list[str]]:
+        reply = await self._redis.sscan(key, cursor, count=PAGE_SIZE)
+        next_cursor, found = reply
+        return int(next_cursor), [str(m) for m in (found or ())]
+
+    async def members(self, level: str, parent: str | None) -> AsyncIterator[str]:
+        """The ids at ``level`` under ``parent``, page by page (see :meth:`page`)."""
+        cursor = 0
+        while True:
+            cursor, ids = await self.page(level, parent, cursor)
+            for ident in ids:
+                yield ident
+            if not cursor:
+                return
+
+    def fields(self, level: str, idents: list[str],
+               names: tuple[str, ...]) -> "defer.Deferred[list[tuple[str | None, ...]]]":
+        """``names`` of each entry in ``idents`` (HMGET, sent together)."""
+        keys = [self._hash_key(level, ident) for ident in idents]
+        calls = [self._redis.hmget(key, list(names)) for key in keys]
+        d = defer.gatherResults(calls, consumeErrors=True)
+        d.addErrback(_first_error)
+        d.addCallback(lambda rows: [tuple(row or (None,) * len(names)) for row in rows])
+        return self._bounded.run(d, f"read {len(idents)} {level} entries")
 
     def count(self, level: str, parent: str | None) -> "defer.Deferred[int]":
         """How many ids :meth:`members` would give (the set's SCARD)."""
