@@ -351,8 +351,8 @@ class QueryOperation:
 
     async def _survey(self, query: Query, pairs: bool) -> tuple[int, set[tuple[str, str]]]:
         """How many instances the retrieve keys name (from the series sets'
-        SCARD) and, if ``pairs``, their (SOP class, transfer syntax) pairs
-        (two fields per instance, a page at a time): bounded memory."""
+        SCARD) and, if ``pairs``, their distinct (SOP class, transfer syntax)
+        pairs (a page at a time, deduplicated in Redis): bounded memory."""
         catalog = self.scp.catalog
         found: set[tuple[str, str]] = set()
         if query.level == "IMAGE":      # a list of UIDs from the identifier: bounded
@@ -369,8 +369,8 @@ class QueryOperation:
             while pairs and cursor:
                 self.check_deadline()
                 cursor, ids = await catalog.page("IMAGE", uid, max(cursor, 0))
-                rows = await catalog.fields("IMAGE", ids, ("sop_class_uid", "transfer_syntax"))
-                found.update((row[0] or "", row[1] or "") for row in rows)
+                if ids:
+                    found.update(await catalog.syntaxes(ids))
         return total, found
 
     def _counts(self, remaining: int, done: "SubOperations") -> dict[int, Any]:

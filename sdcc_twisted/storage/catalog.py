@@ -16,7 +16,6 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
 
 from sdcc_twisted.storage.index import Bounded
 from sdcc_twisted.core.index_keys import KeyLayout, key_id
@@ -25,13 +24,17 @@ from sdcc_twisted.core.index_keys import KeyLayout, key_id
 PAGE_SIZE = 500
 
 
-def _first_error(failure: Failure) -> Failure:
-    """The failure of the call that failed first, not gatherResults' wrapper."""
-    error = failure.value
-    if isinstance(error, defer.FirstError):
-        sub: Failure = error.subFailure
-        return sub
-    return failure
+#: KEYS: instance hashes; the answer: their distinct
+#: "sop_class_uid\ntransfer_syntax" pairs.
+_PAIRS_SCRIPT = """
+local seen, out = {}, {}
+for _, key in ipairs(KEYS) do
+  local row = redis.call('HMGET', key, 'sop_class_uid', 'transfer_syntax')
+  local pair = (row[1] or '') .. '\\n' .. (row[2] or '')
+  if not seen[pair] then seen[pair] = true; out[#out + 1] = pair end
+end
+return out
+"""
 
 
 class RedisCatalog:
@@ -104,15 +107,14 @@ class RedisCatalog:
             if not cursor:
                 return
 
-    def fields(self, level: str, idents: list[str],
-               names: tuple[str, ...]) -> "defer.Deferred[list[tuple[str | None, ...]]]":
-        """``names`` of each entry in ``idents`` (HMGET, sent together)."""
-        keys = [self._hash_key(level, ident) for ident in idents]
-        calls = [self._redis.hmget(key, list(names)) for key in keys]
-        d = defer.gatherResults(calls, consumeErrors=True)
-        d.addErrback(_first_error)
-        d.addCallback(lambda rows: [tuple(row or (None,) * len(names)) for row in rows])
-        return self._bounded.run(d, f"read {len(idents)} {level} entries")
+    def syntaxes(self, sop_uids: list[str]) -> "defer.Deferred[set[tuple[str, str]]]":
+        """The distinct (SOP class, transfer syntax) pairs of these instances:
+        one script call, a small answer."""
+        keys = [self.layout.instance(uid) for uid in sop_uids]
+        d = self._bounded.run(self._redis.eval(_PAIRS_SCRIPT, keys, []),
+                              f"read {len(keys)} instances")
+        d.addCallback(lambda found: {tuple(str(p).split("\n", 1)) for p in found or ()})
+        return d
 
     def count(self, level: str, parent: str | None) -> "defer.Deferred[int]":
         """How many ids :meth:`members` would give (the set's SCARD)."""
