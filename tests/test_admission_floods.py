@@ -125,3 +125,24 @@ class FloodTests(TestCase):
         log = server.log()
         self.assertNotIn("Too many open files", log)
         self.assertNotIn("EMFILE", log)
+
+
+class ListenBacklogTests(TestCase):
+    """The listener's backlog (the kernel queue a burst waits in)."""
+
+    def test_backlog_added_unless_set(self) -> None:
+        """tcp, tcp6, ssl and unix endpoint strings get backlog=1024 after
+        their own options; one that sets backlog, or a type without one,
+        is left as written; Twisted parses the result."""
+        from twisted.internet import endpoints, reactor
+
+        from sdcc_twisted.runtime.admission import LISTEN_BACKLOG, with_backlog
+
+        self.assertEqual(with_backlog("tcp:11112:interface=127.0.0.1"),
+                         f"tcp:11112:interface=127.0.0.1:backlog={LISTEN_BACKLOG}")
+        self.assertEqual(with_backlog("unix:address=/run/sdcc.sock"),
+                         f"unix:address=/run/sdcc.sock:backlog={LISTEN_BACKLOG}")
+        self.assertEqual(with_backlog("tcp:port=11112:backlog=5"), "tcp:port=11112:backlog=5")
+        self.assertEqual(with_backlog("systemd:domain=INET:index=0"),
+                         "systemd:domain=INET:index=0")
+        endpoints.serverFromString(reactor, with_backlog("tcp6:11112:interface=\\:\\:1"))

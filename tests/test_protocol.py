@@ -7,6 +7,7 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -205,6 +206,25 @@ class EstablishmentTests(ProtocolTestBase):
         self.assertTrue(st.disconnecting)
         self.assertEqual(self.factory.monitor.registry.get_sample_value(
             "sdcc_connections_refused_total", {"limit": "max_connections"}), 2)
+
+    def test_refusals_logged_once_per_interval(self) -> None:
+        """Connections refused at accept time give one warning per cap per
+        10 s, naming the cap, the count since the last line and the key."""
+        lines: list[str] = []
+        observer = lambda event: lines.append(formatEvent(event))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.factory.admission.max_connections = 1
+        self.connect(40000)
+        for n in range(5):       # the first waits for its request, the others are closed
+            self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001 + n))
+        self.clock.advance(11)
+        self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40009))
+        refusing = [line for line in lines if "refusing connections" in line]
+        self.assertEqual(len(refusing), 2, refusing)
+        self.assertIn("max_connections=1 reached (1 refused", refusing[0])
+        self.assertIn("max_connections=1 reached (5 refused", refusing[1])
+        self.assertIn("raise [server] max_connections", refusing[1])
 
     def test_refused_beyond_waiting_are_dropped_at_once(self) -> None:
         """More than REFUSED_WAITING refused connections waiting at once: the

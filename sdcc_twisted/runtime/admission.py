@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol, Union
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from sdcc_twisted.config import ServerSettings
@@ -80,6 +81,30 @@ class SlotHolder(Protocol):
 
     def slot_lost(self, calling_ae: str) -> None:
         """Its slot was found held by another holder: end the association."""
+
+
+class RefusalLog:
+    """One log line per cap per ``every`` seconds while connections are
+    refused at accept time (a flood must not flood the log)."""
+
+    def __init__(self, clock: IReactorTime, every: float = 10.0) -> None:
+        self.clock = clock
+        self.every = every
+        self._last: dict[str, float] = {}
+        self._since: Counter[str] = Counter()
+
+    def refused(self, limit: str) -> None:
+        """A connection was refused for ``limit`` (``key=value ...``)."""
+        key = limit.partition("=")[0]
+        self._since[key] += 1
+        now = self.clock.seconds()
+        last = self._last.get(key)
+        if last is not None and now - last < self.every:
+            return
+        self._last[key] = now
+        log.warn("refusing connections at accept time: {limit} reached ({n} refused "
+                 "since the last such line); if this is legitimate load, raise "
+                 "[server] {key}", limit=limit, n=self._since.pop(key), key=key)
 
 
 class Admission:
@@ -197,4 +222,4 @@ class Admission:
 
 
 __all__ = ["Admission", "Admitted", "Answer", "LISTEN_BACKLOG", "REFUSED_GRACE",
-           "REFUSED_WAITING", "Refused", "SlotHolder", "with_backlog"]
+           "REFUSED_WAITING", "RefusalLog", "Refused", "SlotHolder", "with_backlog"]

@@ -43,6 +43,7 @@ from sdcc_twisted.runtime.admission import (
     Admission,
     Admitted,
     Answer,
+    RefusalLog,
     Refused,
 )
 from sdcc_twisted.runtime.client import open_store_association
@@ -290,6 +291,7 @@ class DicomServerFactory(Factory[DicomProtocol]):
         self.timeouts = timeouts
         self.max_command_length = max_command_length
         self.monitor = monitor if monitor is not None else Monitor(clock)
+        self.refusals = RefusalLog(clock)
 
     def startFactory(self) -> None:
         """The listener is up."""
@@ -314,6 +316,7 @@ class DicomServerFactory(Factory[DicomProtocol]):
         refusal = admission.refusal(host)
         if refusal is not None:
             self.monitor.connection_refused(refusal.limit)
+            self.refusals.refused(refusal.limit)
             if not admission.may_wait():
                 return None
         protocol = DicomProtocol(self, refusal)
