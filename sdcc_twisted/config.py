@@ -78,6 +78,7 @@ class ServerSettings:
     stop_grace: float = 30.0
     node_id: str = field(default_factory=default_node_id)
     workers: int = 1
+    max_connections: int = 256
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class QuerySettings:
 
     enabled: bool = True
     allowed_calling_ae_titles: frozenset[str] | None = None
+    timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -392,13 +394,13 @@ _KNOWN: Final[dict[str, frozenset[str]]] = {
         "ae_title", "listen", "data_dir", "max_pdu_length", "max_associations",
         "require_called_ae_title", "allowed_calling_ae_titles", "artim_timeout",
         "idle_timeout", "max_command_length", "max_connections_per_address",
-        "stop_grace", "node_id", "workers"}),
+        "stop_grace", "node_id", "workers", "max_connections"}),
     "storage": frozenset({"root", "fsync", "max_head_bytes", "retention_days",
                           "min_free_space", "file_mode", "dir_mode"}),
     "tls": frozenset({"ca_certificates", "require_client_certificate"}),
     "index": frozenset({"redis", "redis_server", "key_prefix", "timeout", "lock"}),
     "logging": frozenset({"level", "file", "format"}),
-    "query": frozenset({"enabled", "allowed_calling_ae_titles"}),
+    "query": frozenset({"enabled", "allowed_calling_ae_titles", "timeout"}),
     "http": frozenset({"listen", "token_file", "show_patient_data"}),
     "retrieve": frozenset({"max_decode_bytes"}),
     "studies": frozenset({"quiet_seconds"}),
@@ -558,6 +560,7 @@ def parse_settings(text: str, source: str = "<string>",
                       "letter or digit"),
         workers=r.get("server", "workers", ds.workers, workers,
                       f"a whole number from 1 to {MAX_WORKERS}, or auto (the cores)"),
+        max_connections=r.integer("server", "max_connections", ds.max_connections, 1, 100000),
     )
     def space_floor(raw: str) -> SpaceFloor:
         if raw.endswith("%"):
@@ -613,6 +616,7 @@ def parse_settings(text: str, source: str = "<string>",
         allowed_calling_ae_titles=r.get(
             "query", "allowed_calling_ae_titles", dq.allowed_calling_ae_titles, ae_list,
             ae_list_expect),
+        timeout=r.seconds("query", "timeout", dq.timeout),
     )
     if logging.format == "json" and not logging.file:
         raise r.fail("logging", "format", "json needs [logging] file (the file "

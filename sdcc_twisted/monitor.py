@@ -174,6 +174,10 @@ class Monitor:
             "sdcc_association_rejects", "A-ASSOCIATE-RJ sent, by reason "
             "(result/source/reason and its name, or the limit reached).", ["reason"],
             registry=registry)
+        self.connections_refused = Counter(
+            "sdcc_connections_refused", "Connections refused at accept time, by "
+            "the cap reached (max_connections or max_connections_per_address).",
+            ["limit"], registry=registry)
         self.instances_stored = Counter(
             "sdcc_instances_stored", "Instances stored (C-STORE answered 0x0000).",
             ["calling_ae"], registry=registry)
@@ -222,6 +226,10 @@ class Monitor:
         live = self.live.get(key)
         if live is not None:
             live.count(size, self.clock.seconds())
+
+    def connection_refused(self, limit: str) -> None:
+        """A connection was refused at accept time; ``limit`` names the cap."""
+        self.connections_refused.labels(limit.partition("=")[0]).inc()
 
     def association_accepted(self, key: object, peer: str, calling_ae: str) -> None:
         """An association was accepted on connection ``key``."""

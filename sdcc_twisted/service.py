@@ -51,7 +51,8 @@ from sdcc_twisted.http import HealthProbe, build_site, read_token
 from sdcc_twisted.monitor import ISpaceReport, Monitor
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.core.negotiation import AcceptorPolicy
-from sdcc_twisted.runtime.admission import Admission
+from sdcc_twisted.runtime.admission import Admission, with_backlog
+from sdcc_twisted.runtime.descriptors import check_descriptors
 from sdcc_twisted.runtime.dispatch import service_table
 from sdcc_twisted.runtime.protocol import DicomServerFactory, Timeouts
 from sdcc_twisted.runtime.twisted_gaps import replace_server_tls_options, server_tls_options
@@ -453,8 +454,10 @@ def build_service(settings: Settings, reactor: Any,
 
     Raises:
         ConfigError: naming the section and key, for what can only be checked
-            here (the endpoint string, the redis-server binary, directories).
+            here (the endpoint string, the redis-server binary, directories,
+            caps above the file descriptor limit).
     """
+    check_descriptors(settings)
     data_dir = settings.server.data_dir
     node = NodePaths.for_node(data_dir, settings.storage_root, settings.server.node_id)
     children: list[service.Service] = []  # in start order
@@ -524,15 +527,15 @@ def build_service(settings: Settings, reactor: Any,
         lock_kind = "memory" if embedded is not None else "redis"
     lock: IAssociationLock
     if lock_kind == "redis" and sentinel:
-        lock = ReplicatedLock(
+        lock = InProcessAssociationLock(ReplicatedLock(
             RedisAssociationLock(late, reactor, key_prefix=settings.index.key_prefix,
                                  timeout=settings.index.timeout),
-            late, timeout=settings.index.timeout)
+            late, timeout=settings.index.timeout))
     elif lock_kind == "redis":
-        lock = FallbackAssociationLock(
+        lock = InProcessAssociationLock(FallbackAssociationLock(
             RedisAssociationLock(late, reactor, key_prefix=settings.index.key_prefix,
                                  timeout=settings.index.timeout),
-            InProcessAssociationLock(), _lock_fallback)
+            InProcessAssociationLock(), _lock_fallback))
     else:
         lock = InProcessAssociationLock()
 
@@ -561,7 +564,8 @@ def build_service(settings: Settings, reactor: Any,
     transcoder = Transcoder(store, settings.retrieve.max_decode_bytes, run_blocking)
     children.extend(_after_receipt(settings, reactor, late, store, storage, transcoder,
                                    monitor, run_blocking, os.path.join(node.node_dir, "forward")))
-    query_retrieve = QueryRetrieveSCP(catalog, dict(settings.move_destinations), transcoder)
+    query_retrieve = QueryRetrieveSCP(catalog, dict(settings.move_destinations), reactor,
+                                      settings.query.timeout, transcoder)
     policy = AcceptorPolicy(
         ae_title=server.ae_title,
         require_called_ae=server.require_called_ae_title,
@@ -571,7 +575,8 @@ def build_service(settings: Settings, reactor: Any,
         allowed_query_aes=settings.query.allowed_calling_ae_titles,
     )
     admission = Admission(policy, lock, max_associations=server.max_associations,
-                          max_connections_per_address=server.max_connections_per_address)
+                          max_connections_per_address=server.max_connections_per_address,
+                          max_connections=server.max_connections)
     factory = DicomServerFactory(
         admission, service_table(storage, query_retrieve), reactor,
         timeouts=Timeouts(artim=server.artim_timeout, idle=server.idle_timeout),
@@ -579,7 +584,7 @@ def build_service(settings: Settings, reactor: Any,
         monitor=monitor,
     )
     try:
-        endpoint = endpoint or endpoints.serverFromString(reactor, server.listen)
+        endpoint = endpoint or endpoints.serverFromString(reactor, with_backlog(server.listen))
     except (ValueError, TypeError, KeyError, OSError, ImportError) as exc:
         raise ConfigError(f"{settings.source}: [server] listen: cannot use "
                           f"{server.listen!r} as a Twisted endpoint ({exc})") from None

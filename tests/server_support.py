@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -113,12 +114,22 @@ def twistd_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": REPO}
 
 
-class TwistdServer:
-    """``python -m twisted.scripts.twistd -n sdcc --config FILE`` as a child."""
+def limit_descriptors(nofile: int) -> Any:
+    """A ``preexec_fn`` that sets the child's RLIMIT_NOFILE, soft and hard,
+    to ``nofile`` (``ulimit -n nofile`` in a shell)."""
+    def preexec() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+    return preexec
 
-    def __init__(self, testcase: unittest.TestCase, ini: str) -> None:
+
+class TwistdServer:
+    """``twistd -n sdcc --config FILE`` as a child (``nofile``: its RLIMIT_NOFILE)."""
+
+    def __init__(self, testcase: unittest.TestCase, ini: str,
+                 nofile: int | None = None) -> None:
         self.testcase = testcase
         self.ini = ini
+        self.nofile = nofile
         self.log_path = ini + ".log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -127,7 +138,8 @@ class TwistdServer:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 twistd_command(self.ini), cwd=REPO, env=twistd_env(), stdout=log,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=limit_descriptors(self.nofile) if self.nofile else None)
         self.testcase.addCleanup(self.stop)
         deadline = time.monotonic() + timeout
         while True:

@@ -726,9 +726,11 @@ class KeyCollisionTests(unittest.TestCase):
         self.assertEqual(self.client.hget(f"t:patient:{NO_ID}", "PatientName"), "Empty^Id")
         self.assertEqual(self.client.hget(f"t:patient:\\{NO_ID}", "PatientName"), "Intruder")
         catalog = RedisCatalog(self.redis, reactor, key_prefix="t:", timeout=2)
-        self.assertEqual(await catalog.members("PATIENT", None), ["", NO_ID])
-        self.assertEqual(await catalog.members("STUDY", ""), ["100"])
-        self.assertEqual(await catalog.members("STUDY", NO_ID), ["101"])
+        async def members(level: str, parent: str | None) -> list[str]:
+            return sorted([value async for value in catalog.members(level, parent)])
+        self.assertEqual(await members("PATIENT", None), ["", NO_ID])
+        self.assertEqual(await members("STUDY", ""), ["100"])
+        self.assertEqual(await members("STUDY", NO_ID), ["101"])
         self.assertEqual((await catalog.attributes("PATIENT", NO_ID))["PatientName"],
                          "Intruder")
         # the attach script places it where key_id does: storing it again

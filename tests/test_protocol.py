@@ -7,6 +7,7 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -19,7 +20,7 @@ from sdcc_twisted.storage.journal import PendingJournal
 from sdcc_twisted.storage.locks import IAssociationLock, InProcessAssociationLock
 from sdcc_twisted.core.negotiation import AcceptorPolicy
 from sdcc_twisted.core.pdu import AAbort, AAssociateAC, AAssociateRJ, AReleaseRP, AReleaseRQ, PDataTF, decode, encode
-from sdcc_twisted.runtime.admission import Admission
+from sdcc_twisted.runtime.admission import REFUSED_GRACE, REFUSED_WAITING, Admission
 from sdcc_twisted.runtime.dispatch import service_table
 from sdcc_twisted.runtime.protocol import DicomServerFactory, Timeouts
 from sdcc_twisted.core.records import InstanceRecord
@@ -166,6 +167,78 @@ class EstablishmentTests(ProtocolTestBase):
         proto.makeConnection(transport)
         proto.dataReceived(encode(associate_rq(calling="AE6")))
         self.assertIsInstance(self.sent(transport)[0], AAssociateAC)
+
+    def test_refused_connections_never_count(self) -> None:
+        """Admission at accept time: over max_connections_per_address the
+        connection is refused and never counts, so the first connections of
+        a burst (each with its own calling AE) are accepted, the rest get
+        2/3/2 at once; once an admitted one closes, the next is admitted."""
+        self.factory.admission.max_connections_per_address = 2
+        self.factory.admission.max_associations = 10
+        burst = [self.connect(40000 + n) for n in range(6)]
+        for n, (proto, transport) in enumerate(burst):
+            proto.dataReceived(encode(associate_rq(calling=f"AE{n}")))
+        answers = [type(self.sent(t)[0]) for _, t in burst]
+        self.assertEqual(answers, [AAssociateAC] * 2 + [AAssociateRJ] * 4)
+        self.assertEqual(self.factory.admission.address_count("127.0.0.1"), 2)
+        self.assertEqual(len(self.factory.connections), 2)
+        for proto, transport in burst[2:]:
+            self.close(proto, transport)
+        self.assertEqual(self.factory.admission.refused, set())
+        self.close(*burst[0])
+        _, t = self.associate("AE9", 40009)
+        self.assertIsInstance(self.sent(t)[0], AAssociateAC)
+
+    def test_total_connection_cap_at_accept(self) -> None:
+        """Over max_connections the request is answered 2/3/2 before the
+        lock is asked; a silent refused connection is closed after the short
+        REFUSED_GRACE (not ARTIM), and it is counted in the metrics."""
+        self.factory.admission.max_connections = 1
+        self.associate("AE1", 40001)
+        proto, transport = self.associate("AE2", 40002)
+        self.assertEqual(self.sent(transport), [AAssociateRJ(2, 3, 2)])
+        self.assertEqual(self.lock.held(), frozenset({"AE1"}))
+        self.close(proto, transport)
+        silent, st = self.connect(40003)
+        self.clock.advance(REFUSED_GRACE - 0.1)
+        self.assertFalse(st.disconnecting)
+        self.clock.advance(0.2)
+        self.assertTrue(st.disconnecting)
+        self.assertEqual(self.factory.monitor.registry.get_sample_value(
+            "sdcc_connections_refused_total", {"limit": "max_connections"}), 2)
+
+    def test_refusals_logged_once_per_interval(self) -> None:
+        """Connections refused at accept time give one warning per cap per
+        10 s, naming the cap, the count since the last line and the key."""
+        lines: list[str] = []
+        observer = lambda event: lines.append(formatEvent(event))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.factory.admission.max_connections = 1
+        self.connect(40000)
+        for n in range(5):       # the first waits for its request, the others are closed
+            self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001 + n))
+        self.clock.advance(11)
+        self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40009))
+        refusing = [line for line in lines if "refusing connections" in line]
+        self.assertEqual(len(refusing), 2, refusing)
+        self.assertIn("max_connections=1 reached (1 refused", refusing[0])
+        self.assertIn("max_connections=1 reached (5 refused", refusing[1])
+        self.assertIn("raise [server] max_connections", refusing[1])
+
+    def test_refused_beyond_waiting_are_dropped_at_once(self) -> None:
+        """More than REFUSED_WAITING refused connections waiting at once: the
+        next refused one is aborted at once (a flood cannot hold descriptors);
+        the admitted one is unaffected."""
+        self.factory.admission.max_connections_per_address = 1
+        admitted, at = self.connect(40000)
+        waiting = [self.connect(41000 + n) for n in range(REFUSED_WAITING)]
+        self.assertFalse(any(t.disconnecting for _, t in waiting))
+        self.assertIsNone(self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 42000)))
+        self.assertEqual(len(self.factory.admission.refused), REFUSED_WAITING)
+        self.assertFalse(at.disconnecting)
+        admitted.dataReceived(encode(associate_rq(calling="AE1")))
+        self.assertIsInstance(self.sent(at)[0], AAssociateAC)
 
     def test_rejected_by_policy(self) -> None:
         """A wrong application context is rejected 1/1/2 and does not take a slot."""

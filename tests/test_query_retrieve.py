@@ -36,6 +36,7 @@ from sdcc_twisted.core.events import CommandReceived, DataFragment
 from sdcc_twisted.core.framing import PDUFramer
 from sdcc_twisted.core.negotiation import AcceptorPolicy
 from sdcc_twisted.core.part10 import file_meta_bytes
+from sdcc_twisted.core.index_keys import KeyLayout, record_commands
 from sdcc_twisted.core.pdu import (
     AAssociateAC,
     AAssociateRQ,
@@ -153,10 +154,13 @@ class HeldCatalog:
         """Let the first look-up answer."""
         self.first.callback(None)
 
-    def members(self, level: str, parent: str | None) -> "defer.Deferred[list[str]]":
+    def page(self, level: str, parent: str | None,
+             cursor: int = 0) -> "defer.Deferred[tuple[int, list[str]]]":
         gate = defer.succeed(None) if self.asked else self.first
         self.asked = True
-        return gate.addCallback(lambda _: self.catalog.members(level, parent))
+        return gate.addCallback(lambda _: self.catalog.page(level, parent, cursor))
+
+    members = RedisCatalog.members
 
     def attributes(self, level: str, ident: str) -> Any:
         return self.catalog.attributes(level, ident)
@@ -178,7 +182,7 @@ class QueryRetrieveTestBase(TestCase):
                              PendingJournal(self.mktemp()),
                              lambda fn, *a: defer.maybeDeferred(fn, *a), self.clock)
         self.qr = QueryRetrieveSCP(self.catalog, {
-            "DEST": MoveDestination("DEST", "127.0.0.1", 11113)})
+            "DEST": MoveDestination("DEST", "127.0.0.1", 11113)}, self.clock)
         self.factory = DicomServerFactory(
             Admission(AcceptorPolicy(), InProcessAssociationLock()),
             service_table(storage, self.qr), self.clock,
@@ -259,6 +263,95 @@ class FindTests(QueryRetrieveTestBase):
         assert final is not None
         self.assertEqual(final.get(STATUS), c.STATUS_QR_OUT_OF_RESOURCES)
         self.assertEqual(final.get(0x0902), "Index unavailable")
+
+
+class PagedCatalog:
+    """The real catalog; page ``hold_from`` and later wait for :meth:`release`,
+    and each page may cost ``cost`` seconds on the test's clock."""
+
+    def __init__(self, catalog: RedisCatalog, clock: task.Clock, hold_from: int = 0,
+                 cost: float = 0.0) -> None:
+        self.catalog = catalog
+        self.clock = clock
+        self.hold_from = hold_from
+        self.cost = cost
+        self.pages = 0
+        self.gate: defer.Deferred[None] = defer.Deferred()
+
+    def release(self) -> None:
+        """Let the held pages answer."""
+        self.gate.callback(None)
+
+    def page(self, level: str, parent: str | None,
+             cursor: int = 0) -> "defer.Deferred[tuple[int, list[str]]]":
+        self.pages += 1
+        self.clock.advance(self.cost)
+        if self.hold_from and self.pages >= self.hold_from:
+            d = defer.Deferred()
+            self.gate.addCallback(lambda _: self.catalog.page(level, parent, cursor).chainDeferred(d))
+            return d
+        return self.catalog.page(level, parent, cursor)
+
+    members = RedisCatalog.members
+
+    def attributes(self, level: str, ident: str) -> Any:
+        return self.catalog.attributes(level, ident)
+
+
+class BoundedQueryTests(QueryRetrieveTestBase):
+    """Work per request is bounded: pages, streaming, a deadline."""
+
+    async def index_studies(self, count: int) -> None:
+        """``count`` studies of one patient, one instance each, written
+        straight into Redis (the commands RedisIndex runs for a record)."""
+        layout = KeyLayout("t:")
+        client = self.server.client()
+        pipe = client.pipeline(transaction=False)
+        for n in range(count):
+            rec = make_record(sop=f"1.3.{n}.1.1", series=f"1.3.{n}.1", study=f"1.3.{n}")
+            for command in record_commands(layout, rec):
+                pipe.execute_command(*command)
+        pipe.execute()
+
+    async def test_first_response_before_the_whole_set_is_read(self) -> None:
+        """A Study Root C-FIND with no key over 2000 studies sends its first
+        pending response after the catalog read the patient list and one
+        page of the patient's study set; while the second page is held,
+        responses went out and no final one: nothing reads a whole set first."""
+        await self.index_studies(2000)
+        paged = PagedCatalog(self.catalog, self.clock, hold_from=3)
+        self.qr.catalog = paged  # type: ignore[assignment]
+        proto, peer = self.associate((1, c.STUDY_ROOT_FIND, (IVRLE,)))
+        proto.dataReceived(message_pdus(1, request(c.C_FIND_RQ, c.STUDY_ROOT_FIND),
+                                        identifier("STUDY", StudyInstanceUID="")))
+        await peer.until(lambda: peer.messages, "the first C-FIND-RSP")
+        self.assertEqual(peer.messages[0][0].get(STATUS), 0xFF00)
+        self.assertEqual(paged.pages, 2)            # patients, the first page of studies
+        await peer.until(lambda: paged.pages == 3, "the second page of studies")
+        peer.read()
+        self.assertIsNone(peer.final())
+        self.assertLess(len(peer.messages), 2000)
+        paged.release()
+        await peer.until(peer.final, "final C-FIND-RSP", turns=3000)
+        self.assertEqual(peer.final().get(STATUS), 0x0000)
+        self.assertEqual(len(peer.messages), 2001)
+
+    async def test_deadline_answers_a700(self) -> None:
+        """With [query] timeout 60 s and each page of the index costing 25 s
+        (on the injected clock), a C-FIND over 2000 studies is answered A700
+        with the Error Comment naming the timeout, after a few pending ones."""
+        await self.index_studies(2000)
+        self.qr.catalog = PagedCatalog(self.catalog, self.clock, cost=25)  # type: ignore[assignment]
+        self.qr.timeout = 60
+        proto, peer = self.associate((1, c.STUDY_ROOT_FIND, (IVRLE,)))
+        proto.dataReceived(message_pdus(1, request(c.C_FIND_RQ, c.STUDY_ROOT_FIND),
+                                        identifier("STUDY", StudyInstanceUID="")))
+        await peer.until(peer.final, "final C-FIND-RSP", turns=3000)
+        final = peer.final()
+        assert final is not None
+        self.assertEqual(final.get(STATUS), c.STATUS_QR_OUT_OF_RESOURCES)
+        self.assertEqual(final.get(0x0902), "Query timed out after 60 s")
+        self.assertLess(len(peer.messages), 2001)
 
 
 class RetrieveTests(QueryRetrieveTestBase):
@@ -343,10 +436,10 @@ class CatalogTests(TestCase):
         await RedisIndex(redis, reactor, key_prefix="t:").record(
             make_record(sop="1.2.3.1", series="1.2.3", study="1.2", patient="P1"))
         catalog = RedisCatalog(redis, reactor, key_prefix="t:")
-        self.assertEqual(await catalog.members("PATIENT", None), ["P1"])
-        self.assertEqual(await catalog.members("STUDY", "P1"), ["1.2"])
-        self.assertEqual(await catalog.members("SERIES", "1.2"), ["1.2.3"])
-        self.assertEqual(await catalog.members("IMAGE", "1.2.3"), ["1.2.3.1"])
+        for level, parent, ids in (("PATIENT", None, ["P1"]), ("STUDY", "P1", ["1.2"]),
+                                   ("SERIES", "1.2", ["1.2.3"]), ("IMAGE", "1.2.3", ["1.2.3.1"])):
+            self.assertEqual([i async for i in catalog.members(level, parent)], ids)
+            self.assertEqual(await catalog.page(level, parent), (0, ids))
         study = await catalog.attributes("STUDY", "1.2")
         assert study is not None
         self.assertEqual(study["patient_id"], "P1")
@@ -354,14 +447,14 @@ class CatalogTests(TestCase):
         assert image is not None
         self.assertEqual(image["SOPInstanceUID"], "1.2.3.1")
         self.assertIsNone(await catalog.attributes("STUDY", "9.9"))
-        self.assertEqual(await catalog.members("SERIES", "9.9"), [])
+        self.assertEqual(await catalog.page("SERIES", "9.9"), (0, []))
 
     def test_timeout(self) -> None:
         """A Redis that does not answer fails a read with IndexUnavailable
         once the timeout passes on the injected clock."""
         clock = task.Clock()
         catalog = RedisCatalog(_Never(), clock, timeout=1.5)
-        d = catalog.members("PATIENT", None)
+        d = catalog.page("PATIENT", None)
         clock.advance(1.4)
         self.assertNoResult(d)
         clock.advance(0.2)

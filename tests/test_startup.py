@@ -17,6 +17,7 @@ from .server_support import (
     TwistdServer,
     free_port,
     ini_text,
+    limit_descriptors,
     twistd_command,
     twistd_env,
 )
@@ -53,11 +54,13 @@ class StartupTests(TestCase):
             handle.write(text)
         return path
 
-    def run_twistd(self, ini: str) -> tuple[int, str]:
-        """Run ``twistd -n sdcc`` to its end; (exit status, all it printed)."""
+    def run_twistd(self, ini: str, nofile: int | None = None) -> tuple[int, str]:
+        """Run ``twistd -n sdcc`` to its end (``nofile``: its RLIMIT_NOFILE);
+        (exit status, all it printed)."""
         done = subprocess.run(twistd_command(ini), cwd=REPO, env=twistd_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, text=True, timeout=EXIT_TIMEOUT)
+                              stdin=subprocess.DEVNULL, text=True, timeout=EXIT_TIMEOUT,
+                              preexec_fn=limit_descriptors(nofile) if nofile else None)
         return done.returncode, done.stdout
 
     def assert_one_line(self, status: int, output: str, *names: str) -> None:
@@ -131,6 +134,23 @@ class StartupTests(TestCase):
             if os.path.isdir(data_dir):
                 self.assertEqual([name for name in os.listdir(data_dir)
                                   if name.startswith("index.wal")], [], ini)
+
+    def test_caps_above_the_descriptor_limit(self) -> None:
+        """With RLIMIT_NOFILE at 256 (soft and hard), the default caps
+        (max_connections 256, max_associations 64) cannot be carried: one line
+        naming [server] max_connections and the limit; with max_connections 16
+        and max_associations 8 the same limit is enough and it answers."""
+        data_dir = os.path.abspath(self.mktemp())
+        status, output = self.run_twistd(
+            self.write_ini(ini_text(data_dir, "embedded", port=free_port())), nofile=256)
+        self.assert_one_line(status, output, "[server] max_connections = 256",
+                             "RLIMIT_NOFILE allows 256")
+        port = free_port()
+        ini = self.write_ini(ini_text(data_dir, "embedded", port=port, server={
+            "max_connections": "16", "max_associations": "8"}))
+        server = TwistdServer(self, ini, nofile=256)
+        server.start(port)
+        self.assertEqual(pynetdicom_echo(port)["status"], 0x0000)
 
     def test_missing_config_file(self) -> None:
         """A config file that does not exist is one line naming it, without

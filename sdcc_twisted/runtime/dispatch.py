@@ -204,8 +204,16 @@ class Dispatcher:
         await self.connection.room()
 
     def store_context(self, sop_class_uid: str, transfer_syntax: str) -> int | None:
-        """A context for C-GET's C-STORE sub-operations (see DicomProtocol)."""
-        return self.connection.store_context(sop_class_uid, transfer_syntax)
+        """A context for C-GET's C-STORE sub-operations: that class, that
+        syntax, and the requestor accepted the SCP role (PS3.7 D.3.3.4)."""
+        decision, assoc = self.connection.accepted, self.connection.assoc
+        if assoc is None or decision is None or not decision.requestor_is_scp(sop_class_uid):
+            return None
+        for context_id, context in sorted(assoc.contexts.items()):
+            if (context.abstract_syntax == sop_class_uid
+                    and context.transfer_syntax == transfer_syntax):
+                return context_id
+        return None
 
     def send_store(self, context_id: int, sop_class_uid: str, sop_instance_uid: str,
                    path: str, originator_ae: str = "",

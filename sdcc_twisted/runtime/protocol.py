@@ -38,7 +38,14 @@ from sdcc_twisted.core.events import (
 from sdcc_twisted.core.negotiation import Accepted, reject_pdu
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.monitor import Monitor
-from sdcc_twisted.runtime.admission import Admission, Admitted, Answer
+from sdcc_twisted.runtime.admission import (
+    REFUSED_GRACE,
+    Admission,
+    Admitted,
+    Answer,
+    RefusalLog,
+    Refused,
+)
 from sdcc_twisted.runtime.client import open_store_association
 from sdcc_twisted.runtime.dispatch import Dispatcher
 from sdcc_twisted.runtime.shell import AssociationShell, Handler
@@ -60,20 +67,23 @@ class DicomProtocol(AssociationShell):
 
     factory: "DicomServerFactory"
 
-    def __init__(self, factory: "DicomServerFactory") -> None:
+    def __init__(self, factory: "DicomServerFactory", refusal: Refused | None = None) -> None:
         self.factory = factory
         self.dispatcher = Dispatcher(self, factory.services, factory.monitor)
         super().__init__(factory.clock, factory.timeouts.artim, factory.timeouts.idle)
         self.calling_ae = ""
         self.called_ae = ""
         self._admitted: Admitted | None = None
+        #: Over a cap at accept time: the answer to the request.
+        self._refusal = refusal
+        if refusal is not None:
+            self.artim_timeout = REFUSED_GRACE
         self._released = False
         self._release_waiting = False
         self._ending: str | None = None
 
     def new_association(self) -> Association:
         """An acceptor's core, limited to the factory's PDU and command sizes."""
-        self.factory.admission.connection_made(self, self.peer_host)
         return Association(self.factory.admission.policy.max_pdu_length,
                            max_command_length=self.factory.max_command_length)
 
@@ -106,6 +116,9 @@ class DicomProtocol(AssociationShell):
             return  # a later PDU of the same read already ended it
         rq = event.request
         self.calling_ae, self.called_ae = rq.calling_ae, rq.called_ae
+        if self._refusal is not None:
+            self._admission_answer(self._refusal)
+            return
         d = self.factory.admission.admit(self, rq, self.peer_host)
         d.addCallback(self._admission_answer)
         d.addErrback(self.internal_error)
@@ -153,45 +166,39 @@ class DicomProtocol(AssociationShell):
                  r=rj.result, s=rj.source, d=rj.reason)
 
     # -- what the dispatcher's channel needs ------------------------------------------------
-    def store_context(self, sop_class_uid: str, transfer_syntax: str) -> int | None:
-        """A context for C-GET's C-STORE sub-operations: that class, that
-        syntax, and the requestor accepted the SCP role (PS3.7 D.3.3.4)."""
-        decision: Accepted | None = self._admitted.decision if self._admitted else None
-        if self.assoc is None or decision is None or not decision.requestor_is_scp(sop_class_uid):
-            return None
-        for context_id, context in sorted(self.assoc.contexts.items()):
-            if (context.abstract_syntax == sop_class_uid
-                    and context.transfer_syntax == transfer_syntax):
-                return context_id
-        return None
+    @property
+    def accepted(self) -> Accepted | None:
+        """What was accepted (negotiation), once the association is."""
+        return self._admitted.decision if self._admitted else None
+
+    def _abort(self, why: str, end: str, reason: int = ABORT_REASON_NOT_SPECIFIED) -> None:
+        """Log ``why``, keep ``end`` as the association's outcome, and send
+        an A-ABORT (PS3.8 7.3.1, source 2) with ``reason``."""
+        log.warn("aborting the association from {peer} calling_ae={calling}: {why}",
+                 peer=self.peer, calling=self.calling_ae or "-", why=why)
+        self._end(end)
+        if self.assoc is not None and not self.closed and self.assoc.state != "Sta1":
+            self.guard(self.assoc.abort, reason, why)
 
     def abort_for_stop(self) -> None:
-        """The server stops and the grace period is over: A-ABORT (PS3.8
-        7.3.1, source 2, reason not specified) and close."""
-        if self.closed:
-            return
-        log.warn("aborting the association from {peer} calling_ae={calling}: "
-                 "the server stops", peer=self.peer, calling=self.calling_ae or "-")
-        self._end("aborted (server stopping)")
-        if self.assoc is not None and self.assoc.state != "Sta1":
-            self.guard(self.assoc.abort, ABORT_REASON_NOT_SPECIFIED, "server stopping")
-        self.close()
+        """The server stops and the grace period is over: A-ABORT and close."""
+        if not self.closed:
+            self._abort("the server stops", "aborted (server stopping)")
+            self.close()
 
     def protocol_abort(self, detail: str) -> None:
         """The peer broke the protocol above the PDU layer: A-ABORT."""
-        log.warn("aborting the association from {peer} calling_ae={calling}: {detail}",
-                 peer=self.peer, calling=self.calling_ae, detail=detail)
-        self._end("aborted (protocol error)")
-        if self.assoc is not None:
-            self.guard(self.assoc.abort, ABORT_INVALID_PDU_PARAMETER_VALUE, detail)
+        self._abort(detail, "aborted (protocol error)", ABORT_INVALID_PDU_PARAMETER_VALUE)
+
+    def slot_lost(self, calling_ae: str) -> None:
+        """Another node holds this calling AE's slot (taken while Redis did
+        not answer): one of the two associations must end, and it is ours."""
+        self._abort(f"the per-AE lock of {calling_ae} is held by another node",
+                    "aborted (per-AE lock held by another node)")
 
     def idle_expired(self, idle_for: float) -> None:
         """Abort an association that stayed silent for the idle timeout."""
-        log.warn("association from {peer} calling_ae={calling} idle for {t:.0f}s; "
-                 "sending A-ABORT", peer=self.peer, calling=self.calling_ae, t=idle_for)
-        self._end("aborted (idle timeout)")
-        if self.assoc is not None:
-            self.guard(self.assoc.abort, ABORT_REASON_NOT_SPECIFIED, "idle timeout")
+        self._abort(f"idle for {idle_for:.0f}s", "aborted (idle timeout)")
 
     def internal_error(self, failure: Any) -> None:
         """Our own bug: logged, A-ABORT, closed (see the shell)."""
@@ -282,6 +289,7 @@ class DicomServerFactory(Factory[DicomProtocol]):
         self.max_command_length = max_command_length
         self.monitor = monitor if monitor is not None else Monitor(clock)
         self._all_closed: list[defer.Deferred[None]] = []
+        self.refusals = RefusalLog(clock)
 
     def startFactory(self) -> None:
         """The listener is up."""
@@ -312,8 +320,21 @@ class DicomServerFactory(Factory[DicomProtocol]):
         return d
 
     def buildProtocol(self, addr: Any) -> DicomProtocol | None:
-        """A protocol for a new connection."""
-        return DicomProtocol(self)
+        """Admission at accept time: a protocol for a connection within the
+        caps, or for one over a cap that may wait :data:`REFUSED_GRACE` for
+        its request (answered 2/3/2); ``None`` (closed at once, never
+        counted) when enough refused ones wait already (:data:`REFUSED_WAITING`)."""
+        host = getattr(addr, "host", None)
+        admission = self.admission
+        refusal = admission.refusal(host)
+        if refusal is not None:
+            self.monitor.connection_refused(refusal.limit)
+            self.refusals.refused(refusal.limit)
+            if not admission.may_wait():
+                return None
+        protocol = DicomProtocol(self, refusal)
+        admission.connection_made(protocol, host, refusal)
+        return protocol
 
     def open_sub_association(self, destination: MoveDestination,
                              contexts: list[tuple[str, str]]) -> "defer.Deferred[SubAssociation]":

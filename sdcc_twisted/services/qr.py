@@ -10,12 +10,14 @@ in the sans-I/O :mod:`sdcc_twisted.core.query`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 
 from sdcc_twisted.storage.catalog import RedisCatalog
-from sdcc_twisted.config import MoveDestination
+from sdcc_twisted.config import MoveDestination, QuerySettings
 from sdcc_twisted.core.conformance import (
     C_FIND_RSP,
     C_GET_RSP,
@@ -69,12 +71,24 @@ MAX_IDENTIFIER_LENGTH = 1 << 20
 
 
 
+class QueryTimeout(Exception):
+    """The request's index work took longer than ``[query] timeout``."""
+
+
+async def _each(values: list[str]) -> AsyncIterator[str]:
+    for value in values:
+        yield value
+
+
 class QueryRetrieveSCP:
     """Serves C-FIND, C-MOVE and C-GET (PS3.4 C.4).
 
     Args:
         catalog: the index, read side.
         destinations: C-MOVE destinations by AE title.
+        clock: the ``IReactorTime`` the deadline is measured on.
+        timeout: seconds of index work a request may take (``[query]
+            timeout``); beyond it, A700 with an Error Comment.
         transcoder: decodes an instance for a peer that accepted its class
             only uncompressed; None sends every instance as stored or not at all.
     """
@@ -82,9 +96,12 @@ class QueryRetrieveSCP:
     needs_data_set = True
 
     def __init__(self, catalog: RedisCatalog,
-                 destinations: dict[str, MoveDestination],
+                 destinations: dict[str, MoveDestination], clock: IReactorTime,
+                 timeout: float = QuerySettings.timeout,
                  transcoder: Transcoder | None = None) -> None:
         self.catalog = catalog
+        self.clock = clock
+        self.timeout = timeout
         self.destinations = destinations
         self.transcoder = transcoder
 
@@ -114,32 +131,34 @@ class QueryRetrieveSCP:
         start = 0 if query.model == "PATIENT" else 1
         catalog = self.catalog
 
-        async def descend(depth: int, parent: str | None,
-                          merged: dict[str, str]) -> AsyncIterator[dict[str, str]]:
-            level = LEVELS[depth]
-            wanted = query.unique_values(level)
+        async def candidates(depth: int, parent: str | None,
+                             wanted: list[str] | None) -> AsyncIterator[tuple[str, str | None]]:
             if depth == 1 and parent is None and wanted is not None:
                 # Study Root by Study Instance UID: straight to those studies.
-                ids: list[tuple[str, str | None]] = []
                 for study in wanted:
                     found = await catalog.attributes("STUDY", study)
                     if found is not None:
-                        ids.append((study, found.get("patient_id", "")))
+                        yield study, found.get("patient_id", "")
             elif depth == 1 and parent is None:
                 # Study Root: studies of every patient (or of the one asked).
-                patients = query.unique_values("PATIENT") or await catalog.members("PATIENT", None)
-                ids = []
-                for patient in patients:
-                    for study in await catalog.members("STUDY", patient):
-                        ids.append((study, patient))
+                asked = query.unique_values("PATIENT")
+                patients = _each(asked) if asked else catalog.members("PATIENT", None)
+                async for patient in patients:
+                    async for study in catalog.members("STUDY", patient):
+                        yield study, patient
             else:
-                ids = [(child, parent) for child in await catalog.members(level, parent)]
-            if wanted is not None:
-                allowed = set(wanted)
-                ids = [(i, p) for i, p in ids if i in allowed]
-            for ident, owner in ids:
+                allowed = set(wanted) if wanted is not None else None
+                async for child in catalog.members(LEVELS[depth], parent):
+                    if allowed is None or child in allowed:
+                        yield child, parent
+
+        async def descend(depth: int, parent: str | None,
+                          merged: dict[str, str]) -> AsyncIterator[dict[str, str]]:
+            level = LEVELS[depth]
+            async for ident, owner in candidates(depth, parent, query.unique_values(level)):
                 if state.cancelled:
                     return
+                state.check_deadline()
                 attributes = await catalog.attributes(level, ident)
                 if attributes is None:
                     continue
@@ -183,7 +202,7 @@ class QueryRetrieveSCP:
             if child == LEVELS[deepest] and child not in listed:
                 counts[child] = sum([await catalog.count(child, p) for p in ids])
                 break
-            ids = [m for p in ids for m in await catalog.members(child, p)]
+            ids = [m for p in ids async for m in catalog.members(child, p)]
             members[child], counts[child] = ids, len(ids)
         values = {k: str(counts[COUNT_KEYS[k][1]]) for k in wanted if k in COUNT_KEYS}
         if MODALITIES_IN_STUDY in wanted:
@@ -213,6 +232,9 @@ class QueryOperation:
         self.response_field = {"FIND": C_FIND_RSP, "MOVE": C_MOVE_RSP, "GET": C_GET_RSP}[operation]
         self.cancelled = False
         self.settled: defer.Deferred[None] = defer.succeed(None)
+        self._started = 0.0
+        #: Seconds spent waiting for the peer (not index work).
+        self._waiting = 0.0
         self._identifier = bytearray()
         self._too_long = False
         self.size = 0
@@ -233,6 +255,21 @@ class QueryOperation:
         """C-CANCEL-RQ (PS3.4 C.4.1.2.3, C.4.2.2.3, C.4.3.2.3)."""
         self.cancelled = True
 
+    def check_deadline(self) -> None:
+        """Raise :class:`QueryTimeout` once the index work of this request
+        (time not spent waiting for the peer) passed ``[query] timeout``."""
+        clock = self.scp.clock
+        if clock.seconds() - self._started - self._waiting > self.scp.timeout:
+            raise QueryTimeout(f"index work took more than {self.scp.timeout:g} s")
+
+    async def _peer(self, work: Any) -> Any:
+        """Await ``work`` (the peer's flow control or answer), off the deadline."""
+        started = self.scp.clock.seconds()
+        try:
+            return await work
+        finally:
+            self._waiting += self.scp.clock.seconds() - started
+
     def complete(self) -> "defer.Deferred[Outcome]":
         """The identifier is whole: run the operation; fires with the final Outcome."""
         d = defer.Deferred.fromCoroutine(self._run())
@@ -240,6 +277,11 @@ class QueryOperation:
         return d
 
     def _failed(self, failure: Any) -> Outcome:
+        if failure.check(QueryTimeout):
+            log.warn("C-{op} from {ae} stopped: {why} ([query] timeout)", op=self.operation,
+                     ae=self.channel.calling_ae, why=failure.getErrorMessage())
+            return Outcome(STATUS_QR_OUT_OF_RESOURCES,
+                           f"Query timed out after {self.scp.timeout:g} s")
         if failure.check(IndexUnavailable):
             log.warn("{op} failed: {why}", op=self.operation, why=failure.getErrorMessage())
             return Outcome(STATUS_QR_OUT_OF_RESOURCES, "Index unavailable")
@@ -251,6 +293,7 @@ class QueryOperation:
         return Outcome(STATUS_UNABLE_TO_PROCESS, "Internal error")
 
     async def _run(self) -> Outcome:
+        self._started = self.scp.clock.seconds()
         missing = describe_missing(self.command)
         if missing:
             return Outcome(STATUS_UNABLE_TO_PROCESS, missing)
@@ -272,7 +315,7 @@ class QueryOperation:
         async for attributes in self.scp.walk(query, self):
             if self.cancelled:
                 break
-            await self.channel.room()
+            await self._peer(self.channel.room())
             identifier = response_identifier(query, query.level, attributes,
                                              self.transfer_syntax)
             self.channel.send_pending(self.context_id, self.command, self.response_field,
@@ -286,7 +329,6 @@ class QueryOperation:
 
     # -- C-MOVE and C-GET ----------------------------------------------------------
     async def _retrieve(self, query: Query) -> Outcome:
-        instances = [a async for a in self._instances(query)]
         if self.operation == "MOVE":
             destination_ae = str(self.command.get(MOVE_DESTINATION, "")).strip()
             destination = self.scp.destinations.get(destination_ae)
@@ -295,32 +337,54 @@ class QueryOperation:
                          ae=self.channel.calling_ae, dest=destination_ae)
                 return Outcome(STATUS_MOVE_DESTINATION_UNKNOWN,
                                f"Unknown move destination {destination_ae}"[:64])
-            return await self._move(instances, destination)
-        return await self._get(instances)
+            return await self._move(query, destination)
+        return await self._get(query)
 
-    async def _instances(self, query: Query) -> AsyncIterator[dict[str, str]]:
-        """Every instance under the entries the retrieve keys name."""
-        from dataclasses import replace
+    def _instances(self, query: Query) -> AsyncIterator[dict[str, str]]:
+        """Every instance under the entries the retrieve keys name, as the
+        walk finds them."""
+        return self.scp.walk(replace(query, level="IMAGE"), self)
 
-        image = replace(query, level="IMAGE")
-        async for attributes in self.scp.walk(image, self):
-            yield attributes
+    async def _survey(self, query: Query, pairs: bool) -> tuple[int, set[tuple[str, str]]]:
+        """How many instances the retrieve keys name (from the series sets'
+        SCARD) and, if ``pairs``, their distinct (SOP class, transfer syntax)
+        pairs (a page at a time, deduplicated in Redis): bounded memory."""
+        catalog = self.scp.catalog
+        found: set[tuple[str, str]] = set()
+        if query.level == "IMAGE":      # a list of UIDs from the identifier: bounded
+            total = 0
+            async for a in self._instances(query):
+                total += 1
+                found.add((a.get("sop_class_uid", ""), a.get("transfer_syntax", "")))
+            return total, found
+        total = 0
+        async for series in self.scp.walk(replace(query, level="SERIES"), self):
+            uid = series.get("SeriesInstanceUID", "")
+            total += await catalog.count("IMAGE", uid)
+            cursor = -1
+            while pairs and cursor:
+                self.check_deadline()
+                cursor, ids = await catalog.page("IMAGE", uid, max(cursor, 0))
+                if ids:
+                    found.update(await catalog.syntaxes(ids))
+        return total, found
 
     def _counts(self, remaining: int, done: "SubOperations") -> dict[int, Any]:
         return {NUMBER_OF_REMAINING: remaining, NUMBER_OF_COMPLETED: done.completed,
                 NUMBER_OF_FAILED: done.failed, NUMBER_OF_WARNING: done.warning}
 
-    async def _send_all(self, instances: list[dict[str, str]],
+    async def _send_all(self, instances: AsyncIterator[dict[str, str]], total: int,
                         send: Callable[[dict[str, str]], "defer.Deferred[int] | Any"],
                         done: "SubOperations | None" = None) -> "SubOperations":
         done = done if done is not None else SubOperations()
-        for n, attributes in enumerate(instances):
+        async for attributes in instances:
             if self.cancelled:
                 break
             uid = attributes.get("SOPInstanceUID") or attributes.get("sop_uid", "")
+            done.current = uid
             reason = short = None
             try:
-                status = await send(attributes)
+                status = await self._peer(send(attributes))
                 if status != STATUS_SUCCESS and status & 0xF000 != STATUS_SUBOPS_WARNING:
                     short = f"C-STORE-RSP status 0x{status:04X}"
                     reason = f"the {short}"
@@ -334,12 +398,12 @@ class QueryOperation:
             if reason is not None:
                 self._log_failed(uid, reason)
             done.add(uid, status, short)
-            remaining = len(instances) - n - 1
+            remaining = max(total - done.total, 0)
             if remaining:
                 self.channel.send_pending(self.context_id, self.command, self.response_field,
                                           Outcome(STATUS_PENDING,
                                                   elements=self._counts(remaining, done)))
-        done.remaining = len(instances) - done.total
+        done.remaining = max(total - done.total, 0) if self.cancelled else 0
         return done
 
     def _log_failed(self, uid: str, reason: str) -> None:
@@ -364,12 +428,11 @@ class QueryOperation:
             return None
         return failed_uid_list(done.failed_uids, self.transfer_syntax)
 
-    async def _move(self, instances: list[dict[str, str]],
-                    destination: MoveDestination) -> Outcome:
-        if not instances:
+    async def _move(self, query: Query, destination: MoveDestination) -> Outcome:
+        total, pairs = await self._survey(query, pairs=True)
+        if not total:
             return self._final(SubOperations())
-        wanted = sorted({(a.get("sop_class_uid", ""), a.get("transfer_syntax", ""))
-                         for a in instances})
+        wanted = sorted(pairs)
         if self.scp.transcoder is not None:
             wanted = contexts_with_decoded(wanted)
         try:
@@ -378,7 +441,7 @@ class QueryOperation:
             log.warn("C-MOVE to {dest}: {why}", dest=destination.ae_title, why=exc)
             done = SubOperations()
             reason = f"cannot reach {destination.ae_title}: {exc}"
-            for a in instances:
+            async for a in self._instances(query):
                 self._log_failed(a.get("SOPInstanceUID", ""), reason)
                 done.add(a.get("SOPInstanceUID", ""), STATUS_QR_SUBOPS_OUT_OF_RESOURCES)
             counts = self._counts(0, done)
@@ -393,14 +456,17 @@ class QueryOperation:
             return await self.scp.send_instance(client, attributes, destination.ae_title,
                                                 originator, message_id)
         done = SubOperations()
+        instances = self._instances(query)
         try:
-            await self._send_all(instances, send, done)
+            await self._send_all(instances, total, send, done)
         except SubAssociationError as exc:
             log.warn("C-MOVE to {dest} lost: {why}", dest=destination.ae_title, why=exc)
             reason = f"the association to {destination.ae_title} was lost: {exc}"
-            for attributes in instances[done.total:]:
-                self._log_failed(attributes.get("SOPInstanceUID", ""), reason)
-                done.add(attributes.get("SOPInstanceUID", ""), STATUS_QR_SUBOPS_OUT_OF_RESOURCES,
+            # the one being sent, then the rest of the same walk
+            lost = [done.current] + [a.get("SOPInstanceUID", "") async for a in instances]
+            for uid in lost:
+                self._log_failed(uid, reason)
+                done.add(uid, STATUS_QR_SUBOPS_OUT_OF_RESOURCES,
                          f"association to {destination.ae_title} lost")
             done.remaining = 0
         finally:
@@ -410,13 +476,14 @@ class QueryOperation:
                  f=done.failed, w=done.warning)
         return self._final(done)
 
-    async def _get(self, instances: list[dict[str, str]]) -> Outcome:
+    async def _get(self, query: Query) -> Outcome:
         channel = self.channel
 
         async def send(attributes: dict[str, str]) -> int:
             return await self.scp.send_instance(channel, attributes,
                                                 f"{channel.calling_ae} (as storage SCP)")
-        done = await self._send_all(instances, send)
+        total, _ = await self._survey(query, pairs=False)
+        done = await self._send_all(self._instances(query), total, send)
         log.info("C-GET from {ae}: completed={c} failed={f} warning={w}", ae=channel.calling_ae,
                  c=done.completed, f=done.failed, w=done.warning)
         return self._final(done)
@@ -432,6 +499,8 @@ class SubOperations:
         self.remaining = 0
         self.failed_uids: list[str] = []
         self.first_reason: str | None = None
+        #: The instance whose sub-operation runs now.
+        self.current = ""
 
     @property
     def total(self) -> int:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import random
 import secrets
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -378,15 +378,17 @@ class RedisIndex:
             f"remove {uid}: keys kept changing under {MAX_ATTEMPTS} attempts")
 
 
-# a missing key is taken again: after a Sentinel failover (or a pause
-# beyond the ttl) nobody else holds it, and our association still runs
+#: 1 renewed; 2 taken again (it expired, after a Sentinel failover or while
+#: Redis did not answer, and nobody took it); 0 another holder has it.
 _REFRESH_SCRIPT: Final = """
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-elseif not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
 end
 return 0
 """
@@ -405,9 +407,12 @@ class RedisAssociationLock:
 
     ``acquire`` is ``SET {p}lock:ae:{AE} token NX PX ttl``; while held, a
     LoopingCall renews the expiry every ``refresh`` seconds if the key still
-    holds our token (Lua), and ``release`` deletes it only then.  A node that
-    dies stops renewing, so its slots free within ``ttl``.  A timeout in
-    ``acquire`` fails with :class:`IndexUnavailable` (the caller falls back).
+    holds our token, or takes it again if it expired meanwhile (Lua), and
+    ``release`` deletes it only if it holds our token.  A node that dies stops
+    renewing, so its slots free within ``ttl``.  A timeout in ``acquire``
+    fails with :class:`IndexUnavailable` (the caller falls back).  A refresh
+    that finds another holder's token calls :attr:`on_lost` (the association
+    must end).
     """
 
     def __init__(self, redis: Any, clock: IReactorTime, key_prefix: str = "sdcc:",
@@ -422,6 +427,7 @@ class RedisAssociationLock:
         self.layout = KeyLayout(key_prefix)
         self.ttl = ttl
         self.refresh = refresh
+        self.on_lost: Callable[[str, object], None] | None = None
         self._held: dict[str, tuple[str, task.LoopingCall]] = {}
 
     def _ttl_ms(self) -> int:
@@ -452,10 +458,19 @@ class RedisAssociationLock:
             f"refresh lock {ae!r}")
 
         def renewed(result: Any) -> None:
-            if not result and self._held.get(ae, (None,))[0] == token:
-                _log.warn("association lock of {ae!r} was lost (expired or "
-                          "taken over); no longer renewing it", ae=ae)
+            if self._held.get(ae, (None,))[0] != token:
+                return
+            if result == 2:
+                _log.warn("association lock of {ae!r} had expired (Redis did not "
+                          "answer for longer than its ttl); nobody took it, so it "
+                          "is held again", ae=ae)
+            elif not result:
+                _log.warn("association lock of {ae!r} is held by another holder "
+                          "(another node took it while Redis did not answer); "
+                          "ending this node's association of {ae!r}", ae=ae)
                 self._forget(ae)
+                if self.on_lost is not None:
+                    self.on_lost(ae, token)
 
         def failed(failure: Any) -> None:
             _log.warn("cannot renew the association lock of {ae!r}: {why}",

@@ -2,8 +2,12 @@
 
 The statement ("Number of Associations") allows one association at a time per
 remote AE.  The lock is keyed on the calling AE title.  This module holds the
-interface and the in-process implementation; the Redis-backed one, shared by
-several sdcc processes, lives in :mod:`sdcc_twisted.storage.index`.
+interface and the in-process table of granted slots, which every process
+consults first whichever lock backs it: within a process the rule always
+holds.  The Redis-backed lock, shared by several sdcc processes, lives in
+:mod:`sdcc_twisted.storage.index`; it holds the rule across processes while
+Redis answers, and :class:`FallbackAssociationLock` keeps granting (per
+process, logged) while it does not.
 """
 
 from __future__ import annotations
@@ -11,11 +15,20 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet import defer
-from zope.interface import Interface, implementer
+from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface, implementer
+
+#: Called with (calling AE, token) when a granted slot is found taken by
+#: another holder (another node took it while Redis did not answer).
+LostCallback = Callable[[str, object], None]
 
 
 class IAssociationLock(Interface):
     """Grants at most one live association per calling AE title."""
+
+    on_lost = Attribute(
+        "None, or a LostCallback the user of the lock sets: called when a slot "
+        "this lock granted turns out to be held by another holder.")
 
     def acquire(calling_ae: str) -> "defer.Deferred[object | None]":
         """Try to take the slot of ``calling_ae``.
@@ -30,30 +43,70 @@ class IAssociationLock(Interface):
         """Free the slot taken with ``token``; never fails."""
 
 
+#: Marks a slot whose backing lock has not answered yet.
+_ASKING = object()
+
+
 @implementer(IAssociationLock)
 class InProcessAssociationLock:
-    """The per-AE lock for a single sdcc process."""
+    """The table of per-AE slots granted in this process.
 
-    def __init__(self) -> None:
+    Alone it is the lock of a single sdcc process.  With ``backing`` (the
+    Redis lock, or its fallback), it is consulted first: a calling AE that
+    holds a slot here, or is being asked for, is refused without asking the
+    backing lock, whichever lock granted that slot; a free one is granted
+    only when the backing lock grants it, with the backing lock's token.
+    """
+
+    def __init__(self, backing: IAssociationLock | None = None) -> None:
+        self.backing = backing
+        self.on_lost: LostCallback | None = None
         self._held: dict[str, object] = {}
+        if backing is not None:
+            backing.on_lost = self.lost
 
     def acquire(self, calling_ae: str) -> "defer.Deferred[object | None]":
-        """Take the slot if nobody holds it (see :class:`IAssociationLock`)."""
+        """Take the slot if nobody in this process holds it (see :class:`IAssociationLock`)."""
         if calling_ae in self._held:
             return defer.succeed(None)
-        token = object()
-        self._held[calling_ae] = token
-        return defer.succeed(token)
+        if self.backing is None:
+            token = object()
+            self._held[calling_ae] = token
+            return defer.succeed(token)
+        self._held[calling_ae] = _ASKING
+
+        def granted(token: object | None) -> object | None:
+            if token is None:
+                del self._held[calling_ae]
+            else:
+                self._held[calling_ae] = token
+            return token
+
+        def failed(failure: Failure) -> Failure:
+            del self._held[calling_ae]
+            return failure
+        return self.backing.acquire(calling_ae).addCallbacks(granted, failed)
 
     def release(self, calling_ae: str, token: object) -> "defer.Deferred[None]":
-        """Free the slot if ``token`` still holds it."""
+        """Free the slot if ``token`` still holds it; the backing lock's too."""
         if self._held.get(calling_ae) is token:
             del self._held[calling_ae]
+        if self.backing is not None:
+            return self.backing.release(calling_ae, token)
         return defer.succeed(None)
+
+    def lost(self, calling_ae: str, token: object) -> None:
+        """The backing lock found the slot of ``token`` taken by another
+        holder: it is no longer granted here; :attr:`on_lost` ends its
+        association."""
+        if self._held.get(calling_ae) is token:
+            del self._held[calling_ae]
+            if self.on_lost is not None:
+                self.on_lost(calling_ae, token)
 
     def held(self) -> frozenset[str]:
         """The calling AE titles that hold a slot now."""
-        return frozenset(self._held)
+        return frozenset(ae for ae, token in self._held.items() if token is not _ASKING)
 
 
 @implementer(IAssociationLock)
@@ -70,7 +123,9 @@ class FallbackAssociationLock:
         self.primary = primary
         self.fallback = fallback
         self.on_fallback = on_fallback
+        self.on_lost: LostCallback | None = None
         self._local: dict[str, object] = {}
+        primary.on_lost = self._lost
 
     def acquire(self, calling_ae: str) -> "defer.Deferred[object | None]":
         """Ask the primary lock; on its failure, the fallback one."""
@@ -87,6 +142,10 @@ class FallbackAssociationLock:
                 return token
             return local.addCallback(mark)
         return d.addErrback(failed)
+
+    def _lost(self, calling_ae: str, token: object) -> None:
+        if self.on_lost is not None:
+            self.on_lost(calling_ae, token)
 
     def release(self, calling_ae: str, token: object) -> "defer.Deferred[None]":
         """Release through whichever lock granted ``token``."""

@@ -37,7 +37,7 @@ from sdcc_twisted.config import SentinelTarget
 from sdcc_twisted.core.index_keys import KeyLayout
 from sdcc_twisted.core.records import InstanceRecord
 from sdcc_twisted.storage.index import IInstanceIndex, IndexUnavailable, NotReplicated, PoolHandler
-from sdcc_twisted.storage.locks import IAssociationLock
+from sdcc_twisted.storage.locks import IAssociationLock, LostCallback
 
 __all__ = ["REPLICAS", "Replication", "ReplicatedIndex", "ReplicatedLock", "SentinelRedis"]
 
@@ -224,6 +224,13 @@ class ReplicatedLock:
         self._lock = lock
         self._redis = redis
         self.timeout = timeout
+        self.on_lost: LostCallback | None = None
+        lock.on_lost = self._lost
+
+    def _lost(self, calling_ae: str, token: object) -> None:
+        """The inner lock found the slot held by another holder."""
+        if self.on_lost is not None:
+            self.on_lost(calling_ae, token)
 
     def acquire(self, calling_ae: str) -> defer.Deferred[object | None]:
         """The inner lock's token once a replica holds it; ``None`` if the
