@@ -46,6 +46,7 @@ from sdcc_twisted.runtime.shutdown import GracefulStop, OrderedMultiService
 from sdcc_twisted.services.qr import QueryRetrieveSCP
 from sdcc_twisted.storage.redisproc import EmbeddedRedis, RedisNotFound
 from sdcc_twisted.storage.sequence import SequenceSource
+from sdcc_twisted.storage.serial import DiskWorkers
 from sdcc_twisted.storage.space import SpaceGuard
 from sdcc_twisted.services.scp import StorageSCP
 from sdcc_twisted.storage.files import FileStore, make_private_dirs
@@ -457,7 +458,7 @@ def build_service(settings: Settings, reactor: Any,
         admission, service_table(storage, query_retrieve), reactor,
         timeouts=Timeouts(artim=server.artim_timeout, idle=server.idle_timeout),
         max_command_length=server.max_command_length,
-        monitor=monitor,
+        monitor=monitor, disk=DiskWorkers.of_reactor(reactor),
     )
     try:
         endpoint = endpoints.serverFromString(reactor, server.listen)

@@ -41,6 +41,7 @@ from sdcc_twisted.monitor import Monitor
 from sdcc_twisted.runtime.admission import Admission, Admitted, Answer
 from sdcc_twisted.runtime.client import open_store_association
 from sdcc_twisted.runtime.dispatch import Dispatcher
+from sdcc_twisted.storage.serial import DiskWorkers
 from sdcc_twisted.runtime.shell import AssociationShell, Handler
 from sdcc_twisted.services.channel import DimseService, SubAssociation
 
@@ -63,7 +64,8 @@ class DicomProtocol(AssociationShell):
     def __init__(self, factory: "DicomServerFactory") -> None:
         self.factory = factory
         self.dispatcher = Dispatcher(self, factory.services, factory.monitor)
-        super().__init__(factory.clock, factory.timeouts.artim, factory.timeouts.idle)
+        super().__init__(factory.clock, factory.timeouts.artim, factory.timeouts.idle,
+                         factory.disk)
         self.calling_ae = ""
         self.called_ae = ""
         self._admitted: Admitted | None = None
@@ -266,6 +268,9 @@ class DicomServerFactory(Factory[DicomProtocol]):
         timeouts: ARTIM and idle timeouts.
         max_command_length: the largest command set we buffer.
         monitor: where associations and operations are counted.
+        disk: the bounded worker threads every association's file work
+            runs on (``DiskWorkers.of_reactor`` in production; without it the
+            work runs inline, for tests driven by ``task.Clock``).
     """
 
     noisy = False
@@ -273,8 +278,10 @@ class DicomServerFactory(Factory[DicomProtocol]):
     def __init__(self, admission: Admission, services: Mapping[int, DimseService],
                  clock: IReactorTime, timeouts: Timeouts = Timeouts(),
                  max_command_length: int = ServerSettings.max_command_length,
-                 reactor: Any = None, monitor: Monitor | None = None) -> None:
+                 reactor: Any = None, monitor: Monitor | None = None,
+                 disk: DiskWorkers | None = None) -> None:
         self.admission = admission
+        self.disk = disk
         self.services = services
         self.clock = clock
         self.reactor = reactor if reactor is not None else clock
@@ -321,7 +328,7 @@ class DicomServerFactory(Factory[DicomProtocol]):
         each step bounded by ARTIM (PS3.4 C.4.2.2.4)."""
         return defer.Deferred.fromCoroutine(open_store_association(
             self.reactor, destination, self.admission.policy.ae_title, contexts,
-            self.timeouts.artim))
+            self.timeouts.artim, self.disk))
 
 
 __all__ = ["DicomProtocol", "DicomServerFactory", "Timeouts"]

@@ -11,6 +11,7 @@ crash) continues above every number handed out before.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Final
 
 from sdcc_twisted.storage.files import fsync_directory
@@ -39,6 +40,7 @@ class SequenceSource:
         self.block = block
         self._next = self._read() + 1
         self._limit = 0     # nothing reserved yet: the first next() reserves
+        self._lock = threading.Lock()   # numbers go out on disk workers
 
     @classmethod
     def in_data_dir(cls, data_dir: str) -> SequenceSource:
@@ -77,10 +79,11 @@ class SequenceSource:
             self._reserve()
 
     def next(self) -> int:
-        """The next number (on the reactor thread; blocks for one small
-        fsync once per block)."""
-        if self._next > self._limit:
-            self._reserve()
-        value = self._next
-        self._next += 1
-        return value
+        """The next number (on a disk worker, any thread; blocks for one
+        small fsync once per block)."""
+        with self._lock:
+            if self._next > self._limit:
+                self._reserve()
+            value = self._next
+            self._next += 1
+            return value
