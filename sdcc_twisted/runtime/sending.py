@@ -108,20 +108,20 @@ class MessageSender:
         """
         pdv = max(1, min(self.assoc.max_pdv_data(), MAX_READ))
         block = max(pdv, MAX_READ - MAX_READ % pdv)   # whole PDVs per disk read
-        handle, data = await self.disk.call(_open_data_set, path, block)
+        handle, data, at_end = await self.disk.call(_open_data_set, path, block)
         try:
             await self._room()
             self._write(self.assoc.send_message(context_id, command))
             sent = 0
             while True:
                 # the next block is read while this one goes out
-                reading = self.disk.call(handle.read, block) if len(data) == block else None
+                reading = None if at_end else self.disk.call(_read_block, handle, block)
                 view = memoryview(data)
                 starts = range(0, max(1, len(data)), pdv)
                 for start in starts[:-1]:
                     await self._room()
                     self._write(self.assoc.send_pdv(context_id, 0, view[start:start + pdv]))
-                following = await reading if reading is not None else b""
+                following, at_end = await reading if reading is not None else (b"", True)
                 await self._room()
                 self._write(self.assoc.send_pdv(context_id, 0 if following else PDV_LAST,
                                                 view[starts[-1]:starts[-1] + pdv]))
@@ -133,16 +133,34 @@ class MessageSender:
             self.disk.post(handle.close)
 
 
-def _open_data_set(path: str, size: int) -> tuple[BinaryIO, bytes]:
-    """Open a Part 10 file and read the first ``size`` bytes of its data set
-    (blocking: on a disk worker)."""
+def _open_data_set(path: str, size: int) -> tuple[BinaryIO, bytes, bool]:
+    """Open a Part 10 file and read its File Meta and at least ``size``
+    bytes of its data set (blocking: on a disk worker).  Reads only forward
+    (no seek), so a pipe or FIFO serves too.  Returns the open file, the
+    data set bytes read and whether the file ended."""
     handle = open(path, "rb")
     try:
-        handle.seek(read_file_meta(handle.read).data_set_offset)
-        return handle, handle.read(size)
+        seen = bytearray()
+
+        def read(count: int) -> bytes:
+            chunk = handle.read(count)
+            seen.extend(chunk)
+            return chunk
+        offset = read_file_meta(read).data_set_offset
+        data = bytes(seen[offset:])
+        if len(data) >= size:
+            return handle, data, False
+        rest, at_end = _read_block(handle, size - len(data))
+        return handle, data + rest, at_end
     except BaseException:
         handle.close()
         raise
+
+
+def _read_block(handle: BinaryIO, size: int) -> tuple[bytes, bool]:
+    """Up to ``size`` bytes; and whether the file ended (a short read)."""
+    data = handle.read(size)
+    return data, len(data) < size
 
 
 class StoreRequests:
