@@ -29,6 +29,9 @@ VERIFICATION = "1.2.840.10008.1.1"
 STUDY = "1.2.826.0.1.3680043.8.498.77"
 #: how long a C-ECHO may take while another association's disk is stalled
 ECHO_BOUND = 0.100
+#: after this many seconds the stalled disk answers anyway (a reactor that
+#: waits on it then fails the test rather than hanging it)
+STALL_GUARD = 30.0
 
 
 def timed_echoes(port: int, count: int = 3) -> list[tuple[int, float]]:
@@ -101,30 +104,51 @@ class StallTests(TestCase):
              "127.0.0.1", str(server.port)], env=DCMTK_ENV)
         getting.addTimeout(120, reactor)
         writer: list[int] = []
+        feeding = threading.Lock()
 
-        def server_reads_fifo() -> bool:
-            # succeeds only once the server has the FIFO open for reading;
-            # the server then waits in read() for data that does not come
-            try:
-                writer.append(os.open(victim, os.O_WRONLY | os.O_NONBLOCK))
-            except OSError as exc:
-                if exc.errno != errno.ENXIO:
-                    raise
-                return False
-            return True
-
-        try:
-            await wait_for(server_reads_fifo, 60, "the C-GET to open the FIFO")
-            echoes = await in_thread(timed_echoes, server.port)
-            others = await self.store_other(server)
-            self.assertFalse(getting.called, "the C-GET was not stalled")
-        finally:
-            if writer:
+        def feed() -> None:
+            # idempotent; from the guard thread too, so that a reactor stuck
+            # in open() (the defect this test is for) fails the test instead
+            # of hanging it
+            with feeding:
+                if not writer:
+                    writer.append(os.open(victim, os.O_WRONLY))
+                if writer[0] < 0:
+                    return
                 os.set_blocking(writer[0], True)
                 try:
                     os.write(writer[0], content)
                 finally:
                     os.close(writer[0])
+                    writer[0] = -1
+        fired: list[bool] = []
+        guard = threading.Timer(STALL_GUARD, lambda: (fired.append(True), feed()))
+        guard.daemon = True
+        guard.start()
+        self.addCleanup(guard.cancel)
+
+        def server_reads_fifo() -> bool:
+            # succeeds only once the server has the FIFO open for reading;
+            # the server then waits in read() for data that does not come
+            with feeding:
+                if writer:
+                    return True
+                try:
+                    writer.append(os.open(victim, os.O_WRONLY | os.O_NONBLOCK))
+                except OSError as exc:
+                    if exc.errno != errno.ENXIO:
+                        raise
+                    return False
+            return True
+
+        try:
+            await wait_for(server_reads_fifo, STALL_GUARD, "the C-GET to open the FIFO")
+            echoes = await in_thread(timed_echoes, server.port)
+            others = await self.store_other(server)
+            self.assertFalse(getting.called, "the C-GET was not stalled")
+        finally:
+            await in_thread(feed)
+        self.assertEqual(fired, [], "the reactor waited on the stalled disk")
         self.assert_others_served(echoes)
         self.assertEqual(len(dcm_files(server.root)), 3 + len(others))
         out, err, code = await getting
@@ -150,7 +174,7 @@ class StallTests(TestCase):
 
                 def blocked_write(data: Any) -> None:
                     entered.set()
-                    release.wait(120)
+                    release.wait(STALL_GUARD)
                     write(data)
                 sink.write = blocked_write  # type: ignore[method-assign]
             return sink
@@ -165,10 +189,11 @@ class StallTests(TestCase):
             env=DCMTK_ENV)
         stalled.addTimeout(120, reactor)
         try:
-            await wait_for(entered.is_set, 60, "the stalled C-STORE to write")
+            await wait_for(entered.is_set, STALL_GUARD, "the stalled C-STORE to write")
             echoes = await in_thread(timed_echoes, server.port)
             others = await self.store_other(server)
             self.assertFalse(stalled.called, "the C-STORE was not stalled")
+            self.assertFalse(release.is_set(), "the reactor waited on the stalled disk")
         finally:
             release.set()
         self.assert_others_served(echoes)
