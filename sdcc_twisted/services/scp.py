@@ -174,9 +174,14 @@ class StorageSCP:
             return Reception(self, command, calling_ae, started, None, Outcome(
                 STATUS_DISK_FULL,
                 f"Out of resources: {', '.join(low)} below min_free_space"[:64]))
-        reception = Reception(self, command, calling_ae, started, channel.disk, None)
-        reception.disk.post(reception.open, sop_class, command.affected_sop_instance_uid,
-                            transfer_syntax)
+        try:
+            sink = self.store.new_sink(sop_class, command.affected_sop_instance_uid,
+                                       transfer_syntax, calling_ae)
+        except StorageError as exc:
+            return Reception(self, command, calling_ae, started, None,
+                             Outcome(exc.status, exc.comment))
+        reception = Reception(self, command, calling_ae, started, channel.disk, None, sink)
+        channel.disk.post(reception.open)
         return reception
 
     def commit(self, reception: "Reception") -> "defer.Deferred[Outcome]":
@@ -280,8 +285,9 @@ class StorageSCP:
         association's disk queue, after its writes)."""
         calling_ae = reception.calling_ae
         sink = reception.sink
-        if sink is None:
-            assert reception.disk_failure is not None
+        assert sink is not None
+        if reception.disk_failure is not None:
+            sink.abort()
             raise reception.disk_failure
         stored = sink.finish()
         if stored.warnings:
@@ -384,7 +390,8 @@ class Reception:
     counted = True
 
     def __init__(self, scp: StorageSCP, command: Command, calling_ae: str,
-                 started: float, disk: SerialQueue | None, failed: Outcome | None) -> None:
+                 started: float, disk: SerialQueue | None, failed: Outcome | None,
+                 sink: Sink | None = None) -> None:
         #: Fires once this instance's record is in the index or the journal
         #: (at once if nothing was stored).
         self.settled: defer.Deferred[None] = defer.Deferred()
@@ -396,7 +403,8 @@ class Reception:
         self.failed = failed
         self.completing = False
         self.received = 0
-        self.sink: Sink | None = None
+        #: walked on the reactor thread (CPU only), written on the disk queue
+        self.sink = sink
         #: why the data set could not be written (the answer's status)
         self.disk_failure: StorageError | None = None
         #: The index record once the file is committed (the status page's).
@@ -404,46 +412,40 @@ class Reception:
         #: the server's number for this C-STORE (see :class:`SequenceSource`)
         self.sequence = 0
 
-    def open(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> None:
-        """Open the temp file and number the instance (on the disk queue)."""
-        scp = self.scp
+    def open(self) -> None:
+        """Create the temp file and number the instance (on the disk queue)."""
+        assert self.sink is not None
+        sequence = self.scp.sequence
         try:
-            sink = scp.store.open_sink(sop_class_uid, sop_instance_uid, transfer_syntax,
-                                       self.calling_ae)
+            self.sink.open()
+            if sequence is not None:
+                self.sequence = sequence.next()
         except StorageError as exc:
             self.disk_failure = exc
-            return
-        if scp.sequence is not None:
-            try:
-                self.sequence = scp.sequence.next()
-            except OSError as exc:  # a new block of numbers could not be reserved
-                sink.abort()
-                self.disk_failure = disk_error(exc)
-                return
-        self.sink = sink
+        except OSError as exc:  # a new block of numbers could not be reserved
+            self.disk_failure = disk_error(exc)
 
     def write(self, data: Any) -> None:
-        """Append a data set fragment (queued for the disk)."""
-        if self.disk is None or self.failed is not None:
+        """Walk a data set fragment here, and queue it for the disk."""
+        if self.sink is None or self.failed is not None:
             return
+        assert self.disk is not None
         self.received += len(data)
+        self.sink.inspect(data)
         self.disk.post(self._write, data, size=len(data))
 
     def _write(self, data: Any) -> None:
-        sink = self.sink
-        if sink is None:
+        assert self.sink is not None
+        if self.disk_failure is not None:
             return
         try:
-            sink.write(data)
-        except StorageError as exc:     # kept for the answer
+            self.sink.store(data)
+        except StorageError as exc:     # kept for the answer; the sink discarded itself
             self.disk_failure = exc
-            self.sink = None
-            sink.abort()
 
     def _discard(self) -> None:
-        sink, self.sink = self.sink, None
-        if sink is not None:
-            sink.abort()
+        if self.sink is not None:
+            self.sink.abort()
 
     def complete(self) -> "defer.Deferred[Outcome]":
         """The last fragment arrived: commit, index, and report the Outcome."""
