@@ -166,21 +166,21 @@ class StallTests(TestCase):
         release = threading.Event()
         waited_out: list[bool] = []
         self.addCleanup(release.set)
-        original_open_sink = store.open_sink
+        original_new_sink = store.new_sink
 
-        def open_sink(sop_class: str, uid: str, syntax: str, calling_ae: str) -> Any:
-            sink = original_open_sink(sop_class, uid, syntax, calling_ae)
+        def new_sink(sop_class: str, uid: str, syntax: str, calling_ae: str) -> Any:
+            sink = original_new_sink(sop_class, uid, syntax, calling_ae)
             if calling_ae.strip() == "STALLED":
-                write = sink.write
+                write = sink.store
 
                 def blocked_write(data: Any) -> None:
                     entered.set()
                     if not release.wait(STALL_GUARD):
                         waited_out.append(True)
                     write(data)
-                sink.write = blocked_write  # type: ignore[method-assign]
+                sink.store = blocked_write  # type: ignore[method-assign]
             return sink
-        store.open_sink = open_sink  # type: ignore[method-assign]
+        store.new_sink = new_sink  # type: ignore[method-assign]
 
         source = os.path.abspath(self.mktemp())
         os.makedirs(source)
