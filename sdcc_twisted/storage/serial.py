@@ -13,6 +13,7 @@ that association only and never grows a buffer.
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections import deque
 from typing import Any, Callable, Final, Protocol
@@ -22,7 +23,7 @@ from twisted.python.failure import Failure
 
 from sdcc_twisted.logs import get_logger
 
-__all__ = ["DiskWorkers", "SerialQueue", "HIGH_WATER"]
+__all__ = ["DiskWorkers", "HIGH_WATER", "SerialQueue", "ThreadWorkers"]
 
 log = get_logger("sdcc.storage")
 
@@ -44,6 +45,49 @@ class _Inline:
         func(*args)
 
 
+class ThreadWorkers:
+    """A bounded pool of daemon threads fed by one ``SimpleQueue``: fewer
+    layers per job than Twisted's ThreadPool (the receive path queues a job
+    per instance).  Threads start as work needs them, up to ``size``."""
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., object], tuple[Any, ...]] | None] = \
+            queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+
+    def callInThread(self, func: Callable[..., object], *args: Any) -> None:  # noqa: N802
+        """Run ``func(*args)`` on a pool thread (``SerialQueue`` catches its
+        errors)."""
+        self._jobs.put((func, args))
+        with self._lock:
+            if self._idle == 0 and len(self._threads) < self.size:
+                thread = threading.Thread(target=self._work, name="sdcc-disk", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+
+    def stop(self) -> None:
+        """Let every thread finish its job and end."""
+        with self._lock:
+            count = len(self._threads)
+        for _ in range(count):
+            self._jobs.put(None)
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            job = self._jobs.get()
+            with self._lock:
+                self._idle -= 1
+            if job is None:
+                return
+            func, args = job
+            func(*args)
+
+
 class DiskWorkers:
     """Makes the per-association queues over one bounded thread pool.
 
@@ -61,9 +105,12 @@ class DiskWorkers:
         self.high_water = high_water
 
     @classmethod
-    def of_reactor(cls, reactor: Any) -> DiskWorkers:
-        """Workers on the reactor's thread pool."""
-        return cls(reactor.getThreadPool(), reactor.callFromThread)
+    def of_reactor(cls, reactor: Any, threads: int = 8) -> DiskWorkers:
+        """Workers on their own bounded pool of ``threads``, answering on
+        ``reactor``; the pool stops with the reactor."""
+        pool = ThreadWorkers(threads)
+        reactor.addSystemEventTrigger("after", "shutdown", pool.stop)
+        return cls(pool, reactor.callFromThread)
 
     @classmethod
     def inline(cls) -> DiskWorkers:
