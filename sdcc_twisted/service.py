@@ -46,7 +46,7 @@ from sdcc_twisted.runtime.shutdown import GracefulStop, OrderedMultiService
 from sdcc_twisted.services.qr import QueryRetrieveSCP
 from sdcc_twisted.storage.redisproc import EmbeddedRedis, RedisNotFound
 from sdcc_twisted.storage.sequence import SequenceSource
-from sdcc_twisted.storage.serial import DiskWorkers
+from sdcc_twisted.storage.serial import DiskWorkers, ThreadWorkers
 from sdcc_twisted.storage.space import SpaceGuard
 from sdcc_twisted.services.scp import StorageSCP
 from sdcc_twisted.storage.files import FileStore, make_private_dirs
@@ -403,6 +403,9 @@ def build_service(settings: Settings, reactor: Any,
         raise ConfigError(f"{settings.source}: [server] data_dir: cannot use the "
                           f"sequence file in {data_dir}: {exc}") from None
     children.append(StorageCleanupService(store, index_log, journal, sequence))
+    # stops after GracefulStop drained the stores (children stop in reverse)
+    disk_threads = ThreadWorkers()
+    children.append(disk_threads)
 
     def run_blocking(fn: Any, *args: Any) -> "defer.Deferred[Any]":
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
@@ -458,7 +461,7 @@ def build_service(settings: Settings, reactor: Any,
         admission, service_table(storage, query_retrieve), reactor,
         timeouts=Timeouts(artim=server.artim_timeout, idle=server.idle_timeout),
         max_command_length=server.max_command_length,
-        monitor=monitor, disk=DiskWorkers.of_reactor(reactor),
+        monitor=monitor, disk=DiskWorkers(disk_threads, reactor.callFromThread),
     )
     try:
         endpoint = endpoints.serverFromString(reactor, server.listen)

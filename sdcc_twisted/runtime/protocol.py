@@ -269,7 +269,7 @@ class DicomServerFactory(Factory[DicomProtocol]):
         max_command_length: the largest command set we buffer.
         monitor: where associations and operations are counted.
         disk: the bounded worker threads every association's file work
-            runs on (``DiskWorkers.of_reactor`` in production; without it the
+            runs on (:class:`ThreadWorkers` in production; without it the
             work runs inline, for tests driven by ``task.Clock``).
     """
 

@@ -195,6 +195,7 @@ class StorageSCP:
         index write (or the journal) comes before the answer.  Plain
         callbacks, not a coroutine: this runs once per instance.
         """
+        assert reception.disk is not None
         self._in_flight += 1
         reception.settled.addBoth(self._landed)
         segment = self.index_log.reserve() if self.index_log is not None else None

@@ -18,6 +18,7 @@ import threading
 from collections import deque
 from typing import Any, Callable, Final, Protocol
 
+from twisted.application import service
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
@@ -45,10 +46,11 @@ class _Inline:
         func(*args)
 
 
-class ThreadWorkers:
+class ThreadWorkers(service.Service):
     """A bounded pool of daemon threads fed by one ``SimpleQueue``: fewer
     layers per job than Twisted's ThreadPool (the receive path queues a job
-    per instance).  Threads start as work needs them, up to ``size``."""
+    per instance).  Threads start as work needs them, up to ``size``; as a
+    service, the pool ends when it stops (after the stores drained)."""
 
     def __init__(self, size: int = 8) -> None:
         self.size = size
@@ -56,22 +58,34 @@ class ThreadWorkers:
             queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._idle = 0
+        self._idle = 0          # threads waiting for a job
+        self._queued = 0        # jobs no thread took yet
 
     def callInThread(self, func: Callable[..., object], *args: Any) -> None:  # noqa: N802
         """Run ``func(*args)`` on a pool thread (``SerialQueue`` catches its
         errors)."""
-        self._jobs.put((func, args))
+        thread: threading.Thread | None = None
         with self._lock:
-            if self._idle == 0 and len(self._threads) < self.size:
+            self._queued += 1
+            # a thread for every job no idle thread will take: a job never
+            # waits behind one that stalls while the pool has room
+            if self._queued > self._idle and len(self._threads) < self.size:
                 thread = threading.Thread(target=self._work, name="sdcc-disk", daemon=True)
                 self._threads.append(thread)
-                thread.start()
+        self._jobs.put((func, args))
+        if thread is not None:
+            thread.start()
+
+    def stopService(self) -> None:  # noqa: N802 - Twisted's name
+        """Stop the pool with the server."""
+        super().stopService()
+        self.stop()
 
     def stop(self) -> None:
         """Let every thread finish its job and end."""
         with self._lock:
             count = len(self._threads)
+            self._threads = []      # work queued later starts new threads
         for _ in range(count):
             self._jobs.put(None)
 
@@ -82,6 +96,8 @@ class ThreadWorkers:
             job = self._jobs.get()
             with self._lock:
                 self._idle -= 1
+                if job is not None:
+                    self._queued -= 1
             if job is None:
                 return
             func, args = job
@@ -92,8 +108,7 @@ class DiskWorkers:
     """Makes the per-association queues over one bounded thread pool.
 
     Args:
-        pool: a started ``twisted.python.threadpool.ThreadPool`` (bounded by
-            its ``maxthreads``).
+        pool: bounded worker threads (:class:`ThreadWorkers`).
         call_from_thread: ``reactor.callFromThread``.
         high_water: see :data:`HIGH_WATER`.
     """
@@ -103,14 +118,6 @@ class DiskWorkers:
         self.pool = pool
         self.call_from_thread = call_from_thread
         self.high_water = high_water
-
-    @classmethod
-    def of_reactor(cls, reactor: Any, threads: int = 8) -> DiskWorkers:
-        """Workers on their own bounded pool of ``threads``, answering on
-        ``reactor``; the pool stops with the reactor."""
-        pool = ThreadWorkers(threads)
-        reactor.addSystemEventTrigger("after", "shutdown", pool.stop)
-        return cls(pool, reactor.callFromThread)
 
     @classmethod
     def inline(cls) -> DiskWorkers:
