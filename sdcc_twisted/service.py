@@ -461,7 +461,7 @@ def build_service(settings: Settings, reactor: Any,
         admission, service_table(storage, query_retrieve), reactor,
         timeouts=Timeouts(artim=server.artim_timeout, idle=server.idle_timeout),
         max_command_length=server.max_command_length,
-        monitor=monitor, disk=DiskWorkers(disk_threads, reactor.callFromThread),
+        monitor=monitor, disk=DiskWorkers(disk_threads, lambda *call: reactor.callFromThread(*call)),
     )
     try:
         endpoint = endpoints.serverFromString(reactor, server.listen)
