@@ -36,6 +36,8 @@ class MessageSender:
         assoc: the association's core.
         transport: where the bytes go; this object registers as its producer.
         handle_events: the adapter's handler for events the core returns.
+        disk: the association's disk queue, where files are opened and read
+            (inline without one: tests driven by ``task.Clock``).
     """
 
     def __init__(self, assoc: Association, transport: Any,
