@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import shutil
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -284,6 +286,7 @@ class SdccReceiver(Receiver):
         self.out_dir = os.path.join(self.data_dir, "store")   # the [storage] root
         self.skip_dirs = frozenset({".tmp"})
         self.config = os.path.join(self.workdir, "sdcc.ini")
+        self.http_port = free_port()
         with open(self.config, "w", encoding="utf-8") as f:
             f.write(f"""[server]
 ae_title = {CALLED_AE}
@@ -299,9 +302,30 @@ fsync = {"yes" if self.fsync else "no"}
 [index]
 redis = embedded
 
+[http]
+listen = tcp:{self.http_port}:interface={HOST}
+
 [logging]
 level = {self.opts.sdcc_log_level}
 """)
+
+    def store_latency(self) -> tuple[float, float] | None:
+        """C-STORE response latency (last data fragment in to response out)
+        p50 and p99 in ms, from sdcc's ``sdcc_store_duration_seconds``
+        histogram on ``/metrics`` (linear within a bucket)."""
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{self.http_port}/metrics",
+                                        timeout=5) as answer:
+                text = answer.read().decode("utf-8", "replace")
+        except OSError:
+            return None
+        buckets: dict[float, float] = {}
+        for line in text.splitlines():
+            if line.startswith("sdcc_store_duration_seconds_bucket{"):
+                le = line.split('le="', 1)[1].split('"', 1)[0]
+                bound = float("inf") if le == "+Inf" else float(le)
+                buckets[bound] = buckets.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+        return histogram_quantile(buckets, 0.50), histogram_quantile(buckets, 0.99)
 
     def command(self) -> list[str]:
         twistd = shutil.which("twistd", path=os.path.dirname(sys.executable)) or \
@@ -317,6 +341,25 @@ level = {self.opts.sdcc_log_level}
         # (each worker connects its own)
         return (self.log_text().count("index: Redis at") >= self.workers
                 or self.opts.sdcc_log_level != "info")
+
+
+def histogram_quantile(buckets: dict[float, float], q: float) -> float:
+    """The ``q`` quantile in ms of cumulative Prometheus buckets (upper
+    bound -> count), linear inside the bucket it falls in (NaN if empty)."""
+    bounds = sorted(buckets)
+    if not bounds or not buckets[bounds[-1]]:
+        return float("nan")
+    rank = q * buckets[bounds[-1]]
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if bound == float("inf"):
+                return lower * 1000
+            inside = count - below
+            return (lower + (bound - lower) * ((rank - below) / inside if inside else 1)) * 1000
+        lower, below = bound, count
+    return float("nan")
 
 
 class SdccFsync(SdccReceiver):
@@ -466,6 +509,8 @@ class RunResult:
     peak_rss_kb: int = 0
     child_rss_kb: dict[str, int] = field(default_factory=dict)
     startup_s: float = 0.0
+    latency_p50_ms: float = float("nan")
+    latency_p99_ms: float = float("nan")
 
 
 def run_senders(chunks: list[list[corpus.CorpusFile]], port: int, pdu: int,
@@ -543,6 +588,9 @@ def run_one(rec_name: str, wl: Workload, pdu: int, files: list[corpus.CorpusFile
         wall, sender_cpu, errors = run_senders(chunks, rec.port, pdu, tools, workdir)
         quiesce(rec)
         res.receiver_cpu_s = rec.cpu() - cpu0
+        latency = rec.store_latency() if isinstance(rec, SdccReceiver) else None
+        if latency is not None:
+            res.latency_p50_ms, res.latency_p99_ms = latency
         res.peak_rss_kb, res.child_rss_kb = rec.memory()
         res.wall_s, res.sender_cpu_s = wall, sender_cpu
         if rec.proc is not None and rec.proc.poll() is not None:
@@ -602,11 +650,20 @@ def summarize(results: list[RunResult]) -> list[dict[str, Any]]:
                 "receiver_cpu_s": _med([r.receiver_cpu_s for r in good]),
                 "sender_cpu_s": _med([r.sender_cpu_s for r in good]),
                 "peak_rss_mb": max(r.peak_rss_kb for r in good) / 1024,
+                "latency_p50_ms": _med([r.latency_p50_ms for r in good
+                                        if not math.isnan(r.latency_p50_ms)]),
+                "latency_p99_ms": _med([r.latency_p99_ms for r in good
+                                        if not math.isnan(r.latency_p99_ms)]),
                 "child_peak_rss_mb": {k: max(v) / 1024 for k, v in kids.items()},
             })
         row["errors"] = sorted({r.message for r in rs if not r.ok})
         rows.append(row)
     return rows
+
+
+def latency_cell(row: dict[str, Any]) -> str:
+    p50, p99 = row.get("latency_p50_ms", float("nan")), row.get("latency_p99_ms", float("nan"))
+    return "-" if math.isnan(p50) else f"{p50:.2f} / {p99:.2f}"
 
 
 def pdu_label(pdu: int) -> str:
@@ -618,8 +675,8 @@ def format_tables(rows: list[dict[str, Any]], receivers: list[str]) -> str:
     rows = sorted(rows, key=lambda r: (ALL_WORKLOADS.index(r["workload"]), r["pdu"],
                                        order.get(r["receiver"], 99)))
     out = ["| workload | pdu | receiver | runs | wall s median (min-max) | files/s | MB/s "
-           "| receiver CPU s | sender CPU s | peak RSS MB |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "| receiver CPU s | sender CPU s | peak RSS MB | C-STORE-RSP latency p50/p99 ms |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         head = f"| {r['workload']} ({r['files']} files, {r['bytes'] / 1e6:.0f} MB) " \
                f"| {pdu_label(r['pdu'])} | {r['receiver']} | {r['runs']}" + \
@@ -627,14 +684,15 @@ def format_tables(rows: list[dict[str, Any]], receivers: list[str]) -> str:
         if not r["runs"]:
             first = r["errors"][0].split(" | receiver log")[0] if r["errors"] else "?"
             first = " ".join(first.split()).replace("|", "/")[:160]
-            out.append(head + f" | FAILED: {first} | | | | | |")
+            out.append(head + f" | FAILED: {first} | | | | | | |")
             continue
         rss = f"{r['peak_rss_mb']:.0f}"
         for k, v in r["child_peak_rss_mb"].items():
             rss += f" (+{k} {v:.0f})"
         out.append(head + f" | {r['wall_median_s']:.2f} ({r['wall_min_s']:.2f}-"
                    f"{r['wall_max_s']:.2f}) | {r['files_per_s']:.0f} | {r['mb_per_s']:.1f} "
-                   f"| {r['receiver_cpu_s']:.2f} | {r['sender_cpu_s']:.2f} | {rss} |")
+                   f"| {r['receiver_cpu_s']:.2f} | {r['sender_cpu_s']:.2f} | {rss} "
+                   f"| {latency_cell(r)} |")
     # ratios
     by = {(r["workload"], r["pdu"], r["receiver"]): r for r in rows if r["runs"]}
     sdccs = [n for n in receivers if n.startswith("sdcc")]
@@ -771,6 +829,24 @@ def fs_probe(directory: str, n: int = 200) -> float:
     return (time.perf_counter() - t) / n * 1e6
 
 
+def fsync_loop_rate(directory: str, n: int = 500, size: int = 5300) -> float:
+    """Files per second for creating, writing ``size`` bytes to and fsyncing
+    files one after another in ``directory``: what the disk allows a
+    receiver that syncs every small instance (the ``small`` set's 5.3 KB)."""
+    os.makedirs(directory, exist_ok=True)
+    data = os.urandom(size)
+    t = time.perf_counter()
+    for i in range(n):
+        fd = os.open(os.path.join(directory, f"f{i}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                     0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return n / (time.perf_counter() - t)
+
+
 def snapshot_sdcc(dest: str, attempts: int = 12, pause: float = 10.0) -> str:
     """Copy sdcc's code into ``dest`` and check that it imports.
 
@@ -867,9 +943,15 @@ def main(argv: list[str] | None = None) -> int:
         log(f"not enough room to keep outputs ({need / 1e9:.1f} GB, {free / 1e9:.0f} GB "
             f"free): deleting after each run, which can slow later runs' file creation")
     n = 0
+    fsync_loop: list[float] = []
+    syncing = any(r in ("sdcc-fsync", "orthanc") for r in opts.receiver_list)
     try:
         for wl, pdu in combos:
             for rnd in range(opts.runs):
+                if wl.name == "small" and syncing:
+                    fsync_loop.append(fsync_loop_rate(
+                        os.path.join(opts.tmp, f"fsync-loop{len(fsync_loop)}")))
+                    log(f"create+fsync loop of 5.3 KB files: {fsync_loop[-1]:.0f} files/s")
                 # rotate the order each round: no receiver always goes first
                 k = rnd % len(opts.receiver_list)
                 order = opts.receiver_list[k:] + opts.receiver_list[:k]
@@ -899,7 +981,9 @@ def main(argv: list[str] | None = None) -> int:
               f"({info['cpu']}), {info['memory_gb']} GB; Linux {info['kernel']}; "
               f"Python {info['python']}; sdcc {opts.sdcc_code}; runs per cell: {opts.runs}; "
               f"file creation {getattr(opts, 'fs_probe_us', 0):.0f} us; "
-              f"took {(time.time() - started) / 60:.1f} min")
+              + (f"create+fsync loop of 5.3 KB files {_med(fsync_loop):.0f} files/s "
+                 f"(median of {len(fsync_loop)}); " if fsync_loop else "")
+              + f"took {(time.time() - started) / 60:.1f} min")
     print()
     print(header)
     print()

@@ -67,6 +67,7 @@ from sdcc_twisted.services.transcode import Transcoder
 from sdcc_twisted.storage.studies import StudyArrivals
 from sdcc_twisted.storage.redisproc import EmbeddedRedis, RedisNotFound
 from sdcc_twisted.storage.sequence import SequenceSource
+from sdcc_twisted.storage.serial import DiskWorkers, ThreadWorkers
 from sdcc_twisted.storage.space import SpaceGuard
 from sdcc_twisted.services.scp import StorageSCP
 from sdcc_twisted.storage.files import FileStore, make_private_dirs, uid_path_part
@@ -336,7 +337,7 @@ class SdccService(OrderedMultiService):
 def _after_receipt(settings: Settings, reactor: Any, late: Any, store: FileStore,
                    storage: StorageSCP, transcoder: Transcoder,
                    monitor: Monitor, run_blocking: Any,
-                   forward_dir: str) -> list[service.Service]:
+                   forward_dir: str, disk: DiskWorkers) -> list[service.Service]:
     """The services after receipt (README "After receipt"): forwarding by
     the rules (its queue in ``forward_dir``, the node's own), hooks, and the
     study-complete watch that feeds both."""
@@ -349,7 +350,7 @@ def _after_receipt(settings: Settings, reactor: Any, late: Any, store: FileStore
 
         def open_association(destination: Any, contexts: list[tuple[str, str]]) -> Any:
             return defer.Deferred.fromCoroutine(open_store_association(
-                reactor, destination, server.ae_title, contexts, server.artim_timeout))
+                reactor, destination, server.ae_title, contexts, server.artim_timeout, disk))
         forwarder = Forwarder(
             ForwardQueue(forward_dir, fsync=settings.storage.fsync),
             settings.forward_rules, dict(settings.move_destinations), settings.forward,
@@ -516,6 +517,10 @@ def build_service(settings: Settings, reactor: Any,
                           f"sequence file in {node.node_dir}: {exc}") from None
     children.append(StorageCleanupService(store, index_log, journal, sequence,
                                           adopt=lambda: adopt_legacy_files(data_dir, node)))
+    # stops after GracefulStop drained the stores (children stop in reverse)
+    disk_threads = ThreadWorkers()
+    children.append(disk_threads)
+    disk = DiskWorkers(disk_threads, lambda *call: reactor.callFromThread(*call))
 
     def run_blocking(fn: Any, *args: Any) -> "defer.Deferred[Any]":
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
@@ -563,7 +568,8 @@ def build_service(settings: Settings, reactor: Any,
                            timeout=settings.index.timeout)
     transcoder = Transcoder(store, settings.retrieve.max_decode_bytes, run_blocking)
     children.extend(_after_receipt(settings, reactor, late, store, storage, transcoder,
-                                   monitor, run_blocking, os.path.join(node.node_dir, "forward")))
+                                   monitor, run_blocking, os.path.join(node.node_dir, "forward"),
+                                   disk))
     query_retrieve = QueryRetrieveSCP(catalog, dict(settings.move_destinations), reactor,
                                       settings.query.timeout, transcoder)
     policy = AcceptorPolicy(
@@ -581,7 +587,7 @@ def build_service(settings: Settings, reactor: Any,
         admission, service_table(storage, query_retrieve), reactor,
         timeouts=Timeouts(artim=server.artim_timeout, idle=server.idle_timeout),
         max_command_length=server.max_command_length,
-        monitor=monitor,
+        monitor=monitor, disk=disk,
     )
     try:
         endpoint = endpoint or endpoints.serverFromString(reactor, with_backlog(server.listen))

@@ -12,8 +12,10 @@ from sdcc_twisted.core.dimse import STATUS, decode_command
 from sdcc_twisted.storage.journal import IndexLog, PendingJournal
 from sdcc_twisted.core.pdu import AReleaseRP, AReleaseRQ, PDataTF, encode
 
+from sdcc_twisted.storage.serial import DiskWorkers
+
 from .support import dataset_bytes, message_pdus, store_command
-from .test_protocol import ProtocolTestBase
+from .test_protocol import HeldPool, ProtocolTestBase
 
 
 class IndexLogTests(TestCase):
@@ -134,15 +136,15 @@ class AnswerOrderTests(ProtocolTestBase):
     def test_long_operation_is_not_idleness(self) -> None:
         """A commit that takes longer than the idle timeout is answered, and
         the association is not aborted right after its response."""
-        gate: defer.Deferred = defer.Deferred()
-        self.storage.run_blocking = lambda fn, *a: gate.addCallback(lambda _: fn(*a))
+        held = HeldPool()
+        self.factory.disk = DiskWorkers(held, lambda fn, *a: fn(*a))
         self.store.fsync = True
         proto, transport = self.associate()
         self.sent(transport)
         proto.dataReceived(message_pdus(3, store_command("1.2.3.6"), dataset_bytes("1.2.3.6")))
         self.clock.advance(400)          # idle_timeout is 300 s
         self.assertEqual(self.sent(transport), [])
-        gate.callback(None)
+        held.run()
         ((_, d),) = self.slow.waiting
         d.callback(None)
         pdus = self.sent(transport)

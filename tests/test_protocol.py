@@ -26,6 +26,7 @@ from sdcc_twisted.runtime.protocol import DicomServerFactory, Timeouts
 from sdcc_twisted.core.records import InstanceRecord
 from sdcc_twisted.services.scp import StorageSCP
 from sdcc_twisted.storage.files import FileStore
+from sdcc_twisted.storage.serial import DiskWorkers
 
 from .support import associate_rq, dataset_bytes, echo_command, message_pdus, store_command
 
@@ -56,6 +57,22 @@ class RecordingIndex:
 
 def parse(data: bytes) -> list:
     return [decode(t, b) for t, b in PDUFramer(1 << 22).feed(data)]
+
+
+class HeldPool:
+    """A disk worker pool whose jobs wait until :meth:`run` (a disk that
+    has not answered yet)."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def callInThread(self, fn: Any, *args: Any) -> None:  # noqa: N802 - ThreadPool's name
+        self.jobs.append((fn, args))
+
+    def run(self) -> None:
+        jobs, self.jobs = self.jobs, []
+        for fn, args in jobs:
+            fn(*args)
 
 
 class ProtocolTestBase(TestCase):
@@ -575,14 +592,14 @@ class StoreTests(ProtocolTestBase):
     def test_release_waits_for_pending_store(self) -> None:
         """An A-RELEASE-RQ that arrives while a store is being committed is
         answered after the C-STORE-RSP."""
-        gate: defer.Deferred = defer.Deferred()
-        self.storage.run_blocking = lambda fn, *a: gate.addCallback(lambda _: fn(*a))
+        held = HeldPool()
+        self.factory.disk = DiskWorkers(held, lambda fn, *a: fn(*a))
         self.store.fsync = True
         proto, transport = self.associate()
         self.sent(transport)
         proto.dataReceived(message_pdus(3, store_command("1.2.3.6"), dataset_bytes("1.2.3.6")))
         proto.dataReceived(encode(AReleaseRQ()))
         self.assertEqual(self.sent(transport), [])
-        gate.callback(None)
+        held.run()
         pdus = self.sent(transport)
         self.assertEqual([type(p) for p in pdus], [PDataTF, AReleaseRP])

@@ -30,6 +30,7 @@ from sdcc_twisted.core.pdu import AAssociateRQ, PresentationContextRQ, UserInfor
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.runtime.shell import AssociationShell, Handler
 from sdcc_twisted.services.channel import SubAssociationError
+from sdcc_twisted.storage.serial import DiskWorkers
 
 log = get_logger("sdcc.move")
 
@@ -42,10 +43,12 @@ class StoreClient(AssociationShell):
         rq: the A-ASSOCIATE-RQ to send.
         clock: for every step's timeout.
         timeout: seconds the destination has for each step.
+        disk: the worker threads that read the files it sends.
     """
 
-    def __init__(self, rq: AAssociateRQ, clock: IReactorTime, timeout: float) -> None:
-        super().__init__(clock, timeout, timeout)
+    def __init__(self, rq: AAssociateRQ, clock: IReactorTime, timeout: float,
+                 disk: DiskWorkers | None = None) -> None:
+        super().__init__(clock, timeout, timeout, disk)
         self.rq = rq
         self.accepted: defer.Deferred[StoreClient] = defer.Deferred()
         self.contexts: dict[tuple[str, str], int] = {}
@@ -128,7 +131,8 @@ class StoreClient(AssociationShell):
 
 async def open_store_association(reactor: Any, destination: MoveDestination,
                                  calling_ae: str, contexts: list[tuple[str, str]],
-                                 timeout: float = DEFAULT_ARTIM_TIMEOUT) -> StoreClient:
+                                 timeout: float = DEFAULT_ARTIM_TIMEOUT,
+                                 disk: DiskWorkers | None = None) -> StoreClient:
     """Connect to ``destination`` and negotiate one context per
     (SOP class, transfer syntax) in ``contexts`` (at most 128, PS3.8 9.3.2.2).
 
@@ -155,7 +159,7 @@ async def open_store_association(reactor: Any, destination: MoveDestination,
     else:
         endpoint = endpoints.TCP4ClientEndpoint(reactor, destination.host,
                                                 destination.port, timeout=timeout)
-    client = StoreClient(rq, reactor, timeout)
+    client = StoreClient(rq, reactor, timeout, disk)
     try:
         await endpoint.connect(Factory.forProtocol(lambda: client))
     except Exception as exc:  # noqa: BLE001 - any connect failure

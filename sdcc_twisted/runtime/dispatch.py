@@ -34,6 +34,7 @@ from sdcc_twisted.logs import get_logger
 from sdcc_twisted.services.channel import DimseService, Operation, Outcome, Request, SubAssociation
 from sdcc_twisted.services.qr import QueryRetrieveSCP
 from sdcc_twisted.services.scp import StorageSCP, VerificationSCP, describe_missing
+from sdcc_twisted.storage.serial import SerialQueue
 
 if TYPE_CHECKING:
     from sdcc_twisted.runtime.protocol import DicomProtocol
@@ -117,6 +118,7 @@ class Dispatcher:
         if operation is None:
             return  # the data set of a request already answered with a failure
         operation.write(event.data)
+        self.connection.pace_disk()
         if event.last:
             self._receiving = None
             self._run(operation, self._receiving_context)
@@ -193,6 +195,11 @@ class Dispatcher:
     def calling_ae(self) -> str:
         """The calling AE title of this association."""
         return self.connection.calling_ae
+
+    @property
+    def disk(self) -> SerialQueue:
+        """This association's disk work queue."""
+        return self.connection.disk
 
     def send_pending(self, context_id: int, command: Command, field: int,
                      outcome: Outcome) -> None:

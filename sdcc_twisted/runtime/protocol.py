@@ -48,6 +48,7 @@ from sdcc_twisted.runtime.admission import (
 )
 from sdcc_twisted.runtime.client import open_store_association
 from sdcc_twisted.runtime.dispatch import Dispatcher
+from sdcc_twisted.storage.serial import DiskWorkers
 from sdcc_twisted.runtime.shell import AssociationShell, Handler
 from sdcc_twisted.services.channel import DimseService, SubAssociation
 
@@ -70,7 +71,8 @@ class DicomProtocol(AssociationShell):
     def __init__(self, factory: "DicomServerFactory", refusal: Refused | None = None) -> None:
         self.factory = factory
         self.dispatcher = Dispatcher(self, factory.services, factory.monitor)
-        super().__init__(factory.clock, factory.timeouts.artim, factory.timeouts.idle)
+        super().__init__(factory.clock, factory.timeouts.artim, factory.timeouts.idle,
+                         factory.disk)
         self.calling_ae = ""
         self.called_ae = ""
         self._admitted: Admitted | None = None
@@ -273,6 +275,9 @@ class DicomServerFactory(Factory[DicomProtocol]):
         timeouts: ARTIM and idle timeouts.
         max_command_length: the largest command set we buffer.
         monitor: where associations and operations are counted.
+        disk: the bounded worker threads every association's file work
+            runs on (:class:`ThreadWorkers` in production; without it the
+            work runs inline, for tests driven by ``task.Clock``).
     """
 
     noisy = False
@@ -280,8 +285,10 @@ class DicomServerFactory(Factory[DicomProtocol]):
     def __init__(self, admission: Admission, services: Mapping[int, DimseService],
                  clock: IReactorTime, timeouts: Timeouts = Timeouts(),
                  max_command_length: int = ServerSettings.max_command_length,
-                 reactor: Any = None, monitor: Monitor | None = None) -> None:
+                 reactor: Any = None, monitor: Monitor | None = None,
+                 disk: DiskWorkers | None = None) -> None:
         self.admission = admission
+        self.disk = disk
         self.services = services
         self.clock = clock
         self.reactor = reactor if reactor is not None else clock
@@ -342,7 +349,7 @@ class DicomServerFactory(Factory[DicomProtocol]):
         each step bounded by ARTIM (PS3.4 C.4.2.2.4)."""
         return defer.Deferred.fromCoroutine(open_store_association(
             self.reactor, destination, self.admission.policy.ae_title, contexts,
-            self.timeouts.artim))
+            self.timeouts.artim, self.disk))
 
 
 __all__ = ["DicomProtocol", "DicomServerFactory", "Timeouts"]

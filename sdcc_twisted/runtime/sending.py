@@ -2,15 +2,16 @@
 control (C-MOVE and C-GET sub-operations; PS3.4 C.4.2, C.4.3), and matching
 the responses to those requests.
 
-The data set bytes are read from the Part 10 file in pieces of the peer's
-maximum PDV size and written one P-DATA-TF at a time; while the transport's
+The data set bytes are read from the Part 10 file on the association's disk
+queue (never on the reactor thread), in blocks of whole PDVs of the peer's
+maximum size, and written one P-DATA-TF at a time; while the transport's
 buffer is full the sender waits (it is the transport's streaming producer),
 so an instance of any size never sits in memory whole.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
@@ -21,6 +22,7 @@ from sdcc_twisted.core.conformance import C_STORE_RSP, PDV_LAST
 from sdcc_twisted.core.dimse import MESSAGE_ID, MESSAGE_ID_BEING_RESPONDED_TO, STATUS, Command
 from sdcc_twisted.core.events import Event
 from sdcc_twisted.core.part10 import read_file_meta
+from sdcc_twisted.storage.serial import DiskWorkers, SerialQueue
 
 #: Bytes read from a file at a time when the peer allows big PDUs.
 MAX_READ = 256 * 1024
@@ -34,12 +36,16 @@ class MessageSender:
         assoc: the association's core.
         transport: where the bytes go; this object registers as its producer.
         handle_events: the adapter's handler for events the core returns.
+        disk: the association's disk queue, where files are opened and read
+            (inline without one: tests driven by ``task.Clock``).
     """
 
     def __init__(self, assoc: Association, transport: Any,
                  handle_events: Callable[[list[Event]], None],
-                 clock: Any = None, stall_timeout: float = 60.0) -> None:
+                 clock: Any = None, stall_timeout: float = 60.0,
+                 disk: SerialQueue | None = None) -> None:
         self.assoc = assoc
+        self.disk = disk if disk is not None else DiskWorkers.inline().queue()
         self.transport = transport
         self.handle_events = handle_events
         self.clock = clock
@@ -102,22 +108,61 @@ class MessageSender:
             OSError, Part10Error: the file cannot be read (nothing sent).
             ConnectionError: the connection closed while sending.
         """
-        with open(path, "rb") as handle:
-            handle.seek(read_file_meta(handle.read).data_set_offset)
-            size = max(1, min(self.assoc.max_pdv_data(), MAX_READ))
-            chunk = handle.read(size)
+        pdv = max(1, min(self.assoc.max_pdv_data(), MAX_READ))
+        block = max(pdv, MAX_READ - MAX_READ % pdv)   # whole PDVs per disk read
+        handle, data, at_end = await self.disk.call(_open_data_set, path, block)
+        try:
             await self._room()
             self._write(self.assoc.send_message(context_id, command))
             sent = 0
             while True:
-                following = handle.read(size) if chunk else b""
-                last = not following
+                # the next block is read while this one goes out
+                reading = None if at_end else self.disk.call(_read_block, handle, block)
+                view = memoryview(data)
+                starts = range(0, max(1, len(data)), pdv)
+                for start in starts[:-1]:
+                    await self._room()
+                    self._write(self.assoc.send_pdv(context_id, 0, view[start:start + pdv]))
+                following, at_end = await reading if reading is not None else (b"", True)
                 await self._room()
-                self._write(self.assoc.send_pdv(context_id, PDV_LAST if last else 0, chunk))
-                sent += len(chunk)
-                if last:
+                self._write(self.assoc.send_pdv(context_id, 0 if following else PDV_LAST,
+                                                view[starts[-1]:starts[-1] + pdv]))
+                sent += len(data)
+                if not following:
                     return sent
-                chunk = following
+                data = following
+        finally:
+            self.disk.post(handle.close)
+
+
+def _open_data_set(path: str, size: int) -> tuple[BinaryIO, bytes, bool]:
+    """Open a Part 10 file and read its File Meta and at least ``size``
+    bytes of its data set (blocking: on a disk worker).  Reads only forward
+    (no seek), so a pipe or FIFO serves too.  Returns the open file, the
+    data set bytes read and whether the file ended."""
+    handle = open(path, "rb")
+    try:
+        seen = bytearray()
+
+        def read(count: int) -> bytes:
+            chunk = handle.read(count)
+            seen.extend(chunk)
+            return chunk
+        offset = read_file_meta(read).data_set_offset
+        data = bytes(seen[offset:])
+        if len(data) >= size:
+            return handle, data, False
+        rest, at_end = _read_block(handle, size - len(data))
+        return handle, data + rest, at_end
+    except BaseException:
+        handle.close()
+        raise
+
+
+def _read_block(handle: BinaryIO, size: int) -> tuple[bytes, bool]:
+    """Up to ``size`` bytes; and whether the file ended (a short read)."""
+    data = handle.read(size)
+    return data, len(data) < size
 
 
 class StoreRequests:

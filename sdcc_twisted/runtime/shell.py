@@ -28,6 +28,7 @@ from sdcc_twisted.core.dimse import store_request
 from sdcc_twisted.core.events import CloseTransport, CommandReceived, Event, StartARTIM, StopARTIM
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.runtime.sending import MessageSender, StoreRequests
+from sdcc_twisted.storage.serial import DiskWorkers
 from sdcc_twisted.runtime.twisted_gaps import send_now
 
 log = get_logger("sdcc.association")
@@ -97,8 +98,13 @@ class AssociationShell(Protocol):
     #: An ITCPTransport, or a TLS wrapper of one (set by makeConnection).
     transport: Any
 
-    def __init__(self, clock: IReactorTime, artim: float, idle: float) -> None:
+    def __init__(self, clock: IReactorTime, artim: float, idle: float,
+                 disk: DiskWorkers | None = None) -> None:
         self.clock = clock
+        #: this association's disk work, in order, off the reactor thread
+        #: (inline without ``disk``: tests driven by ``task.Clock``)
+        self.disk = (disk or DiskWorkers.inline()).queue()
+        self._disk_paused = False
         self.artim_timeout = artim
         self.assoc: Association | None = None
         self.peer = "?"
@@ -156,7 +162,7 @@ class AssociationShell(Protocol):
             self.transport.bufferSize = READ_SIZE
         self.assoc = self.new_association()
         self._sender = MessageSender(self.assoc, self.transport, self.handle,
-                                     self.clock, self.idle.limit)
+                                     self.clock, self.idle.limit, self.disk)
         self.guard(self.assoc.connection_made)
 
     def dataReceived(self, data: bytes) -> None:
@@ -242,6 +248,20 @@ class AssociationShell(Protocol):
     def _close_transport(self, _: CloseTransport) -> None:
         self.flush()    # what the core queued before it asked to close
         self.close()
+
+    def pace_disk(self) -> None:
+        """Stop reading from the peer while too much of its data waits for
+        the disk; read again once the disk caught up (producer/consumer)."""
+        if self._disk_paused or self.closed or not self.disk.backlogged:
+            return
+        self._disk_paused = True
+        self.transport.pauseProducing()
+        self.disk.room().addCallback(self._disk_caught_up)
+
+    def _disk_caught_up(self, _: None) -> None:
+        self._disk_paused = False
+        if not self.closed:
+            self.transport.resumeProducing()
 
     # -- timers ------------------------------------------------------------------------
     def start_artim(self, expired: Callable[[], None] | None = None) -> None:

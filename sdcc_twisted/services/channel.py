@@ -14,6 +14,7 @@ from twisted.internet import defer
 from sdcc_twisted.config import MoveDestination
 from sdcc_twisted.core.conformance import STATUS_SUCCESS
 from sdcc_twisted.core.dimse import Command
+from sdcc_twisted.storage.serial import SerialQueue
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,10 @@ class Channel(StoreSender, Protocol):
     @property
     def calling_ae(self) -> str:
         """The peer's AE title."""
+
+    @property
+    def disk(self) -> SerialQueue:
+        """The association's file work: in order, off the reactor thread."""
 
     def send_pending(self, context_id: int, command: Command, field: int,
                      outcome: Outcome) -> None:

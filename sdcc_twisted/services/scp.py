@@ -2,9 +2,9 @@
 
 These classes sit beside the protocol adapter: the protocol hands them a
 decoded request and the data set fragments; they answer with a status.  The
-Storage SCP streams the data set into a :class:`~sdcc_twisted.storage.files.Sink`,
-commits it off the reactor thread when it has to fsync, indexes it, and only
-then reports success.
+Storage SCP streams the data set into a :class:`~sdcc_twisted.storage.files.Sink`
+on the association's disk queue (never on the reactor thread), commits it
+there, indexes it, and only then reports success.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from sdcc_twisted.services.channel import Channel, Outcome, Request
 from sdcc_twisted.storage.index import IInstanceIndex
 from sdcc_twisted.storage.journal import IndexLog, PendingJournal
 from sdcc_twisted.storage.sequence import SequenceSource
+from sdcc_twisted.storage.serial import SerialQueue
 from sdcc_twisted.monitor import ISpaceReport
 from sdcc_twisted import logs
 from sdcc_twisted.logs import get_logger
@@ -180,49 +181,34 @@ class StorageSCP:
                 STATUS_DISK_FULL,
                 f"Out of resources: {', '.join(low)} below min_free_space"[:64]))
         try:
-            sink = self.store.open_sink(sop_class, command.affected_sop_instance_uid,
-                                        transfer_syntax, calling_ae)
+            sink = self.store.new_sink(sop_class, command.affected_sop_instance_uid,
+                                       transfer_syntax, calling_ae)
         except StorageError as exc:
             return Reception(self, command, calling_ae, started, None,
                              Outcome(exc.status, exc.comment))
-        reception = Reception(self, command, calling_ae, started, sink, None)
-        if self.sequence is not None:
-            try:
-                reception.sequence = self.sequence.next()
-            except OSError as exc:  # a new block of numbers could not be reserved
-                sink.abort()
-                error = disk_error(exc)
-                return Reception(self, command, calling_ae, started, None,
-                                 Outcome(error.status, error.comment))
+        reception = Reception(self, command, calling_ae, started, channel.disk, None, sink)
+        channel.disk.post(reception.open)
         return reception
 
     def commit(self, reception: "Reception") -> "defer.Deferred[Outcome]":
         """Make the file durable and its index record safe; the Outcome.
+
+        The commit (checks, fsync, rename, log line) runs on the
+        association's disk queue, behind the data set's writes.
 
         With the write-ahead log the record is logged before the answer and
         written to Redis behind it (see :meth:`settled`); without one, the
         index write (or the journal) comes before the answer.  Plain
         callbacks, not a coroutine: this runs once per instance.
         """
-        sink = reception.sink
-        assert sink is not None
+        assert reception.disk is not None
         self._in_flight += 1
         reception.settled.addBoth(self._landed)
         segment = self.index_log.reserve() if self.index_log is not None else None
-        if self.store.fsync:
-            d = self.run_blocking(self._finish_and_log, sink, reception, segment)
-            d.addCallbacks(self._committed, self._not_committed,
-                           callbackArgs=(reception, segment),
-                           errbackArgs=(reception, segment))
-            return d
-        try:
-            result = self._finish_and_log(sink, reception, segment)
-        except BaseException:
-            # (Twisted's maybeDeferred overloads take no value-or-Failure/Deferred union)
-            return defer.maybeDeferred(  # type: ignore[call-overload]
-                self._not_committed, Failure(), reception, segment)
-        return defer.maybeDeferred(  # type: ignore[call-overload]
-            self._committed, result, reception, segment)
+        d = reception.disk.call(self._finish_and_log, reception, segment)
+        d.addCallbacks(self._committed, self._not_committed,
+                       callbackArgs=(reception, segment), errbackArgs=(reception, segment))
+        return d
 
     def _committed(self, result: tuple[InstanceRecord, bool], reception: "Reception",
                    segment: int | None) -> "Outcome | defer.Deferred[Outcome]":
@@ -324,10 +310,16 @@ class StorageSCP:
             return Outcome(exc.status, exc.comment)
         return failure
 
-    def _finish_and_log(self, sink: Sink, reception: "Reception",
+    def _finish_and_log(self, reception: "Reception",
                         segment: int | None) -> tuple[InstanceRecord, bool]:
-        """Commit the file, then log its record (blocking when fsync is on)."""
+        """Commit the file, then log its record (blocking: on the
+        association's disk queue, after its writes)."""
         calling_ae = reception.calling_ae
+        sink = reception.sink
+        assert sink is not None
+        if reception.disk_failure is not None:
+            sink.abort()
+            raise reception.disk_failure
         stored = sink.finish()
         if stored.warnings:
             log.warn("{uid} from {ae} stored as received despite: {what}",
@@ -418,13 +410,19 @@ def _remove_quietly(path: str) -> None:
 
 
 class Reception:
-    """One C-STORE data set on its way to disk."""
+    """One C-STORE data set on its way to disk.
+
+    The file work (temp-file open, sequence number, writes, commit) runs on
+    the association's disk queue, in order; :attr:`sink`,
+    :attr:`disk_failure` and :attr:`sequence` are that queue's.
+    """
 
     response_field = C_STORE_RSP
     counted = True
 
     def __init__(self, scp: StorageSCP, command: Command, calling_ae: str,
-                 started: float, sink: Sink | None, failed: Outcome | None) -> None:
+                 started: float, disk: SerialQueue | None, failed: Outcome | None,
+                 sink: Sink | None = None) -> None:
         #: Fires once this instance's record is in the index or the journal
         #: (at once if nothing was stored).
         self.settled: defer.Deferred[None] = defer.Deferred()
@@ -432,30 +430,58 @@ class Reception:
         self.command = command
         self.calling_ae = calling_ae
         self.started = started
-        self.sink = sink
+        self.disk = disk
         self.failed = failed
         self.completing = False
+        self.received = 0
+        #: walked on the reactor thread (CPU only), written on the disk queue
+        self.sink = sink
+        #: why the data set could not be written (the answer's status)
+        self.disk_failure: StorageError | None = None
         #: The index record once the file is committed (the status page's).
         self.record: InstanceRecord | None = None
         #: the server's number for this C-STORE (see :class:`SequenceSource`)
         self.sequence = 0
 
+    def open(self) -> None:
+        """Create the temp file and number the instance (on the disk queue)."""
+        assert self.sink is not None
+        sequence = self.scp.sequence
+        try:
+            self.sink.open()
+            if sequence is not None:
+                self.sequence = sequence.next()
+        except StorageError as exc:
+            self.disk_failure = exc
+        except OSError as exc:  # a new block of numbers could not be reserved
+            self.disk_failure = disk_error(exc)
+
     def write(self, data: Any) -> None:
-        """Append a data set fragment; a disk error is kept for the answer."""
+        """Walk a data set fragment here, and queue it for the disk."""
         if self.sink is None or self.failed is not None:
             return
+        assert self.disk is not None
+        self.received += len(data)
+        self.sink.inspect(data)
+        self.disk.post(self._write, data, size=len(data))
+
+    def _write(self, data: Any) -> None:
+        assert self.sink is not None
+        if self.disk_failure is not None:
+            return
         try:
-            self.sink.write(data)
-        except StorageError as exc:
-            self.failed = Outcome(exc.status, exc.comment)
+            self.sink.store(data)
+        except StorageError as exc:     # kept for the answer; the sink discarded itself
+            self.disk_failure = exc
+
+    def _discard(self) -> None:
+        if self.sink is not None:
             self.sink.abort()
 
     def complete(self) -> "defer.Deferred[Outcome]":
         """The last fragment arrived: commit, index, and report the Outcome."""
         self.completing = True
         if self.failed is not None:
-            if self.sink is not None:
-                self.sink.abort()
             self.settled.callback(None)
             return defer.succeed(self._log(self.failed))
         d = self.scp.commit(self)
@@ -469,18 +495,18 @@ class Reception:
     def abort(self) -> None:
         """The association ended before the last fragment: leave nothing
         behind (once complete, the commit goes on)."""
-        if self.sink is not None and not self.completing:
-            self.sink.abort()
+        if self.disk is not None and not self.completing:
+            self.disk.post(self._discard)
 
     @property
     def size(self) -> int:
         """Data set bytes received so far."""
-        return self.sink.bytes_written if self.sink is not None else 0
+        return self.received
 
     def _unexpected(self, failure: Any) -> Outcome:
         log.failure("storing {uid} failed", failure, uid=self.command.affected_sop_instance_uid)
-        if self.sink is not None:
-            self.sink.abort()
+        if self.disk is not None:
+            self.disk.post(self._discard)
         return Outcome(STATUS_PROCESSING_FAILURE, "Internal error while storing")
 
     def _log(self, outcome: Outcome) -> Outcome:

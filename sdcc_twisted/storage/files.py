@@ -234,6 +234,18 @@ class FileStore:
         Raises:
             StorageError: A7xx when the temp file cannot be created.
         """
+        sink = self.new_sink(sop_class_uid, sop_instance_uid, transfer_syntax, calling_ae)
+        sink.open()
+        return sink
+
+    def new_sink(self, sop_class_uid: str, sop_instance_uid: str,
+                 transfer_syntax: str, calling_ae: str) -> Sink:
+        """A sink whose temp file is not created yet (no I/O): the caller
+        runs :meth:`Sink.open` where blocking is allowed.
+
+        Raises:
+            StorageError: Cxxx when the File Meta cannot be encoded.
+        """
         return Sink(self, _clean_uid(sop_class_uid), _clean_uid(sop_instance_uid),
                     _clean_uid(transfer_syntax), calling_ae.strip())
 
@@ -316,8 +328,9 @@ class Sink:
 
     def __init__(self, store: FileStore, sop_class_uid: str, sop_instance_uid: str,
                  transfer_syntax: str, calling_ae: str) -> None:
-        """Create the temp file and write preamble and meta (use
-        :meth:`FileStore.open_sink`)."""
+        """Prepare the File Meta and the walker, no I/O (use
+        :meth:`FileStore.open_sink`, or :meth:`FileStore.new_sink` and
+        :meth:`open`)."""
         self.bytes_written = 0
         self._store = store
         self._sop_class_uid = sop_class_uid
@@ -331,27 +344,54 @@ class Sink:
             meta = file_meta_bytes(sop_class_uid, sop_instance_uid, transfer_syntax, calling_ae)
         except Part10Error as exc:
             raise StorageError(STATUS_CANNOT_UNDERSTAND, str(exc)) from None
+        self._meta = meta
         self._meta_size = len(meta)
         self.temp_path = os.path.join(store.tmp_dir, store.temp_name())
+
+    def open(self) -> None:
+        """Create the temp file and write preamble and meta.  Blocking.
+
+        Raises:
+            StorageError: A7xx when the temp file cannot be created.
+        """
+        store = self._store
         try:
             fd = os.open(self.temp_path,
                          os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
                          store.file_mode)
             os.fchmod(fd, store.file_mode)      # exactly, whatever the umask
         except OSError as exc:
+            self._closed = True
             raise disk_error(exc) from exc
         self._file = _GatherWriter(fd, early_writeback=store.fsync)
         try:
-            self._file.write(meta)
+            self._file.write(self._meta)
         except OSError as exc:
             self.abort()
             raise disk_error(exc) from exc
 
     def write(self, data: bytes | memoryview) -> None:
-        """Append a data set fragment verbatim and walk it.
+        """Append a data set fragment verbatim and walk it (:meth:`inspect`
+        then :meth:`store`)."""
+        self.inspect(data)
+        self.store(data)
+
+    def inspect(self, data: bytes | memoryview) -> None:
+        """Walk a data set fragment (CPU only, no I/O: any thread).
 
         A broken data set structure is remembered, not raised: the rest of
-        the data is discarded and :meth:`finish` reports it (C210).
+        the data is not written and :meth:`finish` reports it (C210).
+        """
+        if self._failure is not None:
+            return
+        try:
+            self._walker.feed(data)
+        except DatasetError as exc:
+            self._failure = StorageError(
+                STATUS_DATASET_UNPARSEABLE, f"Data set unparseable at {exc.offset}: {exc}")
+
+    def store(self, data: bytes | memoryview) -> None:
+        """Append an inspected fragment to the temp file.  Blocking.
 
         Raises:
             StorageError: A702 when the disk is full, A700 on any other disk
@@ -359,13 +399,8 @@ class Sink:
                 discarded.
         """
         if self._failure is not None or self._closed:
-            return
-        try:
-            self._walker.feed(data)
-        except DatasetError as exc:
-            self._failure = StorageError(
-                STATUS_DATASET_UNPARSEABLE, f"Data set unparseable at {exc.offset}: {exc}")
-            self._discard()
+            if self._failure is not None and not self._closed:
+                self._discard()
             return
         assert self._file is not None
         try:

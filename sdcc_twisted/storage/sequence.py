@@ -18,6 +18,7 @@ clock stepping back cannot reorder the copies one node received).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from typing import Final
 
@@ -53,6 +54,7 @@ class SequenceSource:
         self.now = now
         self._next = self._read() + 1
         self._limit = 0     # nothing reserved yet: the first next() reserves
+        self._lock = threading.Lock()   # numbers go out on disk workers
 
     @classmethod
     def in_data_dir(cls, data_dir: str,
@@ -94,16 +96,17 @@ class SequenceSource:
             self._reserve()
 
     def next(self) -> int:
-        """The next number (on the reactor thread; blocks for one small
-        fsync once per block)."""
-        if self.now is not None:
-            # a hybrid logical clock: never below the wall clock (in
-            # microseconds), so that nodes sharing one index order the
-            # copies of one UID by arrival; never below the last number, so
-            # that a clock stepping back cannot reorder this node's copies
-            self._next = max(self._next, int(self.now() * 1_000_000))
-        if self._next > self._limit:
-            self._reserve()
-        value = self._next
-        self._next += 1
-        return value
+        """The next number (on a disk worker, any thread; blocks for one
+        small fsync once per block)."""
+        with self._lock:
+            if self.now is not None:
+                # a hybrid logical clock: never below the wall clock (in
+                # microseconds), so that nodes sharing one index order the
+                # copies of one UID by arrival; never below the last number,
+                # so that a clock stepping back cannot reorder this node's copies
+                self._next = max(self._next, int(self.now() * 1_000_000))
+            if self._next > self._limit:
+                self._reserve()
+            value = self._next
+            self._next += 1
+            return value
