@@ -50,6 +50,10 @@ class PermissionTests(TestCase):
         root = os.path.dirname(study)
         for directory in (data_dir, root, study, series, os.path.join(root, ".tmp")):
             self.assertEqual(oct(mode(directory)), oct(0o700), directory)
+        for parent, directories, _ in os.walk(data_dir):    # node folder, journal...
+            for name in directories:
+                directory = os.path.join(parent, name)
+                self.assertEqual(oct(mode(directory)), oct(0o700), directory)
         self.assertEqual(oct(mode(path)), oct(0o600))
         aof_dir = os.path.join(data_dir, "appendonlydir")     # Redis 7
         self.assertEqual(oct(mode(aof_dir)), oct(0o700))

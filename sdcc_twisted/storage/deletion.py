@@ -38,6 +38,7 @@ from sdcc_twisted.core.index_keys import (
     plan_remove,
 )
 from sdcc_twisted.logs import get_logger, iso_time
+from sdcc_twisted.storage.files import make_private_dirs
 
 log = get_logger("sdcc.retention")
 
@@ -101,7 +102,7 @@ def _identity(path: str) -> tuple[int, int] | None:
 def _delete_file(path: str, root: str, identity: tuple[int, int]) -> None:
     """Delete ``path`` if it is still the file with ``identity``."""
     trash_dir = os.path.join(root, TRASH_DIR)
-    os.makedirs(trash_dir, exist_ok=True)
+    make_private_dirs(trash_dir)            # files on their way out hold patient data
     trash = os.path.join(trash_dir, f"{secrets.token_hex(8)}.deleting")
     try:
         os.rename(path, trash)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from sdcc_twisted.storage.journal import INDEX_LOG, PENDING_DIR
+from sdcc_twisted.storage.files import make_private_dirs
 
 __all__ = ["NODES_DIR", "TEMP_DIR", "NodePaths", "adopt_legacy_files"]
 
@@ -58,7 +59,7 @@ def adopt_legacy_files(data_dir: str, paths: NodePaths) -> int:
     succeeds owns it.  Blocking; call at start-up before the log is opened.
     """
     moved = 0
-    os.makedirs(paths.journal_dir, exist_ok=True)
+    make_private_dirs(paths.journal_dir)     # journal entries hold patient data
     legacy_journal = os.path.join(data_dir, PENDING_DIR)
     prefix = INDEX_LOG + "."
     segments = sorted((n for n in _listdir(data_dir)
