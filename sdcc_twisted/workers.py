@@ -103,7 +103,7 @@ class _Worker(protocol.ProcessProtocol):
     errReceived = outReceived
 
     def processEnded(self, reason: Any) -> None:
-        self.pool._ended(self, reason)
+        self.pool.worker_ended(self, reason)
         self.ended.callback(None)
 
 
@@ -181,7 +181,9 @@ class WorkerPool(service.Service):
                  pid=worker.transport.pid if worker.transport is not None else "?",
                  node=worker_node_id(self.settings.server.node_id, number))
 
-    def _ended(self, worker: _Worker, reason: Any) -> None:
+    def worker_ended(self, worker: _Worker, reason: Any) -> None:
+        """A worker process ended (its process protocol says so): restart it
+        unless the pool is stopping."""
         if self.workers.get(worker.number) is worker:
             del self.workers[worker.number]
         if not self.running:

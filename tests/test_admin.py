@@ -327,15 +327,15 @@ class AdminOperationsTests(unittest.TestCase):
                                                   read))
         self.assertTrue(self.client.exists(key))
         path = read["path"]
-        identity = deletion._identity(path)
+        identity = deletion.file_identity(path)
         replacement = path + ".new"
         with open(replacement, "wb") as handle:
             handle.write(b"a newer copy")
         os.replace(replacement, path)                               # renamed into place
-        deletion._delete_file(path, self.root, identity)
+        deletion.delete_if_unchanged(path, self.root, identity)
         with open(path, "rb") as handle:
             self.assertEqual(handle.read(), b"a newer copy")
-        deletion._delete_file(path, self.root, deletion._identity(path))
+        deletion.delete_if_unchanged(path, self.root, deletion.file_identity(path))
         self.assertFalse(os.path.exists(path))
         self.assertEqual(os.listdir(os.path.join(self.root, deletion.TRASH_DIR)), [])
 

@@ -9,7 +9,6 @@ there, indexes it, and only then reports success.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any, Final, cast
 
@@ -44,6 +43,7 @@ from sdcc_twisted.storage.files import (
     StorageError,
     StoredFile,
     disk_error,
+    remove_quietly,
 )
 
 log = get_logger("sdcc.storage")
@@ -298,7 +298,7 @@ class StorageSCP:
         log.error("{uid} not stored: no durable record of it could be made "
                   "({why}); its file is removed", uid=record.sop_instance_uid,
                   why=problem.comment)
-        d = self.run_blocking(_remove_quietly, record.path)
+        d = self.run_blocking(remove_quietly, record.path)
         return d.addCallback(lambda _: Outcome(problem.status, problem.comment))
 
     def _not_committed(self, failure: Failure, reception: "Reception",
@@ -370,7 +370,7 @@ class StorageSCP:
     def _registered(self, superseded: str | None,
                     record: InstanceRecord) -> "defer.Deferred[StorageError | None] | None":
         if superseded:
-            return self.run_blocking(_remove_quietly, superseded)
+            return self.run_blocking(remove_quietly, superseded)
         return None
 
     def _not_registered(self, failure: Failure,
@@ -396,17 +396,6 @@ class StorageSCP:
                                 "Out of resources: cannot record the instance")
         d.addCallbacks(lambda _: None, not_journaled)
         return d
-
-
-def _remove_quietly(path: str) -> None:
-    """Remove the old copy of an instance that moved to another study/series."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.warn("cannot remove the superseded copy {path}: {why}", path=path,
-                 why=exc.strerror)
 
 
 class Reception:

@@ -91,7 +91,7 @@ def _inside(path: str, root: str) -> bool:
     return os.path.commonpath([real, real_root]) == real_root
 
 
-def _identity(path: str) -> tuple[int, int] | None:
+def file_identity(path: str) -> tuple[int, int] | None:
     try:
         info = os.stat(path)
     except FileNotFoundError:
@@ -99,7 +99,7 @@ def _identity(path: str) -> tuple[int, int] | None:
     return info.st_ino, info.st_mtime_ns
 
 
-def _delete_file(path: str, root: str, identity: tuple[int, int]) -> None:
+def delete_if_unchanged(path: str, root: str, identity: tuple[int, int]) -> None:
     """Delete ``path`` if it is still the file with ``identity``."""
     trash_dir = os.path.join(root, TRASH_DIR)
     make_private_dirs(trash_dir)            # files on their way out hold patient data
@@ -108,7 +108,7 @@ def _delete_file(path: str, root: str, identity: tuple[int, int]) -> None:
         os.rename(path, trash)
     except FileNotFoundError:
         return
-    if _identity(trash) == identity:
+    if file_identity(trash) == identity:
         os.unlink(trash)
     elif not os.path.exists(path):
         os.rename(trash, path)      # a copy stored meanwhile: put it back
@@ -138,7 +138,7 @@ def delete_series(client: Any, layout: KeyLayout, series_uid: str, root: str,
         if not fields:
             continue
         path = fields.get("path", "")
-        identity = _identity(path) if path and _inside(path, root) else None
+        identity = file_identity(path) if path and _inside(path, root) else None
         if not remove_instance(client, layout, uid, fields):
             done.kept += 1
             continue
@@ -147,7 +147,7 @@ def delete_series(client: Any, layout: KeyLayout, series_uid: str, root: str,
         if identity is None:
             done.missing_files += 1
             continue
-        _delete_file(path, root, identity)
+        delete_if_unchanged(path, root, identity)
         directories.add(os.path.dirname(path))
     for directory in directories:
         _remove_empty(directory, root)

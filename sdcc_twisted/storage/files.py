@@ -37,6 +37,7 @@ from sdcc_twisted.core.conformance import (
 from sdcc_twisted.core.dataset_head import DatasetWalker
 from sdcc_twisted.core.part10 import Part10Error, file_meta_bytes
 from sdcc_twisted.core.errors import DatasetError
+from sdcc_twisted.logs import get_logger
 
 __all__ = [
     "FileStore",
@@ -50,6 +51,8 @@ __all__ = [
     "StoredFile",
     "uid_path_part",
 ]
+
+log = get_logger("sdcc.storage")
 
 #: Directory names used when the data set has no (or an empty) Study or
 #: Series Instance UID.  Neither matches the UID grammar nor the hashed form
@@ -531,6 +534,18 @@ def _makedirs(directory: str, root: str, mode: int) -> list[str]:
     if changed:
         make_private_dirs(directory, mode)
     return changed
+
+
+def remove_quietly(path: str) -> None:
+    """Remove a file no longer indexed (an older or moved copy); one already
+    gone is fine, any other failure is logged (blocking)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warn("cannot remove {path}, which is no longer indexed: {why}",
+                 path=path, why=exc.strerror)
 
 
 def make_private_dirs(directory: str, mode: int = 0o700) -> None:

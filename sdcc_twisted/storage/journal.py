@@ -26,7 +26,7 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
-from sdcc_twisted.storage.files import fsync_directory, make_private_dirs
+from sdcc_twisted.storage.files import fsync_directory, make_private_dirs, remove_quietly
 from sdcc_twisted.storage.index import IInstanceIndex, IndexUnavailable, NotReplicated
 from sdcc_twisted.logs import get_logger
 from sdcc_twisted.core.records import InstanceRecord
@@ -445,16 +445,6 @@ def _record_of(data: dict[str, object]) -> InstanceRecord:
     return InstanceRecord(**fields)
 
 
-def _delete_file(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        _log.warn("cannot delete the superseded file {path}: {why}",
-                  path=path, why=exc)
-
-
 class JournalReplayer(service.Service):
     """Indexes the journal's entries on start and every ``interval`` seconds.
 
@@ -577,7 +567,7 @@ class JournalReplayer(service.Service):
         and whichever file is no longer indexed is deleted."""
         superseded = await self.index.record(rec)
         if superseded:
-            await self.run_blocking(_delete_file, superseded)
+            await self.run_blocking(remove_quietly, superseded)
 
     async def _failed(self, name: str, why: Exception, permanent: bool) -> None:
         """An entry failed this round: quarantine it if it keeps failing."""
