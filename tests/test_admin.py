@@ -61,8 +61,8 @@ def write_dicom(path: str, sop: str, series: str, study: str, patient: str,
     ds.save_as(path, enforce_file_format=True)
 
 
-class AdminTests(unittest.TestCase):
-    """rebuild, list and show over a temp tree of pydicom-written files."""
+class FileTreeCase(unittest.TestCase):
+    """A real redis-server and a temp tree of pydicom-written files."""
 
     def setUp(self) -> None:
         self.server = start_redis(self)
@@ -72,6 +72,10 @@ class AdminTests(unittest.TestCase):
         for sop, series, study, pid, name, modality in FILES:
             write_dicom(os.path.join(self.root, study, series, sop + ".dcm"),
                         sop, series, study, pid, name, modality)
+
+
+class AdminTests(FileTreeCase):
+    """rebuild, list and show over a temp tree of pydicom-written files."""
 
     def run_admin(self, *argv: str) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
@@ -263,17 +267,11 @@ class AdminTests(unittest.TestCase):
         self.assertIs(admin.KeyLayout, KeyLayout)
 
 
-class AdminOperationsTests(unittest.TestCase):
+class AdminOperationsTests(FileTreeCase):
     """delete, dates and a closed pipe."""
 
     def setUp(self) -> None:
-        self.server = start_redis(self)
-        self.client = self.server.client()
-        self.addCleanup(self.client.close)
-        self.root = os.path.abspath(self.mktemp())
-        for sop, series, study, pid, name, modality in FILES:
-            write_dicom(os.path.join(self.root, study, series, sop + ".dcm"),
-                        sop, series, study, pid, name, modality)
+        super().setUp()
         code, _, err = self.run_admin("rebuild")
         self.assertEqual(code, 0, err)
         self.layout = KeyLayout("sdcc:")
